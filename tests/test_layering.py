@@ -1,0 +1,51 @@
+"""The core layer must import with detectron2 and torchvision unavailable (DESIGN.md, Layers)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CORE_MODULES = [
+    "eir.tasks",
+    "eir.data.bank",
+    "eir.data.paste",
+    "eir.data.prepass",
+    "eir.data.synthetic",
+    "eir.modeling.losses",
+    "eir.evaluation.metrics",
+]
+
+# A meta-path finder that refuses detectron2 and torchvision, installed before anything is imported.
+_BLOCKER = """
+import importlib.abc, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('detectron2', 'torchvision'):
+            raise ImportError('blocked for the layering test: ' + name)
+        return None
+sys.meta_path.insert(0, _Block())
+import importlib
+importlib.import_module(sys.argv[1])
+leaked = sorted(m for m in sys.modules if m.split('.')[0] in ('detectron2', 'torchvision'))
+assert not leaked, leaked
+"""
+
+
+@pytest.mark.parametrize("module", CORE_MODULES)
+def test_core_module_imports_without_detectron2(module):
+    assert (ROOT / (module.replace(".", "/") + ".py")).is_file(), f"core module {module} is missing"
+    proc = subprocess.run(
+        [sys.executable, "-c", _BLOCKER, module], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_blocker_really_blocks():
+    """The check above would be vacuous if the finder let the blocked packages through."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _BLOCKER, "detectron2"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode != 0
+    assert "blocked for the layering test" in proc.stderr
