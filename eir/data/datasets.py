@@ -1,0 +1,430 @@
+"""Dataset registration and per-step views (Detectron2 layer).
+
+:func:`register_eir_datasets` registers six datasets in Detectron2's
+``DatasetCatalog`` / ``MetadataCatalog``, found under ``root`` (default: the
+``DETECTRON2_DATASETS`` environment variable, else ``./datasets``)::
+
+    eir_voc_train   root/VOC2012 or root/VOCdevkit/VOC2012 (either is accepted):
+                      JPEGImages/<id>.jpg, SegmentationClassAug/<id>.png,
+                      ImageSets/Segmentation/train_aug.txt        (10,582 images)
+    eir_voc_val       JPEGImages/<id>.jpg, SegmentationClass/<id>.png,
+                      ImageSets/Segmentation/val.txt              (1,449 images)
+    eir_ade_train   root/ADEChallengeData2016/images/training/*.jpg,
+                      annotations/training/*.png (raw: 0 = other, 1..150) (20,210 images)
+    eir_ade_val       images/validation/*.jpg, annotations/validation/*.png (2,000 images)
+    eir_synthetic_{train,val}
+                    root/eir_synthetic (VOC-like layout, SegmentationClassAug for both
+                      splits); generated with default arguments on first use if absent.
+
+Dataset dicts hold ``file_name``, ``sem_seg_file_name`` and ``image_id`` (the file
+stem). They leave out ``height`` / ``width``: reading 20k image headers at start-up
+costs more than it helps, and the mapper reports sizes of what it returns.
+
+Labels are class ids as in the rest of the project (0 background, 255 ignore).
+:func:`class_presence` reads every label once (cached) to know which classes an
+image has; :func:`step_dataset_dicts` then selects a step's training or test
+images (EIR_METHOD.md section 2) and :func:`replay_dataset_dicts` joins the
+bank's entries to the training set.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import cv2
+import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils import comm
+from PIL import Image
+from tqdm import tqdm
+
+from eir.fileio import atomic_write
+from eir.tasks import DATASETS, Task
+
+__all__ = [
+    "DATASET_NAMES",
+    "class_presence",
+    "read_image_rgb",
+    "read_label",
+    "register_eir_datasets",
+    "replay_dataset_dicts",
+    "step_dataset_dicts",
+]
+
+logger = logging.getLogger(__name__)
+
+IGNORE_LABEL = 255
+SPLITS = ("train", "test")
+LAYOUT_HELP = "see the 'Datasets' section of README.md for the expected layouts"
+SYNTHETIC_DIR = "eir_synthetic"
+
+#: Detectron2 dataset name -> (EIR dataset key, split).
+DATASET_NAMES = {
+    f"eir_{ds}_{split}": (ds, split)
+    for ds in ("voc", "ade", "synthetic")
+    for split in ("train", "val")
+}
+
+_registered_root: dict[str, str] = {}
+
+
+# --------------------------------------------------------------------------- file reading
+
+
+def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
+    """An image file as HxWx3 uint8 RGB.
+
+    EXIF orientation is ignored on purpose: label PNGs carry no orientation, so the
+    image must keep its stored pixel grid to line up with its label.
+    """
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if bgr is None:
+        raise FileNotFoundError(f"cannot read image {path}: missing or not an image file ({LAYOUT_HELP})")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def read_label(path: str | os.PathLike) -> np.ndarray:
+    """A label PNG as HxW uint8 class ids.
+
+    Read with PIL so palette PNGs (VOC's SegmentationClass) give their indices, not colours.
+    """
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L", "I", "I;16"):
+                raise ValueError(
+                    f"label {path} has image mode {im.mode}; labels must be single-channel PNGs "
+                    "of class ids (grayscale or palette)"
+                )
+            label = np.asarray(im)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"label file {path} not found ({LAYOUT_HELP})") from None
+    if label.dtype != np.uint8:
+        if label.size and (label.min() < 0 or label.max() > 255):
+            raise ValueError(f"label {path} holds values outside 0..255; class ids must fit uint8")
+        label = label.astype(np.uint8)
+    return label
+
+
+def invalid_values(label: np.ndarray, num_classes: int) -> list[int]:
+    """Values of a uint8 label that are neither 0..num_classes nor 255 (empty list when valid)."""
+    top = int(label.max()) if label.size else 0
+    if top <= num_classes:
+        return []
+    counts = np.bincount(label.ravel(), minlength=256)
+    bad = np.flatnonzero(counts[num_classes + 1 : IGNORE_LABEL]) + num_classes + 1
+    return [int(v) for v in bad]
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def _default_root(root: str | os.PathLike | None) -> Path:
+    if root is None:
+        root = os.environ.get("DETECTRON2_DATASETS", "datasets")
+    return Path(root).expanduser()
+
+
+def _voc_dir(root: Path) -> Path:
+    """root/VOC2012 or root/VOCdevkit/VOC2012, whichever exists (the first when neither does)."""
+    candidates = [root / "VOC2012", root / "VOCdevkit" / "VOC2012"]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return candidates[0]
+
+
+def _missing(path: Path, what: str, dataset: str, extra: str = "") -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{dataset}: {what} not found at {path}{extra}. Set DETECTRON2_DATASETS (or pass root) "
+        f"to the folder that holds it; {LAYOUT_HELP}"
+    )
+
+
+def _read_ids(list_file: Path) -> list[str]:
+    """Image ids of a VOC list file: one id per line (a 'JPEGImages/x.jpg label.png' pair also works)."""
+    ids = []
+    for line in list_file.read_text().splitlines():
+        parts = line.split()
+        if parts:
+            ids.append(Path(parts[0]).stem)
+    return ids
+
+
+def _check_present(paths: Sequence[str], folder: Path, dataset: str, kind: str) -> None:
+    """All files exist (one directory listing instead of a stat per file)."""
+    names = set(os.listdir(folder))
+    absent = [p for p in paths if Path(p).name not in names]
+    if absent:
+        shown = ", ".join(absent[:3]) + (" ..." if len(absent) > 3 else "")
+        raise FileNotFoundError(
+            f"{dataset}: {len(absent)} {kind} file(s) listed but missing, e.g. {shown}; "
+            f"{LAYOUT_HELP}"
+        )
+
+
+def _voc_like_dicts(
+    base: Path, label_dir: str, list_name: str, dataset: str
+) -> list[dict[str, Any]]:
+    image_dir = base / "JPEGImages"
+    seg_dir = base / label_dir
+    list_file = base / "ImageSets" / "Segmentation" / list_name
+    for path, what in ((image_dir, "image folder"), (seg_dir, "label folder"), (list_file, "image list")):
+        if not path.exists():
+            extra = ""
+            if dataset.startswith("eir_voc"):
+                extra = (
+                    " (VOC is looked for in DETECTRON2_DATASETS/VOC2012 and "
+                    "DETECTRON2_DATASETS/VOCdevkit/VOC2012; SegmentationClassAug and train_aug.txt "
+                    "come from the SBD-augmented set)"
+                )
+            raise _missing(path, what, dataset, extra)
+    ids = _read_ids(list_file)
+    dicts = [
+        {
+            "file_name": str(image_dir / f"{i}.jpg"),
+            "sem_seg_file_name": str(seg_dir / f"{i}.png"),
+            "image_id": i,
+        }
+        for i in ids
+    ]
+    _check_present([d["file_name"] for d in dicts], image_dir, dataset, "image")
+    _check_present([d["sem_seg_file_name"] for d in dicts], seg_dir, dataset, "label")
+    return dicts
+
+
+def _ade_dicts(base: Path, split: str, dataset: str) -> list[dict[str, Any]]:
+    sub = "training" if split == "train" else "validation"
+    image_dir = base / "images" / sub
+    seg_dir = base / "annotations" / sub
+    for path, what in ((image_dir, "image folder"), (seg_dir, "label folder")):
+        if not path.is_dir():
+            raise _missing(path, what, dataset, " (ADE20K SceneParsing: ADEChallengeData2016)")
+    stems = sorted(n[:-4] for n in os.listdir(image_dir) if n.endswith(".jpg"))
+    if not stems:
+        raise _missing(image_dir / "*.jpg", "images", dataset)
+    dicts = [
+        {
+            "file_name": str(image_dir / f"{s}.jpg"),
+            "sem_seg_file_name": str(seg_dir / f"{s}.png"),
+            "image_id": s,
+        }
+        for s in stems
+    ]
+    _check_present([d["sem_seg_file_name"] for d in dicts], seg_dir, dataset, "label")
+    return dicts
+
+
+def _ensure_synthetic(base: Path) -> None:
+    if (base / "meta.json").is_file():
+        return
+    from eir.data import synthetic
+
+    logger.info("Generating the synthetic dataset at %s (first use)", base)
+    synthetic.ensure_synthetic(base)
+
+
+def _paths(ds: str, split: str, root: Path) -> tuple[Path, Path, Callable[[], list[dict]]]:
+    """(image_root, sem_seg_root, loader) of one dataset split."""
+    name = f"eir_{ds}_{split}"
+    if ds == "voc":
+        def load():
+            base = _voc_dir(root)
+            if split == "train":
+                return _voc_like_dicts(base, "SegmentationClassAug", "train_aug.txt", name)
+            return _voc_like_dicts(base, "SegmentationClass", "val.txt", name)
+
+        base = _voc_dir(root)
+        label_dir = "SegmentationClassAug" if split == "train" else "SegmentationClass"
+        return base / "JPEGImages", base / label_dir, load
+    if ds == "ade":
+        base = root / "ADEChallengeData2016"
+        sub = "training" if split == "train" else "validation"
+        return base / "images" / sub, base / "annotations" / sub, lambda: _ade_dicts(base, split, name)
+    base = root / SYNTHETIC_DIR
+    list_name = "train_aug.txt" if split == "train" else "val.txt"
+
+    def load_synthetic():
+        _ensure_synthetic(base)
+        return _voc_like_dicts(base, "SegmentationClassAug", list_name, name)
+
+    return base / "JPEGImages", base / "SegmentationClassAug", load_synthetic
+
+
+def register_eir_datasets(root: str | os.PathLike | None = None) -> list[str]:
+    """Register ``eir_{voc,ade,synthetic}_{train,val}``; returns their names.
+
+    Idempotent: calling again with the same root does nothing; with another root the
+    six datasets are re-registered there. Files are listed lazily, when
+    ``DatasetCatalog.get`` is first called, so registering never fails on a missing dataset.
+    """
+    root = _default_root(root)
+    key = str(root.resolve())
+    for name, (ds, split) in DATASET_NAMES.items():
+        if _registered_root.get(name) == key and name in DatasetCatalog.list():
+            continue
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+        if name in MetadataCatalog.list():
+            MetadataCatalog.remove(name)
+        image_root, seg_root, loader = _paths(ds, split, root)
+        spec = DATASETS[ds]
+        DatasetCatalog.register(name, loader)
+        MetadataCatalog.get(name).set(
+            stuff_classes=list(spec.class_names),
+            stuff_colors=[list(c) for c in spec.colors],
+            ignore_label=IGNORE_LABEL,
+            evaluator_type="eir_sem_seg",
+            eir_dataset=ds,
+            eir_split=split,
+            image_root=str(image_root),
+            sem_seg_root=str(seg_root),
+        )
+        _registered_root[name] = key
+    return list(DATASET_NAMES)
+
+
+# --------------------------------------------------------------------------- class presence
+
+
+def _presence_row(path: str, num_classes: int) -> np.ndarray:
+    label = read_label(path)
+    bad = invalid_values(label, num_classes)
+    if bad:
+        raise ValueError(
+            f"label {path} holds values {bad} outside the dataset's classes 0..{num_classes} "
+            "and 255 (ignore); check the dataset root and that labels are raw class-id PNGs"
+        )
+    counts = np.bincount(label.ravel(), minlength=256)
+    return counts[: num_classes + 1] > 0
+
+
+def _presence_key(files: Sequence[str], num_classes: int) -> str:
+    h = hashlib.sha1(f"{num_classes}\n".encode())
+    for f in files:
+        h.update(f.encode("utf-8", "surrogateescape"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def class_presence(
+    dataset_dicts: Sequence[dict],
+    num_classes: int,
+    cache_file: str | os.PathLike | None = None,
+    num_workers: int = 0,
+    verbose: bool | None = None,
+) -> np.ndarray:
+    """Which classes each label holds: bool ``[len(dataset_dicts), num_classes + 1]`` (column 0 = background).
+
+    Labels are read in ``num_workers`` threads (0: in this thread). A label with a
+    value outside ``0..num_classes`` and 255 raises ValueError naming the file.
+    With ``cache_file`` (an .npz), the table is reused when it was computed for the
+    same list of label files and ``num_classes``, and recomputed (and rewritten)
+    otherwise; the key is the file list, so a dataset rewritten in place under the
+    same names needs its cache deleted. ``verbose=None`` shows the progress bar on
+    the main process only.
+    """
+    if verbose is None:
+        verbose = comm.is_main_process()
+    files = [str(d["sem_seg_file_name"]) for d in dataset_dicts]
+    key = _presence_key(files, num_classes)
+    if cache_file is not None:
+        cache_file = Path(cache_file)
+        if cache_file.is_file():
+            try:
+                with np.load(cache_file, allow_pickle=False) as z:
+                    if str(z["key"]) == key:
+                        table = z["presence"].astype(bool)
+                        if table.shape == (len(files), num_classes + 1):
+                            return table
+            except (KeyError, ValueError, OSError):
+                pass
+            logger.info("class-presence cache %s does not match the dataset; recomputing", cache_file)
+
+    def row(path: str) -> np.ndarray:
+        return _presence_row(path, num_classes)
+
+    table = np.zeros((len(files), num_classes + 1), dtype=bool)
+    bar = tqdm(total=len(files), desc="reading labels", unit="img", disable=not verbose)
+    try:
+        if num_workers and num_workers > 0:
+            with ThreadPoolExecutor(max_workers=num_workers) as pool:
+                for i, r in enumerate(pool.map(row, files, chunksize=1)):
+                    table[i] = r
+                    bar.update()
+        else:
+            for i, f in enumerate(files):
+                table[i] = row(f)
+                bar.update()
+    finally:
+        bar.close()
+
+    if cache_file is not None:
+        def write(f):
+            np.savez_compressed(f, presence=table, key=np.array(key))
+
+        atomic_write(cache_file, write)
+    return table
+
+
+# --------------------------------------------------------------------------- step views
+
+
+def _as_task(task: Any) -> Task:
+    return task if isinstance(task, Task) else Task.from_dict(task)
+
+
+def step_dataset_dicts(
+    dataset_name: str,
+    task: Any,
+    step: int,
+    split: str,
+    cache_dir: str | os.PathLike | None = None,
+    num_workers: int = 0,
+    verbose: bool | None = None,
+) -> list[dict]:
+    """The dataset dicts of ``dataset_name`` that belong to step ``step`` of ``task``.
+
+    ``split="train"``: images kept by ``task.keeps_train_image`` (overlap: a pixel of
+    the step's classes; disjoint: also no pixel of a later step's class).
+    ``split="test"``: images with a class seen by the step (C_0..C_t).
+    Each returned dict is a copy with ``"eir_step": step``. The class-presence table
+    is cached in ``cache_dir/presence_<dataset_name>.npz`` when ``cache_dir`` is given;
+    ``num_workers`` threads read the labels the first time.
+    """
+    task = _as_task(task)
+    step = task.check_step(step)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    meta = MetadataCatalog.get(dataset_name)
+    ds = meta.get("eir_dataset")
+    if ds is not None and ds != task.dataset:
+        raise ValueError(
+            f"dataset {dataset_name} holds {ds} labels but the task is for {task.dataset}; "
+            f"use eir_{task.dataset}_train / eir_{task.dataset}_val"
+        )
+    dicts = DatasetCatalog.get(dataset_name)
+    cache_file = Path(cache_dir) / f"presence_{dataset_name}.npz" if cache_dir is not None else None
+    presence = class_presence(dicts, task.num_classes, cache_file, num_workers, verbose)
+    keep = task.keeps_train_image if split == "train" else task.keeps_test_image
+    out = [
+        dict(d, eir_step=step)
+        for d, row in zip(dicts, presence)
+        if keep(np.flatnonzero(row), step)
+    ]
+    logger.info(
+        "%s, step %d (%s), %s: %d of %d images", dataset_name, step, task.name, split, len(out), len(dicts)
+    )
+    if not out:
+        logger.warning("%s has no image for step %d of %s (%s split)", dataset_name, step, task, split)
+    return out
+
+
+def replay_dataset_dicts(bank: Any) -> list[dict]:
+    """One dataset dict per bank entry, ``{"bank_index": i, "image_id": "bank_<i>"}``; the mapper renders them."""
+    if bank is None:
+        return []
+    return [{"bank_index": i, "image_id": f"bank_{i}"} for i in range(len(bank))]

@@ -1,0 +1,296 @@
+"""EIRDatasetMapper and the augmentations of EIR's recipe (Detectron2 layer)."""
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("detectron2", reason="Detectron2 is not installed (the Detectron2 layer's tests need it)")
+
+import torch  # noqa: E402
+from detectron2.data import transforms as T  # noqa: E402
+
+from eir.data import paste as eir_paste  # noqa: E402
+from eir.data.bank import BankEntry, InstanceBank  # noqa: E402
+from eir.data.mapper import (  # noqa: E402
+    EIRDatasetMapper,
+    RandomResizedCropPad,
+    build_test_augmentations,
+    build_train_augmentations,
+)
+from eir.data.paste import PasteConfig  # noqa: E402
+from eir.data.prepass import PrepassStore  # noqa: E402
+from eir.tasks import build_task  # noqa: E402
+
+TASK = build_task("voc", "15-1")  # steps: 1-15 | 16 | 17 | 18 | 19 | 20
+INSTANCE_COLOR = (10, 200, 30)
+H, W = 40, 60
+
+
+def _image():
+    """Known content: a horizontal ramp in R, a vertical ramp in G, constant B."""
+    ys, xs = np.mgrid[0:H, 0:W]
+    return np.stack([xs * 4, ys * 6, np.full_like(xs, 77)], axis=-1).astype(np.uint8)
+
+
+def _label():
+    label = np.zeros((H, W), np.uint8)
+    label[8:16, 12:24] = 16  # the new class of step 1
+    label[20:28, 4:12] = 3  # an old class
+    label[24:32, 40:52] = 17  # a future class
+    label[0, :] = 255
+    return label
+
+
+def _write_sample(tmp_path, image_id="img0", image=None, label=None):
+    img_file = tmp_path / f"{image_id}.png"  # PNG: lossless, so pixels can be compared
+    seg_file = tmp_path / f"{image_id}_label.png"
+    cv2.imwrite(str(img_file), cv2.cvtColor(_image() if image is None else image, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(seg_file), _label() if label is None else label)
+    return {"file_name": str(img_file), "sem_seg_file_name": str(seg_file), "image_id": image_id}
+
+
+def _bank(storage="instance"):
+    """A hand-made bank serving step 1: one entry, class 3, a plus-shaped region of one colour."""
+    mask = np.zeros((10, 12), bool)
+    mask[3:7, :] = True
+    mask[:, 4:8] = True
+    image = np.zeros((10, 12, 3), np.uint8)
+    image[mask] = INSTANCE_COLOR
+    image[~mask] = (250, 0, 250)  # outside the instance: must never be pasted
+    entry = BankEntry(
+        image=image, label=np.where(mask, 3, 0).astype(np.uint8), source_size=(H, W),
+        offset=(5, 7), classes=(3,), credited=3, source="hand_made",
+    )
+    return InstanceBank(
+        [entry], task=TASK.to_dict(), step=0, budget=1, seed=0, storage=storage,
+        classes=TASK.seen_classes(0), class_names={c: TASK.class_names[c] for c in TASK.seen_classes(0)},
+    )
+
+
+def test_train_outputs_shapes_dtypes(tmp_path):
+    d = _write_sample(tmp_path)
+    mapper = EIRDatasetMapper(is_train=True, task=TASK, step=1, augmentations=build_train_augmentations(32))
+    out = mapper(dict(d, eir_step=1))
+    assert out["image"].shape == (3, 32, 32) and out["image"].dtype == torch.uint8
+    assert out["image"].is_contiguous()
+    assert out["sem_seg"].shape == (32, 32) and out["sem_seg"].dtype == torch.int64
+    assert out["paste_class"].dtype == torch.int64 and not out["paste_class"].any()
+    assert out["paste_alpha"].dtype == torch.float32 and not out["paste_alpha"].any()
+    assert (out["height"], out["width"]) == (32, 32)
+    assert out["file_name"] == d["file_name"] and out["image_id"] == "img0" and out["eir_step"] == 1
+    assert set(np.unique(out["sem_seg"].numpy())) <= {0, 16, 255}
+
+
+def test_train_and_test_label_remapping(tmp_path):
+    d = _write_sample(tmp_path)
+    label = _label()
+    train = EIRDatasetMapper(is_train=True, task=TASK, step=1, augmentations=[])(d)
+    np.testing.assert_array_equal(train["image"].permute(1, 2, 0).numpy(), _image())
+    expected = np.where(label == 16, 16, 0)
+    expected[label == 255] = 255
+    np.testing.assert_array_equal(train["sem_seg"].numpy(), expected)  # 3 (old) and 17 (future) -> 0
+
+    test = EIRDatasetMapper(is_train=False, task=TASK, step=1, augmentations=[])(d)
+    expected = label.astype(np.int64)
+    expected[label == 17] = 0  # VOC: not yet seen -> background
+    np.testing.assert_array_equal(test["sem_seg"].numpy(), expected)
+    assert (test["height"], test["width"]) == (H, W)
+
+    # ADE20K: unseen classes are ignored in test labels
+    ade = build_task("ade", "100-50")
+    ade_label = np.zeros((H, W), np.uint8)
+    ade_label[5:10, 5:10] = 120
+    ade_label[20:30, 20:30] = 7
+    d_ade = _write_sample(tmp_path, "ade0", label=ade_label)
+    out = EIRDatasetMapper(is_train=False, task=ade, step=0, augmentations=[])(d_ade)
+    expected = ade_label.astype(np.int64)
+    expected[ade_label == 120] = 255
+    np.testing.assert_array_equal(out["sem_seg"].numpy(), expected)
+
+
+def test_eval_transform_sizes(tmp_path):
+    d = _write_sample(tmp_path)  # 40 x 60
+    up = np.repeat(np.repeat(_label(), 2, axis=0), 2, axis=1)  # shorter side 40 -> 80: exactly x2
+    up = np.where(up == 17, 0, up)
+    mapper = EIRDatasetMapper(is_train=False, task=TASK, step=1,
+                              augmentations=build_test_augmentations(short_side=80, crop=80))
+    out = mapper(d)
+    assert out["image"].shape == (3, 80, 80) and (out["height"], out["width"]) == (80, 80)
+    np.testing.assert_array_equal(out["sem_seg"].numpy(), up[:, 20:100])  # centre: x0 = (120-80)/2
+
+    full = EIRDatasetMapper(is_train=False, task=TASK, step=1,
+                            augmentations=build_test_augmentations(short_side=80, crop=None))(d)
+    assert full["image"].shape == (3, 80, 120) and (full["height"], full["width"]) == (80, 120)
+    np.testing.assert_array_equal(full["sem_seg"].numpy(), up)
+    native = EIRDatasetMapper(is_train=False, task=TASK, step=1,
+                              augmentations=build_test_augmentations(None, None))(d)
+    assert (native["height"], native["width"]) == (H, W)
+
+    # the paper's default: shorter side 512, then the centre 512 x 512
+    default = EIRDatasetMapper(is_train=False, task=TASK, step=1)(d)
+    assert default["image"].shape == (3, 512, 512) and (default["height"], default["width"]) == (512, 512)
+
+
+def test_random_resized_crop_geometry():
+    """Output is always the crop; the window has U(scale) x the image area and aspect in ratio."""
+    aug = RandomResizedCropPad(crop_size=(24, 32), scale=(0.5, 2.0), ratio=(3 / 4, 4 / 3))
+    image = np.zeros((30, 45, 3), np.uint8)
+    np.random.seed(0)
+    areas, aspects, padded = [], [], 0
+    for _ in range(300):
+        inp = T.AugInput(image, sem_seg=np.zeros((30, 45), np.uint8))
+        tfm = aug(inp)
+        assert inp.image.shape == (24, 32, 3) and inp.sem_seg.shape == (24, 32)
+        resize = [t for t in tfm.transforms if isinstance(t, T.ResizeTransform)]
+        fx, fy = (resize[0].new_w / resize[0].w, resize[0].new_h / resize[0].h) if resize else (1, 1)
+        # the window maps onto the crop: its size is crop / scale factor
+        areas.append(24 * 32 / (fx * fy) / (30 * 45))
+        aspects.append((32 / fx) / (24 / fy))
+        pad = inp.sem_seg == 255
+        if pad.any():
+            padded += 1
+            assert (inp.image[pad] == (124, 116, 104)).all()  # padding: the mean colour
+    areas, aspects = np.array(areas), np.array(aspects)
+    assert 0.45 <= areas.min() < 0.6 and 1.85 < areas.max() <= 2.1
+    assert 0.72 <= aspects.min() < 0.8 and 1.25 < aspects.max() <= 1.38
+    assert 30 < padded < 270  # windows larger than the image leave padding
+
+
+def test_pasting_copy_mode(tmp_path):
+    d = _write_sample(tmp_path)
+    bank = _bank()
+    cfg = PasteConfig(mode="copy", cell_size=20, flip_prob=0.5)
+    mapper = EIRDatasetMapper(is_train=True, task=TASK, step=1, augmentations=build_train_augmentations(48),
+                              bank=bank, paste_cfg=cfg, seed=5)
+    for _ in range(3):
+        out = mapper(d)
+        pc = out["paste_class"].numpy()
+        pasted = pc == 3
+        assert pasted.any() and set(np.unique(pc)) == {0, 3}  # fallback: only class 3 has entries
+        np.testing.assert_array_equal(out["paste_alpha"].numpy()[pasted], 1.0)
+        assert not out["paste_alpha"].numpy()[~pasted].any()
+        image = out["image"].permute(1, 2, 0).numpy()
+        assert (image[pasted] == INSTANCE_COLOR).all()
+        assert not (image == (250, 0, 250)).all(axis=-1).any()  # outside the mask never pasted
+
+    # no pasting at step 0, in evaluation, or without a paste config
+    for kwargs in (dict(step=0), dict(step=1, paste_cfg=None), dict(step=1, is_train=False)):
+        m = EIRDatasetMapper(**{"is_train": True, "task": TASK, "bank": bank, "paste_cfg": cfg,
+                                "augmentations": [], **kwargs})
+        assert not m(d)["paste_class"].any()
+
+
+def test_prepass_map_follows_the_augmentation(tmp_path, monkeypatch):
+    """The low-res map is resized to the image, then cropped / flipped / padded with it."""
+    d = _write_sample(tmp_path)
+    store = PrepassStore(TASK, 1, stride=4)
+    low = np.zeros((H // 4, W // 4), np.uint8)
+    low[2:4, 3:6] = 5  # = rows 8:16, cols 12:24 at full resolution: where class 16 is
+    store.add("img0", low)
+    seen = []
+
+    def spy(image, label, pseudo_map, bank, old_classes, cfg, rng):
+        seen.append((label.copy(), pseudo_map.copy(), list(old_classes)))
+        h, w = label.shape
+        return image, label, np.zeros((h, w), np.uint8), np.zeros((h, w), np.float32)
+
+    monkeypatch.setattr(eir_paste, "paste_from_bank", spy)
+    mapper = EIRDatasetMapper(is_train=True, task=TASK, step=1, augmentations=build_train_augmentations(32),
+                              bank=_bank(), prepass=store, paste_cfg=PasteConfig(cell_size=12), seed=1)
+    for _ in range(30):
+        mapper(d)
+        mapper({"bank_index": 0, "image_id": "bank_0"})
+    labels_with_16 = 0
+    for k, (label, pseudo, old) in enumerate(seen):
+        assert old == list(range(1, 16))
+        assert pseudo.shape == label.shape and pseudo.dtype == np.uint8
+        if k % 2:  # replayed entry: nothing detected
+            assert not pseudo.any()
+            continue
+        np.testing.assert_array_equal(pseudo == 5, label == 16)
+        assert set(np.unique(pseudo)) <= {0, 5}  # padding reads 0, not 255
+        labels_with_16 += (label == 16).any()
+    assert labels_with_16 > 3
+
+
+def test_replay_entries(tmp_path):
+    bank = _bank()
+    render_image, render_label = bank.render_replay(0, (123.675, 116.28, 103.53))
+    mapper = EIRDatasetMapper(is_train=True, task=TASK, step=1, augmentations=[], bank=bank)
+    out = mapper({"bank_index": 0, "image_id": "bank_0"})
+    np.testing.assert_array_equal(out["image"].permute(1, 2, 0).numpy(), render_image)
+    np.testing.assert_array_equal(out["sem_seg"].numpy(), render_label)  # class 3 kept, not remapped
+    assert (out["sem_seg"] == 3).sum() == 4 * 12 + 10 * 4 - 4 * 4  # the plus-shaped instance
+    assert out["bank_index"] == 0 and out["image_id"] == "bank_0" and (out["height"], out["width"]) == (H, W)
+    assert (out["image"].permute(1, 2, 0).numpy()[0, 0] == (124, 116, 104)).all()
+
+    # with the training augmentation and pasting on, the entry's class survives
+    aug = EIRDatasetMapper(is_train=True, task=TASK, step=1, augmentations=build_train_augmentations(64),
+                           bank=bank, paste_cfg=PasteConfig(mode="copy", cell_size=20), seed=0)
+    assert any((aug({"bank_index": 0, "image_id": "bank_0"})["sem_seg"] == 3).any() for _ in range(5))
+    with pytest.raises(ValueError, match="no bank"):
+        EIRDatasetMapper(is_train=True, task=TASK, step=1, augmentations=[])({"bank_index": 0, "image_id": "b"})
+
+
+def test_determinism_given_the_seed(tmp_path):
+    dicts = [_write_sample(tmp_path, f"img{i}") for i in range(3)] + [{"bank_index": 0, "image_id": "bank_0"}]
+
+    def run(seed):
+        m = EIRDatasetMapper(is_train=True, task=TASK, step=1, augmentations=build_train_augmentations(32),
+                             bank=_bank(), paste_cfg=PasteConfig(cell_size=12), seed=seed)
+        return [m(d) for d in dicts * 2]
+
+    a, b, c = run(7), run(7), run(8)
+    for x, y in zip(a, b):
+        for key in ("image", "sem_seg", "paste_class", "paste_alpha"):
+            assert torch.equal(x[key], y[key])
+    assert any(not torch.equal(x["image"], y["image"]) for x, y in zip(a, c))
+    # the same image met again (next epoch) gets a fresh draw
+    assert any(not torch.equal(a[i]["image"], a[i + 4]["image"]) for i in range(4))
+    # the global numpy state is untouched by the mapper
+    np.random.seed(123)
+    expected = np.random.random()
+    np.random.seed(123)
+    run(7)
+    assert np.random.random() == expected
+
+
+def test_bad_label_values_raise(tmp_path):
+    label = _label()
+    label[30, 30] = 21
+    d = _write_sample(tmp_path, "bad", label=label)
+    mapper = EIRDatasetMapper(is_train=True, task=TASK, step=1, augmentations=[])
+    with pytest.raises(ValueError, match=r"bad_label.png holds values \[21\]"):
+        mapper(d)
+    cv2.imwrite(d["sem_seg_file_name"], np.zeros((H, W + 1), np.uint8))
+    with pytest.raises(ValueError, match="same size"):
+        mapper(d)
+
+
+def test_from_config_and_lazy_instantiation(tmp_path):
+    from detectron2.config import LazyCall as L
+    from detectron2.config import instantiate
+    from omegaconf import OmegaConf
+
+    d = _write_sample(tmp_path)
+    cfg = OmegaConf.create({"eir": {"task": TASK.to_dict(), "step": 1, "crop_size": 24, "seed": 3}})
+    train = EIRDatasetMapper(cfg, is_train=True)
+    out = train(d)
+    assert out["image"].shape == (3, 24, 24) and train.seed == 3 and train.task == TASK
+    test = EIRDatasetMapper(cfg, is_train=False)
+    assert test(d)["image"].shape == (3, 512, 512)
+    cfg.eir.task = L(build_task)(dataset="voc", name="15-1")  # a lazy task node works too
+    assert EIRDatasetMapper(cfg, is_train=True).task == TASK
+    # LazyConfig style: keyword arguments only, with a nested config for the task
+    lazy = L(EIRDatasetMapper)(
+        is_train=True, task=L(build_task)(dataset="voc", name="15-1"), step=1,
+        augmentations=[L(RandomResizedCropPad)(crop_size=16)],
+        paste_cfg={"mode": "copy", "cell_size": 8},
+    )
+    with pytest.raises(ValueError, match="no bank"):
+        instantiate(lazy)
+    lazy.bank = None
+    lazy.paste_cfg = None
+    mapper = instantiate(lazy)
+    assert mapper(d)["image"].shape == (3, 16, 16)
+    with pytest.raises(TypeError):
+        EIRDatasetMapper(True, TASK, 1)  # keyword-only

@@ -1,0 +1,157 @@
+"""PrepassStore: maps in and out, file round trip, validation, merging of rank parts."""
+import pickle
+
+import numpy as np
+import pytest
+
+from eir.data.prepass import PrepassStore
+from eir.tasks import build_task
+
+TASK = build_task("voc", "15-1")
+
+
+def _maps():
+    rng = np.random.default_rng(0)
+    a = np.zeros((4, 6), np.uint8)
+    a[1:3, 2:5] = 7
+    a[0, 0] = 15
+    b = rng.choice(np.array([0, 3, 9], np.uint8), size=(5, 3))
+    c = np.zeros((2, 2), np.uint8)  # nothing detected
+    return {"img_a": a, "img_b": b, "img_c": c}
+
+
+def _store(maps=None, step=1, stride=16):
+    store = PrepassStore(TASK, step, stride)
+    for k, v in (maps or _maps()).items():
+        store.add(k, v)
+    return store
+
+
+def test_add_lookup_classes():
+    maps = _maps()
+    store = _store(maps)
+    assert len(store) == 3
+    for k, v in maps.items():
+        got = store.lookup(k)
+        assert got.dtype == np.uint8 and got.shape == v.shape
+        np.testing.assert_array_equal(got, v)
+        assert not got.flags.writeable
+    assert store.lookup("missing") is None
+    assert store.classes("img_a") == [7, 15]
+    assert store.classes("img_b") == sorted(int(c) for c in np.unique(maps["img_b"]) if c)
+    assert store.classes("img_c") == []
+    assert store.classes("missing") == []
+    assert "img_b" in store and "nope" not in store
+    assert store.nbytes == sum(v.size for v in maps.values())
+
+
+def test_one_buffer_grows_without_losing_maps():
+    store = PrepassStore(TASK.to_dict(), 1, 8)
+    rng = np.random.default_rng(1)
+    maps = {f"i{k}": rng.integers(0, 16, size=(rng.integers(1, 90), 70), dtype=np.uint8)
+            for k in range(40)}
+    for k, v in maps.items():
+        store.add(k, v)
+    assert store.nbytes == sum(v.size for v in maps.values())
+    for k, v in maps.items():
+        np.testing.assert_array_equal(store.lookup(k), v)
+    # all maps live in one buffer
+    bases = {store.lookup(k).base is not None for k in maps}
+    assert bases == {True}
+
+
+def test_save_load_round_trip(tmp_path):
+    maps = _maps()
+    store = _store(maps, step=2, stride=8)
+    path = store.save(tmp_path / "step_2" / "prepass.npz")
+    assert path.is_file()
+    assert [p.name for p in path.parent.iterdir()] == ["prepass.npz"]  # no temp file left
+    loaded = PrepassStore.load(path, task=TASK, step=2)
+    assert loaded.step == 2 and loaded.stride == 8 and loaded.task == TASK.to_dict()
+    assert sorted(loaded.image_ids()) == sorted(maps)
+    for k, v in maps.items():
+        np.testing.assert_array_equal(loaded.lookup(k), v)
+    # without the checks too, and a loaded store can keep growing
+    again = PrepassStore.load(path)
+    again.add("img_d", np.full((3, 3), 4, np.uint8))
+    assert len(again) == 4 and again.classes("img_d") == [4]
+    np.testing.assert_array_equal(again.lookup("img_a"), maps["img_a"])
+
+
+def test_empty_store_round_trip(tmp_path):
+    store = PrepassStore(TASK, 1, 16)
+    loaded = PrepassStore.load(store.save(tmp_path / "p.npz"), TASK, 1)
+    assert len(loaded) == 0 and loaded.lookup("x") is None
+
+
+def test_load_validation_errors(tmp_path):
+    path = _store(step=1).save(tmp_path / "prepass.npz")
+    with pytest.raises(ValueError, match="made for step 1, but step 2"):
+        PrepassStore.load(path, task=TASK, step=2)
+    with pytest.raises(ValueError, match=r"made for task voc 15-1 overlap.*this run is task voc 15-5"):
+        PrepassStore.load(path, task=build_task("voc", "15-5"), step=1)
+    with pytest.raises(ValueError, match="this run is task voc 15-1 disjoint"):
+        PrepassStore.load(path, task=build_task("voc", "15-1", "disjoint"), step=1)
+    order = list(range(20, 0, -1))
+    with pytest.raises(ValueError, match="order"):
+        PrepassStore.load(path, task=build_task("voc", "15-1", order=order), step=1)
+    with pytest.raises(FileNotFoundError, match="nothere.npz"):
+        PrepassStore.load(tmp_path / "nothere.npz")
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a prepass file"):
+        PrepassStore.load(junk)
+    other = tmp_path / "other.npz"
+    np.savez(other, x=np.zeros(2))
+    with pytest.raises(ValueError, match="not a prepass file"):
+        PrepassStore.load(other)
+
+
+def test_add_validation():
+    store = PrepassStore(TASK, 1, 16)
+    with pytest.raises(ValueError, match="2-D"):
+        store.add("a", np.zeros((2, 2, 3), np.uint8))
+    with pytest.raises(ValueError, match="holds 255"):
+        store.add("a", np.full((2, 2), 255, np.uint8))
+    with pytest.raises(ValueError, match="outside 0..254"):
+        store.add("a", np.full((2, 2), 300, np.int64))
+    with pytest.raises(ValueError, match="integer class ids"):
+        store.add("a", np.zeros((2, 2), np.float32))
+    store.add("b", np.full((2, 2), 3, np.int64))  # integer input is converted
+    assert store.lookup("b").dtype == np.uint8
+    store.add("b", np.full((2, 2), 3, np.uint8))  # identical duplicate: no-op
+    assert len(store) == 1
+    with pytest.raises(ValueError, match="added twice"):
+        store.add("b", np.full((2, 2), 4, np.uint8))
+    with pytest.raises(ValueError, match="step"):
+        PrepassStore(TASK, -1, 16)
+    with pytest.raises(ValueError, match="stride"):
+        PrepassStore(TASK, 1, 0)
+
+
+def test_merge_rank_parts():
+    maps = _maps()
+    part0 = PrepassStore(TASK, 1, 16)
+    part1 = PrepassStore(TASK, 1, 16)
+    part0.add("img_a", maps["img_a"])
+    part1.add("img_b", maps["img_b"])
+    part1.add("img_c", maps["img_c"])
+    part1.add("img_a", maps["img_a"])  # a padded sampler repeats an image: identical, accepted
+    # parts travel between ranks pickled (torch.distributed gather)
+    part1 = pickle.loads(pickle.dumps(part1))
+    merged = part0.merge(part1)
+    assert merged is part0 and len(merged) == 3
+    for k, v in maps.items():
+        np.testing.assert_array_equal(merged.lookup(k), v)
+    with pytest.raises(ValueError, match="different runs"):
+        merged.merge(PrepassStore(TASK, 2, 16))
+    with pytest.raises(ValueError, match="different runs"):
+        merged.merge(PrepassStore(build_task("voc", "15-5"), 1, 16))
+
+
+def test_pickle_is_compact():
+    store = _store()
+    state = store.__getstate__()
+    assert state["data"].nbytes == store.nbytes  # no spare buffer capacity travels
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone.classes("img_a") == [7, 15] and len(clone) == 3
