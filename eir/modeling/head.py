@@ -1,0 +1,175 @@
+"""Incremental DeepLabV3 head: ASPP, one 3x3 conv, and one 1x1 classifier per step (Detectron2 layer).
+
+EIR_METHOD.md section 3. Output channel 0 is an auxiliary background classifier fed
+the *detached* feature (its BCE term trains only itself, never the body); then one
+block of channels per step, in task order. All outputs are sigmoid logits.
+
+Parameter names are stable across steps so checkpoints load into the next step's
+model: ``aspp.*``, ``conv.*``, ``aux.{weight,bias}``, ``cls.<s>.{weight,bias}``.
+
+Dropout: ASPP's output dropout (``aspp_dropout``, 0.1 as in DeepLabV3) is active in
+training mode only; incremental steps switch it off for good with
+:func:`eir.modeling.meta_arch.freeze_for_incremental`.
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import fvcore.nn.weight_init as weight_init
+import torch
+from detectron2.config import configurable
+from detectron2.layers import ASPP, Conv2d, ShapeSpec, get_norm
+from torch import nn
+
+from eir.tasks import Task, build_task
+
+__all__ = ["IncrementalHead", "NEW_HEAD_INITS", "task_from_cfg"]
+
+NEW_HEAD_INITS = ("random", "aux")
+_CLASSIFIER_STD = 0.01
+
+
+def task_from_cfg(cfg) -> Tuple[Task, int]:
+    """The task and step named by a yacs ``cfg.MODEL.EIR`` (see ``meta_arch.add_eir_config``)."""
+    eir = cfg.MODEL.EIR
+    task = build_task(eir.DATASET, eir.TASK, eir.SETTING, list(eir.ORDER) or None)
+    return task, task.check_step(eir.STEP)
+
+
+def _check_init(init: str) -> str:
+    if init not in NEW_HEAD_INITS:
+        raise ValueError(f"new head init must be one of {NEW_HEAD_INITS}, got {init!r}")
+    return init
+
+
+class IncrementalHead(nn.Module):
+    """DeepLabV3 head whose classifier grows by one 1x1 conv per step.
+
+    ``forward(x)`` maps the backbone feature [N, in_channels, h, w] to logits
+    [N, 1 + sum(step_sizes), h, w] = cat(aux, cls_0, ..., cls_t) at feature resolution.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        step_sizes: Sequence[int],
+        channels: int = 256,
+        aspp_dilations: Sequence[int] = (6, 12, 18),
+        norm: str = "BN",
+        aspp_dropout: float = 0.1,
+        pool_kernel_size=None,
+        new_head_init: str = "random",
+    ):
+        """
+        Args:
+            in_channels: channels of the backbone feature (2048 for ResNet-101 res5).
+            step_sizes: number of classes of each step up to the current one
+                (``task.step_sizes(t)``).
+            channels: width of ASPP and of the 3x3 conv (256 in DeepLabV3).
+            aspp_dilations: the three atrous rates (6, 12, 18 at output stride 16).
+            norm: Detectron2 norm name for ASPP and the 3x3 conv.
+            aspp_dropout: dropout on ASPP's output in training mode.
+            pool_kernel_size: Detectron2 ASPP's image-pooling window; None = global
+                average pooling at any input size (the DeepLabV3 definition).
+            new_head_init: how :func:`~eir.modeling.meta_arch.load_previous_step`
+                initialises the newest classifier by default: "random" (normal, std
+                0.01, bias 0) or "aux" (every row a copy of the aux classifier).
+        """
+        super().__init__()
+        step_sizes = [int(n) for n in step_sizes]
+        if not step_sizes or min(step_sizes) < 1:
+            raise ValueError(
+                f"step_sizes must list at least one step, each with >= 1 class; got {step_sizes}"
+            )
+        if len(aspp_dilations) != 3:
+            raise ValueError(f"aspp_dilations needs 3 rates, got {tuple(aspp_dilations)}")
+        self.new_head_init = _check_init(new_head_init)
+        self.in_channels = int(in_channels)
+        self.channels = int(channels)
+        self.step_sizes: List[int] = []
+
+        self.aspp = ASPP(
+            self.in_channels,
+            self.channels,
+            list(aspp_dilations),
+            norm=norm,
+            activation=nn.ReLU(),
+            pool_kernel_size=pool_kernel_size,
+            dropout=float(aspp_dropout),
+        )
+        self.conv = Conv2d(
+            self.channels,
+            self.channels,
+            kernel_size=3,
+            padding=1,
+            bias=not norm,
+            norm=get_norm(norm, self.channels),
+            activation=nn.ReLU(),
+        )
+        weight_init.c2_msra_fill(self.conv)
+        self.aux = nn.Conv2d(self.channels, 1, kernel_size=1)
+        self.init_classifier(self.aux, "random")
+        self.cls = nn.ModuleList()
+        for n in step_sizes:
+            self.add_step(n, init="random")
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        """Yacs route (``cfg.MODEL.EIR``, see :func:`eir.modeling.meta_arch.add_eir_config`)."""
+        eir = cfg.MODEL.EIR
+        task, step = task_from_cfg(cfg)
+        shape = input_shape[eir.IN_FEATURE] if isinstance(input_shape, dict) else input_shape
+        if isinstance(shape, ShapeSpec):
+            shape = shape.channels
+        return {
+            "in_channels": shape,
+            "step_sizes": task.step_sizes(step),
+            "channels": eir.HEAD_CHANNELS,
+            "aspp_dilations": list(eir.ASPP_DILATIONS),
+            "norm": eir.NORM,
+            "aspp_dropout": eir.ASPP_DROPOUT,
+            "new_head_init": eir.NEW_HEAD_INIT,
+        }
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.step_sizes)
+
+    @property
+    def num_channels(self) -> int:
+        """1 (aux background) + every class seen so far."""
+        return 1 + sum(self.step_sizes)
+
+    def init_classifier(self, conv: nn.Conv2d, init: str) -> None:
+        """(Re)initialise a 1x1 classifier: "random" (N(0, 0.01), bias 0) or "aux" (copy aux rows)."""
+        with torch.no_grad():
+            if _check_init(init) == "aux":
+                conv.weight.copy_(self.aux.weight.expand_as(conv.weight))
+                conv.bias.copy_(self.aux.bias.expand_as(conv.bias))
+            else:
+                nn.init.normal_(conv.weight, std=_CLASSIFIER_STD)
+                nn.init.zeros_(conv.bias)
+
+    def add_step(self, num_classes: int, init: str = "random") -> nn.Conv2d:
+        """Append the classifier of a new step (``num_classes`` channels) and return it."""
+        num_classes = int(num_classes)
+        if num_classes < 1:
+            raise ValueError(f"a step needs at least one class, got num_classes={num_classes}")
+        ref = self.aux.weight
+        conv = nn.Conv2d(self.channels, num_classes, kernel_size=1).to(ref.device, ref.dtype)
+        self.init_classifier(conv, init)
+        self.cls.append(conv)
+        self.step_sizes.append(num_classes)
+        return conv
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared 256-channel feature the classifiers read."""
+        return self.conv(self.aspp(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feat = self.features(x)
+        outs = [self.aux(feat.detach())]
+        outs.extend(cls(feat) for cls in self.cls)
+        return torch.cat(outs, dim=1)
