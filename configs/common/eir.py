@@ -1,0 +1,29 @@
+"""EIR's own knobs (EIR_METHOD.md sections 4-6), with the paper's defaults."""
+from detectron2.config import LazyCall as L
+
+from eir.data.paste import PasteConfig
+
+eir = dict(
+    memory=100,  # instance bank budget M (entries); 0 disables the bank (and pasting)
+    storage="instance",  # "instance" (EIR) or "image" (whole images with step labels: image replay)
+    paste=L(PasteConfig)(  # instance pasting in incremental steps; None disables it
+        max_classes=3,  # K: at most this many potential old classes per image
+        cell_size=250,  # S: paste cell side for a 512 crop
+        min_found=2,  # fewer found classes than this triggers the fallback
+        fallback_total=3,  # the fallback adds random old classes up to this many instances
+        mode="mixup",  # "mixup": lambda ~ Beta per paste; "copy": lambda = 1
+        beta=(1.0, 1.0),  # Beta parameters of lambda
+        flip_prob=0.5,  # horizontal flip of a pasted instance
+    ),
+    pseudo_label=True,  # old model's pseudo-labels on background pixels
+    tau=0.7,  # pseudo-label threshold on the old model's sigmoid scores
+    w_bce=1.0,  # weight of the BCE loss
+    w_kd=5.0,  # weight of RSKD; 0 disables distillation
+    rskd_mask="not_new",  # pixels distilled: "not_new" | "background" | "all"
+    rskd_normalize="mask",  # RSKD mean over "mask" pixels or "all" pixels
+    new_head_init="random",  # new classifier init: "random" or "aux" (copy of the background head)
+    prepass=dict(
+        short_side=512,  # the old model sees training images resized to this shorter side
+        stride=8,  # stored pseudo-label maps are 1/stride of the image size
+    ),
+)

@@ -1,0 +1,22 @@
+"""DeepLabV3 with a ResNet-101 at output stride 16 and EIR's incremental sigmoid head (section 3)."""
+from detectron2.config import LazyCall as L
+
+from eir.modeling.backbone import build_resnet_deeplab
+from eir.modeling.head import IncrementalHead
+from eir.modeling.meta_arch import EIRSegmentor
+
+model = L(EIRSegmentor)(
+    # ResNet-101, res5 dilated by 2 (output stride 16); ImageNet weights via train.init_checkpoint.
+    backbone=L(build_resnet_deeplab)(depth=101, norm="BN", res5_dilation=2),
+    head=L(IncrementalHead)(
+        in_channels=2048,  # res5 channels of the backbone
+        step_sizes=None,  # classes per step up to the current one: set by the runner per step
+        channels=256,  # ASPP and decoder width
+        aspp_dilations=(6, 12, 18),  # ASPP rates at output stride 16
+        norm="BN",
+    ),
+    pixel_mean=(123.675, 116.28, 103.53),  # ImageNet mean, RGB (inputs are RGB)
+    pixel_std=(58.395, 57.12, 57.375),  # ImageNet std, RGB
+    channel_classes=None,  # class id of each output channel: set by the runner per step
+    num_classes=None,  # foreground classes of the dataset: set by the runner
+)

@@ -1,0 +1,14 @@
+"""Run-level settings (read by tools/train_net.py and eir.engine.runner)."""
+
+train = dict(
+    output_dir="output/eir",  # every artifact of the run goes under this folder
+    init_checkpoint="",  # step 0 only: ImageNet backbone (tools/convert_torchvision_r101.py)
+    step=None,  # None: run every step; an int: run (or, with --eval-only, evaluate) that step
+    eval_checkpoint="",  # --eval-only: checkpoint to evaluate (default: that step's model_final.pth)
+    device="auto",  # "auto" (CUDA when available), "cuda" or "cpu"
+    amp=dict(enabled=True),  # mixed precision: float16 on CUDA, bfloat16 on CPU
+    ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
+    checkpointer=dict(period=1000, max_to_keep=2),  # periodic checkpoints within a step
+    log_period=20,  # iterations between log lines
+    seed=0,  # seeds sampling, augmentation, pasting and bank selection
+)

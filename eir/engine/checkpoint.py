@@ -1,0 +1,70 @@
+"""Checkpoints that know their task and step, written atomically.
+
+Every checkpoint the runner writes carries ``{"eir": {"task": ..., "step": ...}}`` so that
+loading a step's weights into another task or step fails with a clear message instead of a
+shape error deep inside ``load_state_dict``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
+from eir.fileio import atomic_write
+from eir.tasks import Task
+
+
+class StepCheckpointer(DetectionCheckpointer):
+    """A DetectionCheckpointer for one step's folder; adds the task/step tag, writes atomically."""
+
+    def __init__(self, model, save_dir, *, task: Task, step: int, **checkpointables):
+        super().__init__(model, str(save_dir), **checkpointables)
+        self.eir_tag = {"task": task.to_dict(), "step": step}
+
+    def save(self, name: str, **kwargs) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        data["eir"] = self.eir_tag
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", save_file)
+        atomic_write(save_file, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+
+def read_step_checkpoint(path, task: Task, step: int) -> dict:
+    """The model state dict of a runner checkpoint, after checking it belongs to (task, step)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    data = torch.load(path, map_location="cpu", weights_only=False)
+    tag = data.get("eir") if isinstance(data, dict) else None
+    if tag is None:
+        raise ValueError(
+            f"{path} has no EIR task/step tag, so it was not written by the continual runner. "
+            "An ImageNet backbone goes to train.init_checkpoint (used at step 0 only)."
+        )
+    want = {"task": task.to_dict(), "step": step}
+    if _normalise(tag) != _normalise(want):
+        raise ValueError(
+            f"{path} belongs to {_describe(tag)}, but {_describe(want)} is needed: "
+            "point to the checkpoint of that task and step (or fix task.* / train.step)."
+        )
+    return data["model"]
+
+
+def _normalise(tag: dict) -> dict:
+    task = dict(tag["task"])
+    task["order"] = list(task["order"]) if task.get("order") is not None else None
+    return {"task": task, "step": int(tag["step"])}
+
+
+def _describe(tag: dict) -> str:
+    t = tag["task"]
+    return f"{t['dataset']} {t['name']} {t['setting']} step {tag['step']}"

@@ -1,0 +1,105 @@
+"""The prepass: the old model's pseudo-labels over a step's training images, once per step.
+
+Pasting (EIR_METHOD.md section 6) needs, for every training image, the old classes the old
+model finds in the image's background. Running the old model once at the start of the step
+and storing a low-resolution map lets the data loader paste on the CPU; the map is
+transformed with the same augmentation as the image.
+"""
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from detectron2.utils import comm
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from eir.data.prepass import PrepassStore
+from eir.modeling.losses import pseudo_labels
+from eir.tasks import Task
+
+logger = logging.getLogger(__name__)
+
+
+class _PrepassImages(Dataset):
+    """Images resized to ``short_side`` and step labels at the map's resolution."""
+
+    def __init__(self, dicts, label_lut, short_side, stride):
+        self.dicts = dicts
+        self.lut = label_lut
+        self.short_side = short_side
+        self.stride = stride
+
+    def __len__(self):
+        return len(self.dicts)
+
+    def __getitem__(self, i):
+        d = self.dicts[i]
+        image = cv2.imread(d["file_name"], cv2.IMREAD_COLOR)
+        label = cv2.imread(d["sem_seg_file_name"], cv2.IMREAD_UNCHANGED)
+        if image is None or label is None:
+            bad = d["file_name"] if image is None else d["sem_seg_file_name"]
+            raise FileNotFoundError(f"cannot read {bad}")
+        h, w = label.shape
+        scale = self.short_side / min(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        image = cv2.cvtColor(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
+        low = (max(1, -(-w // self.stride)), max(1, -(-h // self.stride)))
+        label = cv2.resize(self.lut[label], low, interpolation=cv2.INTER_NEAREST)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "label": torch.from_numpy(label),
+            "image_id": d["image_id"],
+        }
+
+
+@torch.no_grad()
+def pseudo_label_map(old_model, image: torch.Tensor, label: torch.Tensor, tau: float, channel_to_class):
+    """Class ids the old model is sure of (score >= tau) where the step label is background.
+
+    ``image`` is a CHW uint8 tensor, ``label`` the step label at the map's resolution;
+    returns a uint8 map of the label's size (0 where nothing is detected).
+    """
+    images = old_model.preprocess_image([{"image": image}])
+    logits = old_model.logits(images.tensor)
+    h, w = images.image_sizes[0]
+    logits = F.interpolate(
+        logits[:, :, :h, :w].float(), size=tuple(label.shape), mode="bilinear", align_corners=False
+    )
+    label = label.to(logits.device).long()[None]
+    # Any non-zero value shields a pixel from pseudo-labelling; only zeros can change.
+    channels = pseudo_labels(label, logits, tau, logits.shape[1])
+    detected = torch.where((label == 0) & (channels > 0), channels, 0)
+    return channel_to_class[detected][0].to(torch.uint8).cpu().numpy()
+
+
+def run_prepass(old_model, dicts, task: Task, step: int, *, tau, short_side, stride, num_workers=0):
+    """Run the old model over ``dicts`` (sharded over ranks); every rank gets the full store."""
+    rank, world = comm.get_rank(), comm.get_world_size()
+    shard = dicts[rank::world]
+    lut = task.train_label_lut(step)
+    loader = DataLoader(
+        _PrepassImages(shard, lut, short_side, stride),
+        batch_size=None,
+        num_workers=num_workers,
+    )
+    device = old_model.device
+    channel_to_class = torch.as_tensor(task.channel_classes(step - 1), device=device)
+    store = PrepassStore(task.to_dict(), step, stride)
+    amp = device.type == "cuda"
+    with torch.autocast(device.type, enabled=amp):
+        for item in tqdm(loader, desc=f"prepass step {step}", disable=not comm.is_main_process()):
+            store.add(
+                item["image_id"],
+                pseudo_label_map(old_model, item["image"], item["label"], tau, channel_to_class),
+            )
+    if world > 1:
+        parts = comm.all_gather(store)
+        store = PrepassStore(task.to_dict(), step, stride)
+        for part in parts:
+            store.merge(part)
+    logger.info("Prepass of step %d: %d images", step, len(store))
+    return store

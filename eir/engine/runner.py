@@ -1,0 +1,361 @@
+"""ContinualRunner: every step of a continual task, from one config, resumable.
+
+For each step t (DESIGN.md, "Data flow of one incremental step"):
+
+1. build the step-t model; at t > 0 load step t-1's weights, add the new classifier, freeze
+   BatchNorm; build the frozen old model from the same config at step t-1;
+2. load the instance bank written when step t-1 ended;
+3. prepass: the old model's pseudo-label maps over the step's training images (pasting);
+4. train with :class:`EIRTrainer` on the step's images joined with the bank's entries;
+5. evaluate (old / new / all / hIoU), write ``metrics.json``, build and save the bank for
+   step t+1, and mark the step done.
+
+Artifacts live in ``OUTPUT_DIR/step_t/``; a step is done when ``step_t/DONE`` exists. Rerunning
+the same command skips done steps and resumes an interrupted one from its last checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from detectron2.config import instantiate
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data.samplers import TrainingSampler
+from detectron2.engine import hooks
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import inference_on_dataset
+from detectron2.solver import LRMultiplier
+from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+from fvcore.common.param_scheduler import PolynomialDecayParamScheduler
+
+from eir.data.bank import InstanceBank
+from eir.data.datasets import register_eir_datasets, replay_dataset_dicts, step_dataset_dicts
+from eir.data.mapper import EIRDatasetMapper
+from eir.data.prepass import PrepassStore
+from eir.engine.checkpoint import StepCheckpointer, read_step_checkpoint
+from eir.engine.prepass import run_prepass
+from eir.engine.trainer import EIRTrainer
+from eir.evaluation.evaluator import ContinualSemSegEvaluator
+from eir.evaluation.metrics import format_table
+from eir.evaluation.report import write_summary
+from eir.fileio import atomic_write_json, atomic_write_text
+from eir.modeling.meta_arch import freeze_for_incremental, load_previous_step, load_step_weights
+from eir.tasks import Task, build_task
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` is CUDA when available, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def build_step_model(cfg, task: Task, step: int, device) -> torch.nn.Module:
+    """Instantiate ``cfg.model`` with the head and channel layout of ``step``.
+
+    At steps after the first, BatchNorm is frozen (EIR_METHOD.md section 3) so that a step's
+    checkpoint loads into a model built here without key mismatches.
+    """
+    task.check_step(step)
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.head.step_sizes = task.step_sizes(step)
+    model_cfg.channel_classes = task.channel_classes(step)
+    model_cfg.num_classes = task.num_classes
+    model = instantiate(model_cfg)
+    if step > 0:
+        freeze_for_incremental(model)
+    return model.to(device)
+
+
+class ContinualRunner:
+    """Runs, resumes and evaluates the steps of ``cfg.task`` (see the module docstring)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.task = build_task(**cfg.task)
+        self.output_dir = Path(cfg.train.output_dir).expanduser().resolve()
+        self.device = resolve_device(cfg.train.device)
+        register_eir_datasets()
+
+    # ----------------------------------------------------------------- paths
+    def step_dir(self, step: int) -> Path:
+        return self.output_dir / f"step_{step}"
+
+    def is_done(self, step: int) -> bool:
+        return (self.step_dir(step) / "DONE").is_file()
+
+    def steps_to_run(self) -> list[int]:
+        step = self.cfg.train.step
+        if step is None:
+            return list(range(self.task.num_steps))
+        return [self.task.check_step(int(step))]
+
+    # ----------------------------------------------------------------- run
+    def run(self) -> dict[int, dict]:
+        """Train every requested step that is not done; write the run's summary."""
+        logger.info("Continual run of %s into %s", self.task, self.output_dir)
+        for step in self.steps_to_run():
+            if self.is_done(step):
+                logger.info("Step %d is done (%s exists): skipped", step, self.step_dir(step) / "DONE")
+                continue
+            self.train_step(step)
+        summaries = self.finished_summaries()
+        if comm.is_main_process() and summaries:
+            write_summary(self.output_dir, self.task, summaries)
+            logger.info("Summary written to %s", self.output_dir / "summary.md")
+        return summaries
+
+    def finished_summaries(self) -> dict[int, dict]:
+        """The metrics of every done step, read back from their ``metrics.json``."""
+        import json
+
+        out = {}
+        for step in range(self.task.num_steps):
+            path = self.step_dir(step) / "metrics.json"
+            if self.is_done(step) and path.is_file():
+                out[step] = json.loads(path.read_text())["summary"]
+        return out
+
+    def train_step(self, step: int) -> dict:
+        cfg, task = self.cfg, self.task
+        if step > 0 and not self.is_done(step - 1):
+            raise RuntimeError(
+                f"step {step} needs step {step - 1}, which is not trained "
+                f"({self.step_dir(step - 1) / 'DONE'} is missing): run the steps in order "
+                "(leave train.step unset to run them all)."
+            )
+        step_dir = self.step_dir(step)
+        if comm.is_main_process():
+            step_dir.mkdir(parents=True, exist_ok=True)
+        comm.synchronize()
+        started = time.perf_counter()
+        logger.info("==== step %d of %s: classes %s", step, task, task.new_classes(step))
+
+        model = build_step_model(cfg, task, step, self.device)
+        old_model = None
+        if step > 0:
+            previous = read_step_checkpoint(self.step_dir(step - 1) / "model_final.pth", task, step - 1)
+            load_previous_step(model, previous, cfg.eir.new_head_init)
+            if cfg.eir.pseudo_label or cfg.eir.w_kd > 0 or self.pastes(step):
+                old_model = build_step_model(cfg, task, step - 1, self.device)
+                load_step_weights(old_model, previous)
+                old_model.eval().requires_grad_(False)
+        elif cfg.train.init_checkpoint:
+            StepCheckpointer(model, None, task=task, step=0).load(cfg.train.init_checkpoint)
+
+        bank = self.load_bank(step)
+        train_dicts = step_dataset_dicts(
+            cfg.dataloader.train.dataset, task, step, "train",
+            cache_dir=self.output_dir, num_workers=cfg.dataloader.train.num_workers,
+        )
+        if not train_dicts:
+            raise ValueError(
+                f"no image of {cfg.dataloader.train.dataset} qualifies for step {step} "
+                f"({task.setting}): check the dataset and task.*"
+            )
+        prepass = self.prepass(step, train_dicts, old_model) if self.pastes(step) else None
+        dicts = train_dicts + (replay_dataset_dicts(bank) if bank is not None else [])
+        logger.info(
+            "Step %d trains on %d images + %d bank entries",
+            step, len(train_dicts), len(dicts) - len(train_dicts),
+        )
+
+        model_final = step_dir / "model_final.pth"
+        if model_final.is_file():
+            logger.info("Step %d was trained before the interruption: %s", step, model_final)
+            load_step_weights(model, read_step_checkpoint(model_final, task, step))
+        else:
+            self.fit(step, model, old_model, dicts, bank, prepass)
+
+        summary = self.evaluate_model(model, step)
+        if comm.is_main_process():
+            atomic_write_json(
+                step_dir / "metrics.json",
+                {"task": task.to_dict(), "step": step, "summary": summary},
+            )
+            if step + 1 < task.num_steps and cfg.eir.memory > 0:
+                self.build_bank(step, train_dicts, bank).save(step_dir / "bank")
+            atomic_write_text(
+                step_dir / "DONE",
+                f"step {step} of {task} done in {time.perf_counter() - started:.0f} s\n",
+            )
+        comm.synchronize()
+        return summary
+
+    # ----------------------------------------------------------------- parts
+    def pastes(self, step: int) -> bool:
+        return step > 0 and self.cfg.eir.paste is not None and self.cfg.eir.memory > 0
+
+    def load_bank(self, step: int):
+        if step == 0 or self.cfg.eir.memory <= 0:
+            return None
+        return InstanceBank.load(self.step_dir(step - 1) / "bank", task=self.task, step=step - 1)
+
+    def build_bank(self, step: int, train_dicts, previous) -> InstanceBank:
+        cfg = self.cfg
+        return InstanceBank.build(
+            train_dicts,
+            self.task,
+            step,
+            budget=cfg.eir.memory,
+            seed=cfg.train.seed,
+            previous=previous,
+            storage=cfg.eir.storage,
+            num_workers=cfg.dataloader.train.num_workers,
+        )
+
+    def prepass(self, step: int, dicts, old_model) -> PrepassStore:
+        path = self.step_dir(step) / "prepass.npz"
+        if path.is_file():
+            return PrepassStore.load(path, task=self.task, step=step)
+        p = self.cfg.eir.prepass
+        store = run_prepass(
+            old_model,
+            dicts,
+            self.task,
+            step,
+            tau=self.cfg.eir.tau,
+            short_side=p.short_side,
+            stride=p.stride,
+            num_workers=self.cfg.dataloader.train.num_workers,
+        )
+        if comm.is_main_process():
+            store.save(path)
+        comm.synchronize()
+        return store
+
+    def max_iter(self, step: int, num_samples: int) -> int:
+        s = self.cfg.schedule
+        if s.max_iter:
+            return int(s.max_iter)
+        epochs = s.epochs if step == 0 else s.incremental_epochs
+        return max(1, math.ceil(epochs * num_samples / self.cfg.dataloader.train.total_batch_size))
+
+    def build_optimizer(self, model, step: int):
+        s = self.cfg.schedule
+        lr = s.lr if step == 0 else s.incremental_lr
+        opt_cfg = copy.deepcopy(self.cfg.optimizer)
+        opt_cfg.params.model = model
+        opt_cfg.params.base_lr = lr
+        opt_cfg.params.step = step
+        opt_cfg.lr = lr
+        return instantiate(opt_cfg)
+
+    def build_lr_scheduler(self, optimizer, max_iter: int):
+        from fvcore.common.param_scheduler import CompositeParamScheduler, LinearParamScheduler
+
+        s = self.cfg.schedule
+        poly = PolynomialDecayParamScheduler(1.0, s.poly_power)
+        if s.warmup_fraction > 0:
+            # Linear warm-up from 0 over the first fraction, then poly decay over the rest.
+            poly = CompositeParamScheduler(
+                [LinearParamScheduler(1e-3, 1.0), poly],
+                lengths=[s.warmup_fraction, 1.0 - s.warmup_fraction],
+                interval_scaling=["rescaled", "rescaled"],
+            )
+        return LRMultiplier(optimizer, poly, max_iter)
+
+    def fit(self, step, model, old_model, dicts, bank, prepass) -> None:
+        cfg, task = self.cfg, self.task
+        step_dir = self.step_dir(step)
+        mapper = EIRDatasetMapper(
+            is_train=True,
+            task=task,
+            step=step,
+            augmentations=instantiate(cfg.dataloader.train.augmentations),
+            bank=bank,
+            prepass=prepass,
+            paste_cfg=instantiate(cfg.eir.paste) if self.pastes(step) else None,
+            seed=cfg.train.seed + step,
+        )
+        loader = build_detection_train_loader(
+            dataset=dicts,
+            mapper=mapper,
+            sampler=TrainingSampler(len(dicts), seed=cfg.train.seed + step),
+            total_batch_size=cfg.dataloader.train.total_batch_size,
+            aspect_ratio_grouping=False,
+            num_workers=cfg.dataloader.train.num_workers,
+        )
+        max_iter = self.max_iter(step, len(dicts))
+        optimizer = self.build_optimizer(model, step)
+        ddp = cfg.train.ddp
+        kwargs = {} if self.device.type == "cuda" else {"device_ids": None}
+        wrapped = create_ddp_model(model, **ddp, **kwargs)
+        trainer = EIRTrainer(
+            wrapped,
+            loader,
+            optimizer,
+            task=task,
+            step=step,
+            old_model=old_model,
+            tau=cfg.eir.tau if cfg.eir.pseudo_label else float("inf"),
+            w_bce=cfg.eir.w_bce,
+            w_kd=cfg.eir.w_kd,
+            rskd_mask=cfg.eir.rskd_mask,
+            rskd_normalize=cfg.eir.rskd_normalize,
+            amp=cfg.train.amp.enabled,
+        )
+        checkpointer = StepCheckpointer(model, step_dir, task=task, step=step, trainer=trainer)
+        main = comm.is_main_process()
+        trainer.register_hooks(
+            [
+                hooks.IterationTimer(),
+                hooks.LRScheduler(scheduler=self.build_lr_scheduler(optimizer, max_iter)),
+                hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
+                hooks.PeriodicWriter(
+                    [CommonMetricPrinter(max_iter), JSONWriter(str(step_dir / "training_log.json"))],
+                    period=cfg.train.log_period,
+                )
+                if main
+                else None,
+            ]
+        )
+        start_iter = 0
+        if checkpointer.has_checkpoint():
+            checkpointer.resume_or_load("", resume=True)
+            start_iter = trainer.iter + 1
+            logger.info("Resuming step %d at iteration %d", step, start_iter)
+        logger.info("Step %d: %d iterations", step, max_iter)
+        trainer.train(start_iter, max_iter)
+        comm.synchronize()
+
+    # ----------------------------------------------------------------- evaluation
+    def evaluate_model(self, model, step: int) -> dict:
+        cfg = self.cfg
+        dicts = step_dataset_dicts(
+            cfg.dataloader.test.dataset, self.task, step, "test",
+            cache_dir=self.output_dir, num_workers=cfg.dataloader.test.num_workers,
+        )
+        mapper = EIRDatasetMapper(
+            is_train=False,
+            task=self.task,
+            step=step,
+            augmentations=instantiate(cfg.dataloader.test.augmentations),
+        )
+        loader = build_detection_test_loader(
+            dataset=dicts,
+            mapper=mapper,
+            batch_size=cfg.dataloader.test.batch_size,
+            num_workers=cfg.dataloader.test.num_workers,
+        )
+        evaluator = ContinualSemSegEvaluator(self.task, step)
+        inference_on_dataset(model, loader, evaluator)
+        return evaluator.summary
+
+    def evaluate_checkpoint(self, step: int, checkpoint=None) -> dict:
+        """Evaluate ``checkpoint`` (default: the step's model_final.pth) at ``step``; print the table."""
+        self.task.check_step(step)
+        path = Path(checkpoint) if checkpoint else self.step_dir(step) / "model_final.pth"
+        model = build_step_model(self.cfg, self.task, step, self.device)
+        load_step_weights(model, read_step_checkpoint(path, self.task, step))
+        summary = self.evaluate_model(model, step)
+        if comm.is_main_process():
+            print(format_table(summary, title=f"{self.task} step {step}: {path}"))
+        return summary

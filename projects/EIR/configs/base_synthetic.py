@@ -1,0 +1,55 @@
+"""EIR on the synthetic dataset: a tiny model and schedule so a whole run takes minutes on a CPU.
+
+The dataset (eir.data.synthetic: 10 shape classes, 128x128 images) is generated under
+``$DETECTRON2_DATASETS/eir_synthetic`` on first use. Task files in synthetic/ import this.
+"""
+from detectron2.config import LazyCall as L
+
+from eir.modeling.backbone import build_resnet_deeplab
+
+from ....configs.common.data.continual import dataloader
+from ....configs.common.eir import eir
+from ....configs.common.models.deeplabv3_r101 import model
+from ....configs.common.optim import SGD as optimizer
+from ....configs.common.schedule import schedule
+from ....configs.common.train import train
+
+task = dict(
+    dataset="synthetic",  # eir.tasks.DATASETS key
+    name="4-2",  # "B-I" or "joint"
+    setting="overlap",  # "overlap" or "disjoint"
+    order=None,  # None (class-id order) or a permutation of 1..10
+)
+
+# A bottleneck ResNet with one block per stage and narrow widths (res5: 256 channels).
+model.backbone = L(build_resnet_deeplab)(
+    depth=None, num_blocks=(1, 1, 1, 1), stem_out_channels=16, width_per_group=8,
+    res2_out_channels=32, res5_dilation=2,
+)
+model.head.in_channels = 256
+model.head.channels = 64
+model.head.aspp_dilations = (1, 2, 3)  # 128-pixel inputs give 8x8 features at stride 16
+
+dataloader.train.dataset = "eir_synthetic_train"
+dataloader.test.dataset = "eir_synthetic_val"
+dataloader.train.total_batch_size = 16
+dataloader.train.num_workers = 2
+dataloader.test.num_workers = 2
+dataloader.train.augmentations.crop_size = 128
+dataloader.test.augmentations.short_side = None  # evaluate at full resolution (128 px)
+dataloader.test.augmentations.crop = None
+
+schedule.epochs = 30
+schedule.incremental_epochs = 15
+schedule.lr = 0.02
+schedule.incremental_lr = 0.002
+
+eir.memory = 40
+eir.paste.cell_size = 62  # 250 / 512 of the 128-pixel crop
+eir.prepass.short_side = 128
+eir.prepass.stride = 4
+
+train.device = "auto"
+train.amp.enabled = False  # the tiny model gains nothing from bfloat16 on a CPU
+train.checkpointer.period = 200
+train.log_period = 20

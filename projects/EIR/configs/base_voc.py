@@ -1,0 +1,28 @@
+"""EIR on Pascal VOC 2012 (augmented): the paper's recipe (EIR_METHOD.md section 8).
+
+Task files in voc/ import this and set ``task.name`` / ``task.setting``.
+"""
+from ....configs.common.data.continual import dataloader
+from ....configs.common.eir import eir
+from ....configs.common.models.deeplabv3_r101 import model
+from ....configs.common.optim import SGD as optimizer
+from ....configs.common.schedule import schedule
+from ....configs.common.train import train
+
+task = dict(
+    dataset="voc",  # "voc", "ade" or "synthetic" (eir.tasks.DATASETS)
+    name="15-1",  # "B-I" (B classes first, then steps of I) or "joint"
+    setting="overlap",  # "overlap" or "disjoint" (EIR_METHOD.md section 2)
+    order=None,  # None (class-id order) or a permutation of the class ids
+)
+
+dataloader.train.dataset = "eir_voc_train"
+dataloader.test.dataset = "eir_voc_val"
+dataloader.train.total_batch_size = 32
+
+schedule.epochs = 60
+schedule.incremental_epochs = 60
+schedule.lr = 1e-3
+schedule.incremental_lr = 1e-4
+
+eir.memory = 100

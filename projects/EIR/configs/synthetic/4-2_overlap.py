@@ -1,0 +1,9 @@
+"""EIR on the synthetic dataset, task 4-2 overlap (4 steps: 1-4 | 5-6 | 7-8 | 9-10).
+
+The default of tools/train_net.py: a whole continual run in minutes on a CPU.
+"""
+from ..base_synthetic import dataloader, eir, model, optimizer, schedule, task, train
+
+task.name = "4-2"
+task.setting = "overlap"
+train.output_dir = "output/eir/synthetic_4-2_overlap"

@@ -1,0 +1,6 @@
+"""EIR, Pascal VOC 2-2 disjoint."""
+from ..base_voc import dataloader, eir, model, optimizer, schedule, task, train
+
+task.name = "2-2"
+task.setting = "disjoint"
+train.output_dir = "output/eir/voc_2-2_disjoint"

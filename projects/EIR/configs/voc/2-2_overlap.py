@@ -1,0 +1,6 @@
+"""EIR, Pascal VOC 2-2 overlap."""
+from ..base_voc import dataloader, eir, model, optimizer, schedule, task, train
+
+task.name = "2-2"
+task.setting = "overlap"
+train.output_dir = "output/eir/voc_2-2_overlap"

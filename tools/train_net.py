@@ -1,0 +1,83 @@
+#!/usr/bin/env python
+"""Run a whole continual EIR sequence (every step) or evaluate one step's checkpoint.
+
+    python tools/train_net.py            # the synthetic 4-2 run (projects/EIR/configs/synthetic/4-2_overlap.py)
+    python tools/train_net.py --config-file projects/EIR/configs/voc/15-1_overlap.py
+    python tools/train_net.py --config-file ... train.step=2            # one step only
+    python tools/train_net.py --config-file ... --eval-only train.step=5 [train.eval_checkpoint=PATH]
+    python tools/train_net.py --config-file ... --num-gpus 8
+
+Overrides are LazyConfig ``key=value`` pairs. Rerunning a command skips finished steps and
+resumes an interrupted one from its last checkpoint (``--resume`` is implied).
+"""
+import logging
+import sys
+from pathlib import Path
+
+from detectron2.config import LazyConfig
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import print_csv_format
+from detectron2.utils import comm
+
+from eir.engine.runner import ContinualRunner
+from eir.evaluation.evaluator import detectron2_results
+
+logger = logging.getLogger("eir")
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "projects/EIR/configs/synthetic/4-2_overlap.py"
+
+
+def check_output_dir(cfg) -> None:
+    """Refuse to mix two tasks in one output folder (their steps would collide)."""
+    previous = Path(cfg.train.output_dir).expanduser() / "config.yaml"
+    if not previous.is_file():
+        return
+    old = LazyConfig.load(str(previous))
+    mine = {k: cfg.task[k] for k in ("dataset", "name", "setting", "order")}
+    theirs = {k: old.task[k] for k in ("dataset", "name", "setting", "order")}
+    if mine != theirs:
+        raise SystemExit(
+            f"{cfg.train.output_dir} holds a run of task {theirs}, not {mine}: "
+            "choose another train.output_dir."
+        )
+
+
+def main(args):
+    cfg = LazyConfig.load(args.config_file)
+    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    if comm.is_main_process() and not args.eval_only:
+        check_output_dir(cfg)
+    if not args.eval_only:
+        default_setup(cfg, args)
+    else:
+        # Evaluation writes nothing into the run's folder, not even config.yaml.
+        from detectron2.utils.logger import setup_logger
+
+        setup_logger(distributed_rank=comm.get_rank())
+        setup_logger(distributed_rank=comm.get_rank(), name="eir")
+    runner = ContinualRunner(cfg)
+    if args.eval_only:
+        if cfg.train.step is None:
+            raise SystemExit("--eval-only needs the step to evaluate: add train.step=T")
+        summary = runner.evaluate_checkpoint(int(cfg.train.step), cfg.train.eval_checkpoint or None)
+        print_csv_format({"sem_seg": detectron2_results(summary)})
+        return summary
+    return runner.run()
+
+
+def invoke_main() -> None:
+    args = default_argument_parser().parse_args()
+    if not args.config_file:
+        args.config_file = str(DEFAULT_CONFIG)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(invoke_main())
