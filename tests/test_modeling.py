@@ -87,15 +87,20 @@ def test_res5_output_stride_16_by_dilation():
     assert bb(torch.zeros(1, 3, 64, 64))["res5"].shape == (1, 256, 4, 4)
     for block in bb.res5:
         assert block.conv2.dilation == (2, 2) and block.conv2.stride == (1, 1)
-    plain = build_resnet_deeplab(res5_dilation=1, **SMALL_RESNET)
+    plain = build_resnet_deeplab(output_stride=32, **SMALL_RESNET)
     assert plain(torch.zeros(1, 3, 64, 64))["res5"].shape == (1, 256, 2, 2)
+    fine = build_resnet_deeplab(output_stride=8, **SMALL_RESNET)
+    assert fine.output_shape()["res5"].stride == 8
+    assert fine(torch.zeros(1, 3, 64, 64))["res5"].shape == (1, 256, 8, 8)
+    assert [b.conv2.dilation for b in fine.res4] == [(2, 2)]
+    assert [b.conv2.dilation for b in fine.res5] == [(4, 4)]
 
 
 def test_backbone_rejects_bad_arguments():
     with pytest.raises(ValueError, match="depth"):
         build_resnet_deeplab(depth=18)
-    with pytest.raises(ValueError, match="res5_dilation"):
-        build_resnet_deeplab(res5_dilation=4, **SMALL_RESNET)
+    with pytest.raises(ValueError, match="output_stride"):
+        build_resnet_deeplab(output_stride=4, **SMALL_RESNET)
     with pytest.raises(ValueError, match="num_blocks"):
         build_resnet_deeplab(num_blocks=(1, 1, 1))
 

@@ -1,7 +1,8 @@
 """The DeepLabV3 ResNet body, built from Detectron2's ResNet pieces (Detectron2 layer).
 
 EIR (EIR_METHOD.md section 3) uses a ResNet-101 at output stride 16: res5 is not
-strided but dilated by 2. The blocks are Detectron2's ``BottleneckBlock`` (it takes a
+strided but dilated by 2. Output stride 8 (res4 dilated by 2, res5 by 4, as in DeepLab)
+suits small inputs such as the synthetic dataset's 128-pixel images. The blocks are Detectron2's ``BottleneckBlock`` (it takes a
 dilation; the R18/R34 ``BasicBlock`` does not), with the stride in the 3x3 conv
 (``stride_in_1x1=False``), which is the layout of torchvision's ImageNet weights that
 ``tools/convert_torchvision_r101.py`` converts.
@@ -38,7 +39,7 @@ def resnet_out_channels(res2_out_channels: int = 256, stage: str = "res5") -> in
 def build_resnet_deeplab(
     depth: int | None = 101,
     norm: str = "BN",
-    res5_dilation: int = 2,
+    output_stride: int = 16,
     stem_out_channels: int = 64,
     width_per_group: int = 64,
     res2_out_channels: int = 256,
@@ -53,8 +54,8 @@ def build_resnet_deeplab(
         depth: 50, 101 or 152 picks the standard number of blocks per stage; ignored
             when ``num_blocks`` is given.
         norm: Detectron2 norm name for every conv ("BN", "SyncBN", "FrozenBN", "GN", ...).
-        res5_dilation: 2 gives output stride 16 (res5 keeps res4's resolution and
-            dilates its 3x3 convs by 2), 1 the plain stride-32 ResNet.
+        output_stride: 16 (res5 keeps res4's resolution and dilates its 3x3 convs by 2),
+            8 (res4 and res5 keep res3's resolution, dilated by 2 and 4) or 32 (plain).
         stem_out_channels, width_per_group, res2_out_channels: widths; the defaults are
             ResNet-101's. Stage k (res2..res5) has ``res2_out_channels * 2**k`` output
             and ``width_per_group * 2**k`` bottleneck channels.
@@ -74,18 +75,16 @@ def build_resnet_deeplab(
     num_blocks = tuple(int(n) for n in num_blocks)
     if len(num_blocks) != 4 or min(num_blocks) < 1:
         raise ValueError(f"num_blocks needs 4 positive counts (res2..res5), got {num_blocks}")
-    if res5_dilation not in (1, 2):
-        raise ValueError(
-            f"res5_dilation must be 1 (output stride 32) or 2 (output stride 16), got {res5_dilation}"
-        )
+    dilations = {32: (1, 1, 1, 1), 16: (1, 1, 1, 2), 8: (1, 1, 2, 4)}
+    if output_stride not in dilations:
+        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
 
     stem = BasicStem(in_channels=in_channels, out_channels=stem_out_channels, norm=norm)
     stages = []
     stage_in = stem_out_channels
     for k, n in enumerate(num_blocks):
-        is_res5 = k == 3
-        dilation = res5_dilation if is_res5 else 1
-        # res2 follows the stem's max-pool and keeps its resolution; a dilated res5 does too.
+        dilation = dilations[output_stride][k]
+        # res2 follows the stem's max-pool and keeps its resolution; a dilated stage does too.
         first_stride = 1 if k == 0 or dilation > 1 else 2
         out_ch = res2_out_channels * 2**k
         stages.append(

@@ -7,7 +7,7 @@ from eir.modeling.meta_arch import EIRSegmentor
 
 model = L(EIRSegmentor)(
     # ResNet-101, res5 dilated by 2 (output stride 16); ImageNet weights via train.init_checkpoint.
-    backbone=L(build_resnet_deeplab)(depth=101, norm="BN", res5_dilation=2),
+    backbone=L(build_resnet_deeplab)(depth=101, norm="BN", output_stride=16),
     head=L(IncrementalHead)(
         in_channels=2048,  # res5 channels of the backbone
         step_sizes=None,  # classes per step up to the current one: set by the runner per step
