@@ -164,6 +164,17 @@ def test_add_step_random_and_aux_init():
         IncrementalHead(in_channels=8, step_sizes=[2, 0])
 
 
+def test_prior_prob_sets_the_initial_sigmoid_scores():
+    head = IncrementalHead(in_channels=8, step_sizes=[2], channels=4, prior_prob=0.01)
+    # log(0.01 / 0.99) = -4.59512; sigmoid of it is the prior itself.
+    assert torch.allclose(head.cls[0].bias, torch.full((2,), -4.59512), atol=1e-5)
+    assert torch.allclose(head.aux.bias, torch.tensor([4.59512]), atol=1e-5)
+    new = head.add_step(3, init="random")
+    assert torch.allclose(torch.sigmoid(new.bias), torch.full((3,), 0.01))
+    with pytest.raises(ValueError, match="prior_prob"):
+        IncrementalHead(in_channels=8, step_sizes=[2], prior_prob=1.0)
+
+
 # ---------------------------------------------------------------- meta-arch
 def test_odd_input_sizes_keep_each_images_size():
     model = make_model([2], [0, 1, 2], num_classes=2)

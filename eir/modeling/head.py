@@ -13,6 +13,8 @@ training mode only; incremental steps switch it off for good with
 """
 from __future__ import annotations
 
+import math
+
 from typing import List, Sequence, Tuple
 
 import fvcore.nn.weight_init as weight_init
@@ -61,6 +63,7 @@ class IncrementalHead(nn.Module):
         aspp_dropout: float = 0.1,
         pool_kernel_size=None,
         new_head_init: str = "random",
+        prior_prob: float | None = None,
     ):
         """
         Args:
@@ -76,6 +79,11 @@ class IncrementalHead(nn.Module):
             new_head_init: how :func:`~eir.modeling.meta_arch.load_previous_step`
                 initialises the newest classifier by default: "random" (normal, std
                 0.01, bias 0) or "aux" (every row a copy of the aux classifier).
+            prior_prob: None keeps "random" biases at 0 (the paper's init). A probability
+                p sets class biases to log(p / (1 - p)) and the aux (background) bias to
+                its opposite, so sigmoid scores start near p instead of 0.5: training from
+                scratch (the synthetic runs) then skips a long phase of pushing every
+                class score down on the background that fills most pixels.
         """
         super().__init__()
         step_sizes = [int(n) for n in step_sizes]
@@ -86,6 +94,11 @@ class IncrementalHead(nn.Module):
         if len(aspp_dilations) != 3:
             raise ValueError(f"aspp_dilations needs 3 rates, got {tuple(aspp_dilations)}")
         self.new_head_init = _check_init(new_head_init)
+        if prior_prob is not None and not 0.0 < float(prior_prob) < 1.0:
+            raise ValueError(f"prior_prob must be in (0, 1) or None, got {prior_prob!r}")
+        self.prior_bias = (
+            0.0 if prior_prob is None else math.log(float(prior_prob) / (1.0 - float(prior_prob)))
+        )
         self.in_channels = int(in_channels)
         self.channels = int(channels)
         self.step_sizes: List[int] = []
@@ -111,6 +124,8 @@ class IncrementalHead(nn.Module):
         weight_init.c2_msra_fill(self.conv)
         self.aux = nn.Conv2d(self.channels, 1, kernel_size=1)
         self.init_classifier(self.aux, "random")
+        with torch.no_grad():
+            self.aux.bias.fill_(-self.prior_bias)
         self.cls = nn.ModuleList()
         for n in step_sizes:
             self.add_step(n, init="random")
@@ -143,14 +158,15 @@ class IncrementalHead(nn.Module):
         return 1 + sum(self.step_sizes)
 
     def init_classifier(self, conv: nn.Conv2d, init: str) -> None:
-        """(Re)initialise a 1x1 classifier: "random" (N(0, 0.01), bias 0) or "aux" (copy aux rows)."""
+        """(Re)initialise a 1x1 classifier: "random" (N(0, 0.01), bias from ``prior_prob``) or
+        "aux" (copy aux rows)."""
         with torch.no_grad():
             if _check_init(init) == "aux":
                 conv.weight.copy_(self.aux.weight.expand_as(conv.weight))
                 conv.bias.copy_(self.aux.bias.expand_as(conv.bias))
             else:
                 nn.init.normal_(conv.weight, std=_CLASSIFIER_STD)
-                nn.init.zeros_(conv.bias)
+                nn.init.constant_(conv.bias, self.prior_bias)
 
     def add_step(self, num_classes: int, init: str = "random") -> nn.Conv2d:
         """Append the classifier of a new step (``num_classes`` channels) and return it."""

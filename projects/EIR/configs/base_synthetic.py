@@ -24,11 +24,12 @@ task = dict(
 # A bottleneck ResNet with one block per stage and narrow widths (res5: 256 channels).
 model.backbone = L(build_resnet_deeplab)(
     depth=None, num_blocks=(1, 1, 1, 1), stem_out_channels=16, width_per_group=8,
-    res2_out_channels=32, res5_dilation=2,
+    res2_out_channels=32, output_stride=8,  # 128-pixel inputs give 16x16 features
 )
 model.head.in_channels = 256
 model.head.channels = 64
-model.head.aspp_dilations = (1, 2, 3)  # 128-pixel inputs give 8x8 features at stride 16
+model.head.aspp_dilations = (2, 4, 6)  # rates for 16x16 features
+model.head.prior_prob = 0.01  # from scratch, start class scores near 1% (see IncrementalHead)
 
 dataloader.train.dataset = "eir_synthetic_train"
 dataloader.test.dataset = "eir_synthetic_val"
