@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import re
 import shutil
@@ -37,6 +36,7 @@ import tempfile
 import uuid
 import zlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -333,19 +333,11 @@ def _make_entry(item: tuple[int, dict, int], lut: np.ndarray, storage: str) -> B
     return BankEntry(crop_image, crop_label, label.shape, (y, x), classes, credited, source)
 
 
-def _worker_init() -> None:
-    cv2.setNumThreads(1)
-
-
-def _process_pool(num_workers: int):
-    """A worker pool started with fork where the platform has it, like PyTorch's data loaders.
-
-    Fork needs no re-import of the caller's ``__main__`` (spawn does, which fails for code
-    run from stdin and re-runs unguarded scripts); workers only read files and run OpenCV.
-    """
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    return ctx.Pool(num_workers, initializer=_worker_init)
+def _thread_pool(num_workers: int) -> ThreadPoolExecutor:
+    """Threads, not processes: PNG decoding and connected components run in OpenCV, which
+    releases the GIL. A forked process pool can deadlock on locks that OpenCV's or torch's
+    thread pools held in the parent, and spawn would re-import the caller's ``__main__``."""
+    return ThreadPoolExecutor(num_workers, thread_name_prefix="bank")
 
 
 def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -442,7 +434,7 @@ class InstanceBank:
         ``samples``: the step's training samples, dicts with arrays ``image`` (RGB) and
         ``label`` or paths ``file_name`` and ``sem_seg_file_name``, optional
         ``image_id`` / ``source``. ``task.train_label_lut(step)`` is applied to every
-        label. Pass 1 reads labels only (a process pool when ``num_workers`` > 0) to
+        label. Pass 1 reads labels only (a thread pool when ``num_workers`` > 0) to
         find eligible samples; after selection pass 2 reads images of the selected
         ones only. ``previous``: the bank of step - 1, whose entries join the pool with
         their pixels unchanged.
@@ -462,7 +454,7 @@ class InstanceBank:
 
         pool = None
         if num_workers > 0 and len(samples) > 1:
-            pool = _process_pool(num_workers)
+            pool = _thread_pool(num_workers)
         try:
             items = [(i, _light(s, with_image=False)) for i, s in enumerate(samples)]
             scan = partial(_scan, lut=lut, storage=storage)
@@ -470,8 +462,7 @@ class InstanceBank:
             if pool is None:
                 it = map(scan, items)
             else:
-                chunk = max(1, min(64, len(items) // (num_workers * 8)))
-                it = pool.imap(scan, items, chunksize=chunk)
+                it = pool.map(scan, items)
             found = list(tqdm(it, desc=f"bank step {step}: scanning labels", **bar))
             eligible = [i for i, c in enumerate(found) if c is not None]
 
@@ -487,12 +478,11 @@ class InstanceBank:
             ]
             make = partial(_make_entry, lut=lut, storage=storage)
             bar = dict(total=len(todo), disable=not verbose, unit="img")
-            it = map(make, todo) if pool is None or len(todo) < 2 else pool.imap(make, todo)
+            it = map(make, todo) if pool is None or len(todo) < 2 else pool.map(make, todo)
             made = iter(list(tqdm(it, desc=f"bank step {step}: reading images", **bar)))
         finally:
             if pool is not None:
-                pool.close()
-                pool.join()
+                pool.shutdown()
 
         entries = [
             replace(prev_entries[p], credited=c) if p < n_prev else next(made) for p, c in chosen

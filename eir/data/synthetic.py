@@ -112,12 +112,9 @@ DEFAULTS = {"num_train": 1000, "num_val": 200, "size": 128, "seed": 0}
 SPLITS = {"train": ("train_aug.txt", 0), "val": ("val.txt", 1)}  # list file, seed key
 MIN_SIZE = 32
 
-# Each class prefers two hues (degrees) and one texture family; every hue and texture is
-# shared by at least two classes, so neither identifies a class.
-CLASS_HUES = {
-    1: (0, 40), 2: (210, 40), 3: (120, 0), 4: (280, 210), 5: (0, 60),
-    6: (60, 280), 7: (180, 120), 8: (40, 180), 9: (330, 120), 10: (210, 330),
-}  # fmt: skip
+# Each class has its own hue (degrees, 36 apart) and a preferred texture family; textures
+# are shared by pairs of classes, and any class sometimes takes a random colour.
+CLASS_HUES = {c: (36 * (c - 1),) for c in range(1, 11)}
 CLASS_TEXTURES = {
     1: "gradient", 2: "checker", 3: "stripes", 4: "solid", 5: "noise",
     6: "dots", 7: "checker", 8: "gradient", 9: "stripes", 10: "noise",
@@ -125,8 +122,8 @@ CLASS_TEXTURES = {
 TEXTURES = ("solid", "gradient", "stripes", "checker", "noise", "dots", "speckle")
 THIN_CLASSES = (4, 5, 6, 8, 9)  # ring, cross, star, crescent, bar: need more pixels to be seen
 
-P_PREFERRED_HUE = 0.6
-P_PREFERRED_TEXTURE = 0.6
+P_PREFERRED_HUE = 0.85
+P_PREFERRED_TEXTURE = 0.7
 OBJECT_COUNT_P = (0.15, 0.3, 0.3, 0.15, 0.1)  # 1..5 distinct classes
 P_DUPLICATE = 0.15  # a second instance of one of the image's classes
 MIN_VISIBLE_FRACTION = 0.4  # an earlier object keeps at least this share of its pixels
