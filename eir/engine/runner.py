@@ -295,7 +295,7 @@ class ContinualRunner:
             task=task,
             step=step,
             old_model=old_model,
-            tau=cfg.eir.tau if cfg.eir.pseudo_label else float("inf"),
+            tau=cfg.eir.tau if cfg.eir.pseudo_label else None,
             w_bce=cfg.eir.w_bce,
             w_kd=cfg.eir.w_kd,
             rskd_mask=cfg.eir.rskd_mask,

@@ -8,7 +8,8 @@ One iteration (EIR_METHOD.md section 4):
    and the old model is confident, and its logits for region-specific distillation;
 4. soft targets (one-hot, blended with the pasted instances' alphas), BCE + RSKD, backward.
 
-Step 0 has no old model and trains with BCE alone. The trainer holds no algorithm of its
+Step 0 (and a run with neither pseudo-labels nor distillation) has no old model and
+trains with BCE alone. The trainer holds no algorithm of its
 own: targets and losses come from :mod:`eir.modeling.losses`.
 """
 from __future__ import annotations
@@ -56,9 +57,11 @@ class EIRTrainer(AMPTrainer):
         model: the step's model (an ``EIRSegmentor``, possibly wrapped in DDP) in train mode.
         data_loader, optimizer: as in Detectron2's trainers.
         task, step: the continual protocol and the step being trained.
-        old_model: the frozen model of the previous step (None at step 0). Never wrapped in
-            DDP: it only runs forward passes.
-        tau: pseudo-label confidence threshold on the old model's sigmoid scores.
+        old_model: the frozen model of the previous step, or None (step 0, or a run without
+            pseudo-labels and distillation: plain fine-tuning). Never wrapped in DDP: it
+            only runs forward passes.
+        tau: pseudo-label confidence threshold on the old model's sigmoid scores; None
+            turns pseudo-labels off.
         w_bce, w_kd: loss weights.
         rskd_mask, rskd_normalize: see :func:`eir.modeling.losses.distillation_mask` and
             :func:`eir.modeling.losses.rskd_loss`.
@@ -74,7 +77,7 @@ class EIRTrainer(AMPTrainer):
         task: Task,
         step: int,
         old_model=None,
-        tau: float = 0.7,
+        tau: float | None = 0.7,
         w_bce: float = 1.0,
         w_kd: float = 5.0,
         rskd_mask: str = "not_new",
@@ -93,8 +96,8 @@ class EIRTrainer(AMPTrainer):
             grad_scaler=scaler,
             precision=precision,
         )
-        if (old_model is None) != (step == 0):
-            raise ValueError(f"step {step} needs {'an' if step else 'no'} old model")
+        if old_model is not None and step == 0:
+            raise ValueError("step 0 has no previous step, so it takes no old model")
         self.task = task
         self.step = step
         self.old_model = old_model
@@ -121,7 +124,7 @@ class EIRTrainer(AMPTrainer):
         paste_alpha = pad_batch([d["paste_alpha"] for d in data], size, 0.0, self.device)
 
         losses = {}
-        if self.old_model is None:
+        if self.old_model is None or (self.tau is None and self.w_kd == 0):
             targets = soft_targets(labels, self.num_channels, paste_class, paste_alpha)
             losses["loss_bce"] = self.w_bce * bce_loss(logits, targets)
             return losses
@@ -129,7 +132,9 @@ class EIRTrainer(AMPTrainer):
         with torch.no_grad():
             old = self.old_model
             old_logits = old.logits(old.preprocess_image(data).tensor)
-        hard = pseudo_labels(labels, old_logits, self.tau, self.num_old_channels)
+        hard = labels
+        if self.tau is not None:
+            hard = pseudo_labels(labels, old_logits, self.tau, self.num_old_channels)
         targets = soft_targets(hard, self.num_channels, paste_class, paste_alpha)
         losses["loss_bce"] = self.w_bce * bce_loss(logits, targets)
         if self.w_kd > 0:

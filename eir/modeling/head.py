@@ -14,7 +14,6 @@ training mode only; incremental steps switch it off for good with
 from __future__ import annotations
 
 import math
-
 from typing import List, Sequence, Tuple
 
 import fvcore.nn.weight_init as weight_init
