@@ -18,6 +18,7 @@ from detectron2.config import LazyConfig
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from eir.engine.runner import ContinualRunner
 from eir.evaluation.evaluator import detectron2_results
@@ -49,10 +50,9 @@ def main(args):
         check_output_dir(cfg)
     if not args.eval_only:
         default_setup(cfg, args)
+        setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="eir")
     else:
         # Evaluation writes nothing into the run's folder, not even config.yaml.
-        from detectron2.utils.logger import setup_logger
-
         setup_logger(distributed_rank=comm.get_rank())
         setup_logger(distributed_rank=comm.get_rank(), name="eir")
     runner = ContinualRunner(cfg)

@@ -324,8 +324,8 @@ def class_presence(
     With ``cache_file`` (an .npz), the table is reused when it was computed for the
     same list of label files and ``num_classes``, and recomputed (and rewritten)
     otherwise; the key is the file list, so a dataset rewritten in place under the
-    same names needs its cache deleted. ``verbose=None`` shows the progress bar on
-    the main process only.
+    same names needs its cache deleted. Only the main process writes the cache.
+    ``verbose=None`` shows the progress bar on the main process only.
     """
     if verbose is None:
         verbose = comm.is_main_process()
@@ -362,7 +362,7 @@ def class_presence(
     finally:
         bar.close()
 
-    if cache_file is not None:
+    if cache_file is not None and comm.is_main_process():
         def write(f):
             np.savez_compressed(f, presence=table, key=np.array(key))
 

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.data.samplers import TrainingSampler
@@ -148,7 +149,7 @@ class ContinualRunner:
                 load_step_weights(old_model, previous)
                 old_model.eval().requires_grad_(False)
         elif cfg.train.init_checkpoint:
-            StepCheckpointer(model, None, task=task, step=0).load(cfg.train.init_checkpoint)
+            DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
 
         bank = self.load_bank(step)
         train_dicts = step_dataset_dicts(
