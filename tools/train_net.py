@@ -28,26 +28,9 @@ logger = logging.getLogger("eir")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "projects/EIR/configs/synthetic/4-2_overlap.py"
 
 
-def check_output_dir(cfg) -> None:
-    """Refuse to mix two tasks in one output folder (their steps would collide)."""
-    previous = Path(cfg.train.output_dir).expanduser() / "config.yaml"
-    if not previous.is_file():
-        return
-    old = LazyConfig.load(str(previous))
-    mine = {k: cfg.task[k] for k in ("dataset", "name", "setting", "order")}
-    theirs = {k: old.task[k] for k in ("dataset", "name", "setting", "order")}
-    if mine != theirs:
-        raise SystemExit(
-            f"{cfg.train.output_dir} holds a run of task {theirs}, not {mine}: "
-            "choose another train.output_dir."
-        )
-
-
 def main(args):
     cfg = LazyConfig.load(args.config_file)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
-    if comm.is_main_process() and not args.eval_only:
-        check_output_dir(cfg)
     if not args.eval_only:
         default_setup(cfg, args)
         setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="eir")

@@ -34,7 +34,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 from fvcore.common.param_scheduler import PolynomialDecayParamScheduler
 
-from eir.data.bank import InstanceBank
+from eir.data.bank import STORAGE_MODES, InstanceBank
 from eir.data.datasets import register_eir_datasets, replay_dataset_dicts, step_dataset_dicts
 from eir.data.mapper import EIRDatasetMapper
 from eir.data.prepass import PrepassStore
@@ -45,6 +45,8 @@ from eir.evaluation.evaluator import ContinualSemSegEvaluator
 from eir.evaluation.metrics import format_table
 from eir.evaluation.report import write_summary
 from eir.fileio import atomic_write_json, atomic_write_text
+from eir.modeling.head import NEW_HEAD_INITS
+from eir.modeling.losses import DISTILLATION_RULES, RSKD_NORMALIZATIONS
 from eir.modeling.meta_arch import freeze_for_incremental, load_previous_step, load_step_weights
 from eir.tasks import Task, build_task
 
@@ -75,10 +77,33 @@ def build_step_model(cfg, task: Task, step: int, device) -> torch.nn.Module:
     return model.to(device)
 
 
+def check_eir_config(eir) -> None:
+    """Fail at start-up, naming the field, rather than hours later inside a data loader."""
+
+    def one_of(key, allowed):
+        if eir[key] not in allowed:
+            raise ValueError(f"eir.{key} must be one of {allowed}, got {eir[key]!r}")
+
+    if eir.paste is not None and not hasattr(eir.paste, "keys"):
+        raise ValueError(
+            f"eir.paste must be a PasteConfig (configs/common/eir.py) or null, got {eir.paste!r}; "
+            "on the command line write eir.paste=null (None is read as a string)"
+        )
+    if int(eir.memory) < 0:
+        raise ValueError(f"eir.memory (the bank budget) must be >= 0, got {eir.memory}")
+    one_of("storage", STORAGE_MODES)
+    one_of("rskd_mask", DISTILLATION_RULES)
+    one_of("rskd_normalize", RSKD_NORMALIZATIONS)
+    one_of("new_head_init", NEW_HEAD_INITS)
+    if eir.pseudo_label and not 0.0 <= float(eir.tau) <= 1.0:
+        raise ValueError(f"eir.tau is a sigmoid-score threshold in [0, 1], got {eir.tau}")
+
+
 class ContinualRunner:
     """Runs, resumes and evaluates the steps of ``cfg.task`` (see the module docstring)."""
 
     def __init__(self, cfg):
+        check_eir_config(cfg.eir)
         self.cfg = cfg
         self.task = build_task(**cfg.task)
         self.output_dir = Path(cfg.train.output_dir).expanduser().resolve()
@@ -92,6 +117,23 @@ class ContinualRunner:
     def is_done(self, step: int) -> bool:
         return (self.step_dir(step) / "DONE").is_file()
 
+    def claim_output_dir(self) -> None:
+        """Refuse a folder that holds a run of another task; mark it as this task's."""
+        marker = self.output_dir / "task.json"
+        mine = self.task.to_dict()
+        if marker.is_file():
+            import json
+
+            theirs = json.loads(marker.read_text())
+            if build_task(**theirs) != self.task:
+                raise ValueError(
+                    f"{self.output_dir} holds a run of task {theirs}, not {mine}: "
+                    "choose another train.output_dir"
+                )
+        elif comm.is_main_process():
+            atomic_write_json(marker, mine)
+        comm.synchronize()
+
     def steps_to_run(self) -> list[int]:
         step = self.cfg.train.step
         if step is None:
@@ -102,7 +144,9 @@ class ContinualRunner:
     def run(self) -> dict[int, dict]:
         """Train every requested step that is not done; write the run's summary."""
         logger.info("Continual run of %s into %s", self.task, self.output_dir)
-        for step in self.steps_to_run():
+        steps = self.steps_to_run()
+        self.claim_output_dir()
+        for step in steps:
             if self.is_done(step):
                 logger.info("Step %d is done (%s exists): skipped", step, self.step_dir(step) / "DONE")
                 continue
@@ -324,7 +368,10 @@ class ContinualRunner:
             start_iter = trainer.iter + 1
             logger.info("Resuming step %d at iteration %d", step, start_iter)
         logger.info("Step %d: %d iterations", step, max_iter)
-        trainer.train(start_iter, max_iter)
+        try:
+            trainer.train(start_iter, max_iter)
+        finally:
+            trainer.close_data_loader()
         comm.synchronize()
 
     # ----------------------------------------------------------------- evaluation

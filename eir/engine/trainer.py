@@ -144,6 +144,11 @@ class EIRTrainer(AMPTrainer):
             )
         return losses
 
+    def close_data_loader(self) -> None:
+        """Drop the loader's iterator so its worker processes exit (the training sampler is
+        infinite, so they would otherwise live on into the next step)."""
+        self._data_loader_iter_obj = None
+
     def run_step(self):
         assert self.model.training, "[EIRTrainer] model was changed to eval mode!"
         start = time.perf_counter()

@@ -1,0 +1,221 @@
+"""End-to-end tests of the Detectron2 layer: configs, a whole synthetic continual run,
+resumption, evaluation-only mode, bad input, and two-process training (gloo).
+
+They need Detectron2 and skip without it (CI has no Detectron2).
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("detectron2", reason="Detectron2 is not installed (the engine tests need it)")
+
+import torch  # noqa: E402
+from detectron2.config import LazyConfig  # noqa: E402
+
+from eir.data.bank import InstanceBank  # noqa: E402
+from eir.data.prepass import PrepassStore  # noqa: E402
+from eir.data.synthetic import generate  # noqa: E402
+from eir.engine.runner import ContinualRunner, build_step_model  # noqa: E402
+from eir.tasks import build_task  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(
+    p for p in (ROOT / "projects/EIR/configs").rglob("*.py") if not p.name.startswith("base_")
+)
+SYNTHETIC = ROOT / "projects/EIR/configs/synthetic/4-2_overlap.py"
+
+# A small, quick version of the synthetic run: 200 training images, a short schedule.
+QUICK = [
+    "dataloader.train.total_batch_size=8",
+    "dataloader.train.num_workers=0",
+    "dataloader.test.num_workers=0",
+    "eir.memory=12",
+    "schedule.epochs=24",
+    "schedule.incremental_epochs=8",
+    "train.device=cpu",
+    "train.log_period=50",
+]
+
+
+def quick_cfg(output_dir, *extra):
+    cfg = LazyConfig.load(str(SYNTHETIC))
+    return LazyConfig.apply_overrides(cfg, QUICK + [f"train.output_dir={output_dir}", *extra])
+
+
+@pytest.fixture(scope="module")
+def datasets_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datasets")
+    generate(root / "eir_synthetic", num_train=200, num_val=40, size=128, seed=0, verbose=False)
+    old = os.environ.get("DETECTRON2_DATASETS")
+    os.environ["DETECTRON2_DATASETS"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("DETECTRON2_DATASETS", None)
+    else:
+        os.environ["DETECTRON2_DATASETS"] = old
+
+
+@pytest.fixture(scope="module")
+def finished_run(datasets_root, tmp_path_factory):
+    """A whole 4-step synthetic run; returns (config, runner, summaries)."""
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("run")
+    cfg = quick_cfg(out)
+    runner = ContinualRunner(cfg)
+    summaries = runner.run()
+    return cfg, runner, summaries
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT / "projects/EIR/configs")) for p in CONFIGS])
+def test_every_config_loads_and_builds_its_model(path):
+    cfg = LazyConfig.load(str(path))
+    task = build_task(**cfg.task)
+    last = task.num_steps - 1
+    with torch.device("meta"):
+        model = build_step_model(cfg, task, last, "meta")
+    assert model.num_channels == task.num_channels(last)
+    assert list(model.head.step_sizes) == task.step_sizes(last)
+    assert cfg.dataloader.train.dataset.startswith(f"eir_{task.dataset}_")
+
+
+def test_full_run_writes_every_artifact(finished_run):
+    cfg, runner, summaries = finished_run
+    out = runner.output_dir
+    task = runner.task
+    assert task.num_steps == 4 and sorted(summaries) == [0, 1, 2, 3]
+    for t in range(task.num_steps):
+        d = out / f"step_{t}"
+        for name in ("model_final.pth", "metrics.json", "DONE", "training_log.json"):
+            assert (d / name).is_file(), d / name
+        assert (d / "bank" / "manifest.json").is_file() == (t < task.num_steps - 1)
+        assert (d / "prepass.npz").is_file() == (t > 0)
+        assert json.loads((d / "metrics.json").read_text())["step"] == t
+    assert json.loads((out / "task.json").read_text()) == task.to_dict()
+    for name in ("summary.json", "summary.md", "steps.png"):
+        assert (out / name).is_file()
+    bank = InstanceBank.load(out / "step_2" / "bank", task=task, step=2)
+    assert 0 < len(bank) <= 12
+    assert set(bank.class_counts()) <= set(task.seen_classes(2))
+    prepass = PrepassStore.load(out / "step_1" / "prepass.npz", task=task, step=1)
+    assert len(prepass) > 0
+    md = (out / "summary.md").read_text()
+    assert "| 3 | 9-10 |" in md and "harmonic mean" in md
+
+
+def test_step0_learns_far_above_chance(finished_run):
+    _, runner, summaries = finished_run
+    s0 = summaries[0]
+    # Chance: predicting background everywhere gives 0 IoU on every object class, so
+    # all = background IoU / 5 (under 20); a model that learnt nothing cannot pass this.
+    fg = [v for k, v in s0["per_class"].items() if k in ("disc", "square", "triangle", "ring")]
+    assert s0["new"] is None and s0["hiou"] is None
+    assert sum(fg) / len(fg) > 15.0, s0["per_class"]
+    assert sum(v > 5.0 for v in fg) >= 3, s0["per_class"]
+    assert s0["all"] > s0["per_class"]["background"] / 5 + 10.0, s0
+
+
+def _old_foreground(summary, task):
+    """Mean IoU over the step-0 classes (background left out)."""
+    names = [task.class_names[c] for c in task.steps[0]]
+    return sum(summary["per_class"][n] for n in names) / len(names)
+
+
+def test_eir_keeps_old_classes_that_fine_tuning_forgets(finished_run, tmp_path):
+    """Step 1 from the same step-0 weights: plain fine-tuning (no bank, no pseudo-labels,
+    no distillation) loses the step-0 classes to background shift; EIR keeps most of them."""
+    cfg, runner, summaries = finished_run
+    task = runner.task
+    shutil.copytree(runner.output_dir / "step_0", tmp_path / "step_0")
+    (tmp_path / "task.json").write_text((runner.output_dir / "task.json").read_text())
+    finetune = quick_cfg(
+        tmp_path, "train.step=1", "eir.memory=0", "eir.paste=null", "eir.pseudo_label=False",
+        "eir.w_kd=0",
+    )
+    ft = ContinualRunner(finetune).run()[1]
+    before = _old_foreground(summaries[0], task)
+    eir = _old_foreground(summaries[1], task)
+    assert all(summaries[t]["hiou"] is not None for t in (1, 2, 3))
+    assert eir > 0.5 * before, (before, eir)
+    assert _old_foreground(ft, task) < 0.5 * eir, (before, eir, ft["per_class"])
+
+
+def test_rerun_skips_done_steps(finished_run, caplog):
+    cfg, runner, summaries = finished_run
+    stamps = {p: p.stat().st_mtime_ns for p in runner.output_dir.rglob("step_*/*.pth")}
+    again = ContinualRunner(cfg).run()
+    assert again == summaries
+    assert {p: p.stat().st_mtime_ns for p in runner.output_dir.rglob("step_*/*.pth")} == stamps
+
+
+def test_eval_only_reproduces_final_metrics_exactly(finished_run, datasets_root):
+    cfg, runner, summaries = finished_run
+    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root))
+    cmd = [
+        sys.executable, str(ROOT / "tools/train_net.py"), "--config-file", str(SYNTHETIC),
+        "--eval-only", *QUICK, f"train.output_dir={runner.output_dir}", "train.step=3",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = summaries[3]
+    assert f"{final['all']:.2f}" in proc.stdout
+    again = runner.evaluate_checkpoint(3)
+    assert again == final
+
+
+def test_bad_requests_fail_with_clear_messages(finished_run, datasets_root, tmp_path):
+    cfg, runner, _ = finished_run
+    with pytest.raises(ValueError, match="step"):
+        ContinualRunner(quick_cfg(tmp_path / "a", "train.step=7")).run()
+    with pytest.raises(RuntimeError, match="step 1, which is not trained"):
+        ContinualRunner(quick_cfg(tmp_path / "b", "train.step=2")).run()
+    # A checkpoint of step 1 evaluated as step 3: named, not a shape error.
+    with pytest.raises(ValueError, match="step 1.*step 3 is needed"):
+        runner.evaluate_checkpoint(3, runner.output_dir / "step_1" / "model_final.pth")
+    assert not (tmp_path / "b" / "step_2" / "DONE").exists()
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [("eir.paste=None", "eir.paste"), ("eir.storage=pixels", "eir.storage"),
+     ("eir.rskd_mask=old", "eir.rskd_mask"), ("eir.memory=-1", "eir.memory"),
+     ("eir.tau=7", "eir.tau"), ("task.name=4-4", "4-4")],
+)
+def test_bad_config_fields_fail_at_start_up(override, field, tmp_path):
+    with pytest.raises(ValueError, match=field):
+        ContinualRunner(quick_cfg(tmp_path, override))
+    assert not any(tmp_path.iterdir())
+
+
+def test_output_dir_of_another_task_is_refused(finished_run, datasets_root):
+    cfg, runner, _ = finished_run
+    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root))
+    cmd = [
+        sys.executable, str(ROOT / "tools/train_net.py"), "--config-file",
+        str(ROOT / "projects/EIR/configs/synthetic/6-1_overlap.py"),
+        *QUICK, f"train.output_dir={runner.output_dir}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode != 0
+    assert "holds a run of task" in proc.stderr + proc.stdout
+    assert not (runner.output_dir / "step_4").exists()
+
+
+def test_one_step_under_two_processes(datasets_root, tmp_path):
+    """Step 0 with two gloo processes: both train, rank 0 writes the step's artifacts."""
+    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable, str(ROOT / "tools/train_net.py"), "--config-file", str(SYNTHETIC),
+        "--num-gpus", "2", *QUICK, "schedule.max_iter=6", "train.step=0",
+        f"train.output_dir={tmp_path}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "step_0" / "DONE").is_file()
+    metrics = json.loads((tmp_path / "step_0" / "metrics.json").read_text())
+    assert metrics["step"] == 0 and metrics["summary"]["all"] is not None
+    assert (tmp_path / "step_0" / "bank" / "manifest.json").is_file()
