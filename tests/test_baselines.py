@@ -1,0 +1,233 @@
+"""The baselines: config files, the benchmark's variant overrides, and what each variant runs.
+
+The grouping of the joint run's IoUs runs everywhere (core only); the config and run tests
+need Detectron2 and skip without it.
+"""
+import importlib.util
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from eir.evaluation.metrics import summarize
+from eir.tasks import build_task
+
+requires_detectron2 = pytest.mark.skipif(
+    importlib.util.find_spec("detectron2") is None,
+    reason="Detectron2 is not installed (the config and run tests need it)",
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "projects" / "EIR" / "configs"
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("css_synthetic", ROOT / "benchmarks" / "css_synthetic.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_benchmark()
+
+#: What each continual variant must (not) do, read back from a run's artifacts: the bank's
+#: storage after step 0 (None: no bank), whether step 1 pastes (a prepass), whether it distils.
+EXPECTED = {
+    "finetune": dict(bank=None, pastes=False, distils=False),
+    "distill": dict(bank=None, pastes=False, distils=True),
+    "image_replay": dict(bank="image", pastes=False, distils=True),
+    "eir_no_paste": dict(bank="instance", pastes=False, distils=True),
+    "eir_paste_only": dict(bank="image", pastes=True, distils=True),
+    "eir": dict(bank="instance", pastes=True, distils=True),
+}
+
+
+def test_every_variant_has_a_baseline_file_and_a_description():
+    assert set(bench.VARIANTS) == set(bench.BASELINE_FILES) == set(bench.DESCRIPTIONS)
+    assert set(EXPECTED) == set(bench.VARIANTS) - {"joint"}
+    for name, rel in bench.BASELINE_FILES.items():
+        assert (CONFIGS / rel).is_file(), (name, rel)
+    files = {p.name for p in (CONFIGS / "baselines").glob("*.py")}
+    assert files == {Path(rel).name for rel in bench.BASELINE_FILES.values() if rel.startswith("baselines/")}
+
+
+def test_continual_variants_switch_only_what_acts_after_step_0():
+    """The benchmark shares step 0 between continual variants: their switches must be eir.*
+    keys, which step 0 never reads (no old model, no bank, no pasting before step 1)."""
+    for name, overrides in bench.VARIANTS.items():
+        if name != "joint":
+            assert all(o.startswith("eir.") for o in overrides), (name, overrides)
+    assert bench.VARIANTS["joint"] == ["task.name=joint"]
+
+
+@pytest.mark.parametrize("task_name", ["6-1", "4-2", "2-2"])
+def test_joint_regrouping_matches_summarize(task_name):
+    """A joint run reports every class as old; regrouped, it equals summarize with the task's groups."""
+    task = build_task("synthetic", task_name)
+    rng = np.random.default_rng(3)
+    matrix = rng.integers(0, 50, size=(11, 11)) + np.diag(rng.integers(50, 400, size=11))
+    matrix[7, :] = 0  # class 7 absent from ground truth and prediction: n/a in every group
+    matrix[:, 7] = 0
+    joint = summarize(matrix, list(range(1, 11)), [], task.class_names)
+    assert joint["new"] is None and "hexagon" in joint["na_classes"]
+    expected = summarize(matrix, task.steps[0], [c for s in task.steps[1:] for c in s], task.class_names)
+    got = bench.regroup(joint["per_class"], task)
+    for key in ("old", "new", "all", "hiou"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-9), key
+
+
+def test_regroup_needs_every_class_and_handles_zero():
+    task = build_task("synthetic", "6-1")
+    with pytest.raises(ValueError, match="lack classes"):
+        bench.regroup({"background": 50.0}, task)
+    zeros = {name: 0.0 for name in task.class_names}
+    assert bench.regroup(zeros, task) == {"old": 0.0, "new": 0.0, "all": 0.0, "hiou": 0.0}
+
+
+def test_mean_std_over_seeds():
+    assert bench.mean_std([1.0, 3.0, None]) == (2.0, pytest.approx(np.sqrt(2.0)), 2)
+    assert bench.mean_std([5.0]) == (5.0, 0.0, 1)
+    assert bench.fmt_mean_std([None]) == "n/a"
+
+
+def test_overrides_are_split_from_options():
+    own, overrides = bench.split_argv(["--tasks", "6-1", "4-2", "schedule.lr=0.1", "--quick", "eir.paste=null"])
+    assert own == ["--tasks", "6-1", "4-2", "--quick"]
+    assert overrides == ["schedule.lr=0.1", "eir.paste=null"]
+
+
+# --------------------------------------------------------------------------- Detectron2
+
+
+def _container(cfg):
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(cfg)
+    data["train"].pop("output_dir")
+    return data
+
+
+@requires_detectron2
+@pytest.mark.parametrize("variant", list(bench.VARIANTS))
+def test_baseline_file_is_the_eir_config_with_the_benchmark_overrides(variant):
+    """Each VOC baseline file equals voc/15-1_overlap.py with the benchmark's overrides applied."""
+    from detectron2.config import LazyConfig
+
+    base = LazyConfig.load(str(CONFIGS / "voc" / "15-1_overlap.py"))
+    expected = LazyConfig.apply_overrides(base, bench.VARIANTS[variant])
+    got = LazyConfig.load(str(CONFIGS / bench.BASELINE_FILES[variant]))
+    assert _container(got) == _container(expected)
+    if "eir.paste=null" in bench.VARIANTS[variant]:
+        assert got.eir.paste is None and expected.eir.paste is None  # None, not the string "None"
+    assert got.train.output_dir.startswith("output/eir/voc_")
+
+
+@pytest.fixture(scope="module")
+def tiny_datasets(tmp_path_factory):
+    from eir.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("datasets")
+    generate(root / "eir_synthetic", num_train=40, num_val=10, size=128, seed=0, verbose=False)
+    old = os.environ.get("DETECTRON2_DATASETS")
+    os.environ["DETECTRON2_DATASETS"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("DETECTRON2_DATASETS", None)
+    else:
+        os.environ["DETECTRON2_DATASETS"] = old
+
+
+# Two steps (classes 1-5, then 6-10), two iterations each: every variant's code path, quickly.
+TINY = [
+    "task.name=5-5",
+    "schedule.max_iter=2",
+    "dataloader.train.total_batch_size=4",
+    "dataloader.train.num_workers=0",
+    "dataloader.test.num_workers=0",
+    "eir.memory=6",
+    "train.device=cpu",
+    "train.log_period=1",
+]
+
+
+@requires_detectron2
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", list(bench.VARIANTS))
+def test_variant_runs_and_does_what_it_says(variant, tiny_datasets, tmp_path):
+    import torch
+    from detectron2.config import LazyConfig
+
+    from eir.engine.runner import ContinualRunner
+
+    torch.manual_seed(0)
+    cfg = LazyConfig.load(str(CONFIGS / "synthetic" / "4-2_overlap.py"))
+    # The variant's switches last, as the benchmark orders them.
+    cfg = LazyConfig.apply_overrides(cfg, TINY + bench.VARIANTS[variant] + [f"train.output_dir={tmp_path}"])
+    summaries = ContinualRunner(cfg).run()
+
+    if variant == "joint":
+        assert sorted(summaries) == [0]
+        assert len(summaries[0]["per_class"]) == 11  # background and the 10 classes in one step
+        assert not (tmp_path / "step_0" / "bank").exists()
+        task = build_task("synthetic", "5-5")
+        grouped = bench.regroup(summaries[0]["per_class"], task)
+        assert grouped["all"] == pytest.approx(summaries[0]["all"])
+        return
+
+    want = EXPECTED[variant]
+    assert sorted(summaries) == [0, 1]
+    assert summaries[1]["new"] is not None  # step 1 was evaluated on old and new classes
+    manifest = tmp_path / "step_0" / "bank" / "manifest.json"
+    if want["bank"] is None:
+        assert not manifest.exists()
+    else:
+        assert json.loads(manifest.read_text())["storage"] == want["bank"]
+    assert (tmp_path / "step_1" / "prepass.npz").is_file() == want["pastes"]
+    log = [json.loads(line) for line in (tmp_path / "step_1" / "training_log.json").read_text().splitlines()]
+    assert log and all(("loss_rskd" in row) == want["distils"] for row in log)
+    assert not (tmp_path / "step_1" / "bank").exists()  # the last step builds no bank
+
+
+
+def _run_in_process(run):
+    """What the benchmark's subprocess does (tools/train_net.py), in this process."""
+    import torch
+    from detectron2.config import LazyConfig
+
+    from eir.engine.runner import ContinualRunner
+
+    torch.manual_seed(run.seed)
+    config = run.cmd[run.cmd.index("--config-file") + 1]
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(config), run.overrides)
+    return ContinualRunner(cfg).run()
+
+
+@requires_detectron2
+@pytest.mark.slow
+def test_shared_step0_is_evaluated_not_retrained(tiny_datasets, tmp_path):
+    """A variant that adopts another run's step-0 model gets the same step 0 and its own bank."""
+    args = SimpleNamespace(work=tmp_path)
+    common = [o for o in TINY if not o.startswith("task.name=")]
+    donor = bench.Run("5-5", "eir_no_paste", 0, args, common)
+    other = bench.Run("5-5", "eir_paste_only", 0, args, common)
+    assert other.step0_donor(tmp_path) is None  # nothing finished yet
+    donor.write_record()
+    first = _run_in_process(donor)
+    # Another seed or other common overrides may not donate.
+    assert bench.Run("5-5", "eir_paste_only", 1, args, common).step0_donor(tmp_path) is None
+    assert bench.Run("5-5", "eir_paste_only", 0, args, common + ["schedule.lr=0.5"]).step0_donor(tmp_path) is None
+    assert other.needs_step0() and other.step0_donor(tmp_path) == donor.dir
+
+    other.adopt_step0(donor.dir)
+    assert not other.needs_step0()
+    second = _run_in_process(other)
+    assert second[0] == first[0]  # the same step-0 model, evaluated again
+    assert not (other.dir / "step_0" / "training_log.json").exists()  # ... not trained again
+    assert json.loads((other.dir / "bench.json").read_text())["step0_from"] == str(donor.dir)
+    manifest = json.loads((other.dir / "step_0" / "bank" / "manifest.json").read_text())
+    assert manifest["storage"] == "image"  # the adopting variant's own bank
+    assert json.loads((donor.dir / "step_0" / "bank" / "manifest.json").read_text())["storage"] == "instance"
+    assert (other.dir / "step_1" / "prepass.npz").is_file() and other.is_finished()
