@@ -145,8 +145,9 @@ def run_pass(root, ids, lut, seed, bank=None, old=None, cfg=None, pseudo_maps=No
         rng = np.random.default_rng([seed, k])
         image, label = load_sample(root, image_id, lut)
         image, label = random_resized_crop(image, label, rng)
-        if bank is not None:
-            paste_from_bank(image, label, pseudo_maps[k % len(pseudo_maps)], bank, old, cfg, rng)
+        if bank is not None:  # the crop is this iteration's own: paste in place, as the mapper does
+            paste_from_bank(image, label, pseudo_maps[k % len(pseudo_maps)], bank, old, cfg, rng,
+                            inplace=True)
     return clock() - t0
 
 

@@ -260,6 +260,19 @@ def test_copy_paste_exact_pixels():
     np.testing.assert_array_equal(label, label0)
 
 
+def test_inplace_paste_writes_into_the_inputs_with_the_same_result():
+    image = np.full((100, 120, 3), 7, np.uint8)
+    label = np.zeros((100, 120), np.uint8)
+    label[90:, :] = 1
+    inst = two_colour_instance(10, 20)
+    ref = paste_instances(image, label, [(*inst, 5)], [(0, 41)], cell=41, mode="copy")
+    out = paste_instances(image, label, [(*inst, 5)], [(0, 41)], cell=41, mode="copy", inplace=True)
+    assert out[0] is image and out[1] is label
+    for a, b in zip(ref, out):
+        np.testing.assert_array_equal(a, b)
+    assert image[0, 41].tolist() == list(RED)  # the input itself now holds the paste
+
+
 def test_paste_uses_the_tight_mask_box_and_mask_only():
     crop = np.zeros((12, 12, 3), np.uint8)
     crop[:] = (10, 20, 30)  # colour outside the mask must never be pasted

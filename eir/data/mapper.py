@@ -439,8 +439,11 @@ class EIRDatasetMapper:
         if self.paste:
             pseudo = tfms.apply_segmentation(self._pseudo_map(dataset_dict, source_shape))
             pseudo = np.where(pseudo == IGNORE_LABEL, 0, pseudo).astype(np.uint8)  # padding: nothing
+            # The crop is this call's own array: paste into it (a flip may leave a view).
+            image, label = np.ascontiguousarray(image), np.ascontiguousarray(label)
             image, label, paste_class, paste_alpha = eir_paste.paste_from_bank(
-                image, label, pseudo, self.bank, self.old_classes, self.paste_cfg, rng
+                image, label, pseudo, self.bank, self.old_classes, self.paste_cfg, rng,
+                inplace=True,
             )
         else:
             paste_class = np.zeros((h, w), dtype=np.uint8)

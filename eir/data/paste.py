@@ -338,6 +338,7 @@ def paste_instances(
     mode: str = "mixup",
     rng: np.random.Generator | None = None,
     beta: Tuple[float, float] = (1.0, 1.0),
+    inplace: bool = False,
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Step 5: paste ``instances[i] = (crop, mask, class_id)`` at ``cells[i]``, in order.
 
@@ -349,8 +350,9 @@ def paste_instances(
     ("mixup", needs ``rng``) or lam = 1 ("copy"). Later pastes go over earlier
     ones; where one covers an earlier paste, the earlier paste's class is
     folded into ``label`` where its alpha >= 0.5. Instances with an empty mask
-    are skipped (no draw). Returns new arrays ``(image, label, paste_class,
-    paste_alpha)``; the inputs are not modified.
+    are skipped (no draw). Returns ``(image, label, paste_class, paste_alpha)``;
+    the inputs are not modified unless ``inplace`` (for a caller that owns them, such
+    as the mapper with its freshly augmented crop: it saves a full-image copy).
     """
     _check_image_label(image, label)
     if mode not in MODES:
@@ -365,8 +367,8 @@ def paste_instances(
         raise ValueError(f"cell must be >= 2 (instances fill cell - 1 pixels), got {cell}")
 
     img_h, img_w = label.shape
-    out_image = image.copy()
-    out_label = label.copy()
+    out_image = image if inplace else image.copy()
+    out_label = label if inplace else label.copy()
     paste_class = np.zeros((img_h, img_w), np.uint8)
     paste_alpha = np.zeros((img_h, img_w), np.float32)
     pasted_boxes: List[Tuple[int, int, int, int]] = []
@@ -434,6 +436,7 @@ def paste_from_bank(
     old_classes: Sequence[int],
     cfg: PasteConfig,
     rng: np.random.Generator,
+    inplace: bool = False,
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Steps 1-5 on one augmented training crop; returns paste_instances' four outputs.
 
@@ -441,8 +444,8 @@ def paste_from_bank(
     ``instance(index, c) -> (crop, mask)``; ``pseudo_map`` (the prepass map
     transformed with the crop, any resolution) may be None. Old classes with no
     bank entry are never pasted. Use ``cfg.scaled_to(crop_size)`` for crops
-    other than 512. When nothing is pasted the outputs are copies of the inputs
-    and zero maps.
+    other than 512. When nothing is pasted the outputs are the inputs (copies
+    unless ``inplace``) and zero maps.
     """
     _check_image_label(image, label)
     entries = {}
@@ -463,6 +466,10 @@ def paste_from_bank(
         instances.append((inst_image, inst_mask, c))
     if not instances:
         h, w = label.shape
-        return image.copy(), label.copy(), np.zeros((h, w), np.uint8), np.zeros((h, w), np.float32)
+        if not inplace:
+            image, label = image.copy(), label.copy()
+        return image, label, np.zeros((h, w), np.uint8), np.zeros((h, w), np.float32)
     cells = best_cells(_occupied(label, pseudo_map, scratch), cfg.cell_size, len(instances))
-    return paste_instances(image, label, instances, cells, cfg.cell_size, cfg.mode, rng, cfg.beta)
+    return paste_instances(
+        image, label, instances, cells, cfg.cell_size, cfg.mode, rng, cfg.beta, inplace=inplace
+    )
