@@ -188,7 +188,7 @@ def test_prepass_map_follows_the_augmentation(tmp_path, monkeypatch):
     store.add("img0", low)
     seen = []
 
-    def spy(image, label, pseudo_map, bank, old_classes, cfg, rng):
+    def spy(image, label, pseudo_map, bank, old_classes, cfg, rng, inplace=False):
         seen.append((label.copy(), pseudo_map.copy(), list(old_classes)))
         h, w = label.shape
         return image, label, np.zeros((h, w), np.uint8), np.zeros((h, w), np.float32)

@@ -240,6 +240,13 @@ def _cfg_get(cfg: Any, path: str, default: Any = None) -> Any:
     return node
 
 
+def _writable(array: np.ndarray) -> np.ndarray:
+    """``array`` if it is a writable C-contiguous array, else a copy that is."""
+    if array.flags.writeable and array.flags.c_contiguous:
+        return array
+    return np.array(array, order="C")
+
+
 class EIRDatasetMapper:
     """Turns an EIR dataset dict into a training or evaluation sample.
 
@@ -439,8 +446,9 @@ class EIRDatasetMapper:
         if self.paste:
             pseudo = tfms.apply_segmentation(self._pseudo_map(dataset_dict, source_shape))
             pseudo = np.where(pseudo == IGNORE_LABEL, 0, pseudo).astype(np.uint8)  # padding: nothing
-            # The crop is this call's own array: paste into it (a flip may leave a view).
-            image, label = np.ascontiguousarray(image), np.ascontiguousarray(label)
+            # Paste into the crop itself; copy first where a transform left a view (flip) or a
+            # read-only array (PIL resize).
+            image, label = _writable(image), _writable(label)
             image, label, paste_class, paste_alpha = eir_paste.paste_from_bank(
                 image, label, pseudo, self.bank, self.old_classes, self.paste_cfg, rng,
                 inplace=True,
