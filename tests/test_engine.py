@@ -37,6 +37,7 @@ QUICK = [
     "eir.memory=12",
     "schedule.epochs=24",
     "schedule.incremental_epochs=8",
+    "schedule.incremental_lr=0.005",
     "train.device=cpu",
     "train.log_period=50",
 ]
