@@ -231,7 +231,8 @@ def test_instance_entry_crop_offset_and_label(task):
     assert np.array_equal(crop, image[20:25, 30:35]) and mask.dtype == bool and mask.all()
     crop, mask = bank.instance(0, 16)
     assert crop.shape == (5, 10, 3) and mask.shape == (5, 10) and mask.all()
-    crop[:] = 0  # callers get copies
+    with pytest.raises(ValueError, match="read-only"):
+        crop[:] = 0  # shared between calls: nobody may change the bank through it
     assert np.array_equal(bank.entries[0].image, image[5:25, 10:35])
     with pytest.raises(ValueError, match="not 18"):
         bank.instance(0, 18)

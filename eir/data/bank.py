@@ -395,7 +395,9 @@ class InstanceBank:
         known = set(self.classes)
         self._credited: dict[int, list[int]] = {c: [] for c in self.classes}
         self._containing: dict[int, list[int]] = {c: [] for c in self.classes}
-        self._boxes: list[dict[int, tuple[int, int, int, int]]] = []
+        # (image crop, mask) of every (entry, class), contiguous and read-only: pasting reads
+        # them per sample, so they are cut once here rather than copied on every query.
+        self._instances: list[dict[int, tuple[np.ndarray, np.ndarray]]] = []
         for i, entry in enumerate(self.entries):
             if entry.credited not in known or entry.credited not in entry.classes:
                 raise ValueError(
@@ -403,7 +405,7 @@ class InstanceBank:
                     f"not among its classes {entry.classes} or the bank's classes {self.classes}"
                 )
             self._credited[entry.credited].append(i)
-            boxes = {}
+            instances = {}
             for c in entry.classes:
                 self._containing.setdefault(c, []).append(i)
                 mask = entry.label == c
@@ -411,8 +413,12 @@ class InstanceBank:
                     raise ValueError(
                         f"bank entry {i} ({entry.source}) lists class {c} but its label has no pixel of it"
                     )
-                boxes[c] = _box(mask)
-            self._boxes.append(boxes)
+                y0, y1, x0, x1 = _box(mask)
+                crop = np.ascontiguousarray(entry.image[y0:y1, x0:x1])
+                crop_mask = np.ascontiguousarray(mask[y0:y1, x0:x1])
+                crop.flags.writeable = crop_mask.flags.writeable = False
+                instances[c] = (crop, crop_mask)
+            self._instances.append(instances)
 
     # ------------------------------------------------------------------ build
 
@@ -550,17 +556,17 @@ class InstanceBank:
     def instance(self, index: int, class_id: int) -> tuple[np.ndarray, np.ndarray]:
         """``(image crop, bool mask)`` of the tight box of ``class_id``'s region in entry ``index``.
 
-        Copies, so callers may augment them in place.
+        Both are read-only and shared between calls (cut once when the bank is made):
+        augment copies, never in place.
         """
-        entry = self.entries[index]
-        box = self._boxes[index].get(int(class_id))
-        if box is None:
+        found = self._instances[index].get(int(class_id))
+        if found is None:
+            entry = self.entries[index]
             raise ValueError(
                 f"bank entry {index} ({entry.source}) has classes {entry.classes}, not {class_id}: "
                 "pick an entry from entries_for_class(class_id)"
             )
-        y0, y1, x0, x1 = box
-        return entry.image[y0:y1, x0:x1].copy(), entry.label[y0:y1, x0:x1] == class_id
+        return found
 
     def render_replay(
         self, index: int, mean_color: Sequence[float] = PIXEL_MEAN
