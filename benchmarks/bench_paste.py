@@ -43,6 +43,11 @@ from pathlib import Path  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import cpu_model  # noqa: E402
 from eir.data.bank import InstanceBank  # noqa: E402
 from eir.data.paste import PasteConfig, paste_from_bank  # noqa: E402
 from eir.data.synthetic import ensure_synthetic  # noqa: E402
@@ -68,14 +73,6 @@ def pin_one_core() -> str:
     return "not pinned (no sched_setaffinity)"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def load_sample(root: Path, image_id: str, lut: np.ndarray):

@@ -43,7 +43,6 @@ import copy
 import datetime
 import itertools
 import logging
-import os
 import platform
 import shlex
 import statistics
@@ -58,6 +57,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import cpu_model, load_average, num_cores  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIGS = {
     "r101": ROOT / "projects" / "EIR" / "configs" / "voc" / "15-1_overlap.py",
@@ -71,28 +73,6 @@ TARGET_RATIO = 0.70
 # --------------------------------------------------------------------------- machine
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_average() -> str:
-    """The 1-minute load average: other work on the machine slows every figure down."""
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except (AttributeError, OSError):
-        return "unknown"
-
-
-def num_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def machine(device: torch.device) -> str:

@@ -54,6 +54,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # this checkout's eir, as the runs get (PYTHONPATH)
+
+from benchmarks.machine import cpu_model, load_average, num_cores  # noqa: E402
+from eir.evaluation.metrics import group_means  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 TRAIN_NET = ROOT / "tools" / "train_net.py"
 CONFIGS = ROOT / "projects" / "EIR" / "configs" / "synthetic"
@@ -117,9 +121,8 @@ def _mean(values) -> float | None:
 def regroup(per_class: dict[str, float | None], task) -> dict[str, float | None]:
     """old / new / all / hIoU of final per-class IoUs (keyed by class name) grouped like ``task``.
 
-    old: background and the task's step-0 classes; new: the classes added later; all: every
-    class; a class that is n/a (None) is left out of the means; hIoU is the harmonic mean of
-    old and new (0 when both are 0). The same rules as ``eir.evaluation.metrics.summarize``.
+    old: background and the task's step-0 classes; new: the classes added later; the rules
+    of :func:`eir.evaluation.metrics.group_means`, which ``summarize`` uses too.
     """
     names = task.class_names
     first = task.steps[0]
@@ -128,15 +131,7 @@ def regroup(per_class: dict[str, float | None], task) -> dict[str, float | None]
     missing = [n for n in old_names + new_names if n not in per_class]
     if missing:
         raise ValueError(f"per-class IoUs lack classes {missing} of {task}")
-    old = _mean(per_class[n] for n in old_names)
-    new = _mean(per_class[n] for n in new_names) if new_names else None
-    if old is None or new is None:
-        hiou = None
-    elif old + new == 0:
-        hiou = 0.0
-    else:
-        hiou = 2.0 * old * new / (old + new)
-    return {"old": old, "new": new, "all": _mean(per_class[n] for n in old_names + new_names), "hiou": hiou}
+    return group_means(per_class, old_names, new_names)
 
 
 def step_wall_times(run_dir: Path) -> list[float]:
@@ -180,28 +175,6 @@ def fmt_mean_std(values) -> str:
 # --------------------------------------------------------------------------- machine
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_average() -> str:
-    """The 1-minute load average: other work on the machine slows every figure down."""
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except (AttributeError, OSError):
-        return "unknown"
-
-
-def num_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def machine() -> str:

@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from eir.evaluation import metrics
-from eir.evaluation.metrics import ConfusionMatrix, format_table, summarize
+from eir.evaluation.metrics import ConfusionMatrix, format_table, group_means, summarize
 
 # Rows = ground truth, columns = prediction; classes 0 (background), 1 (old), 2 (new).
 HAND = np.array(
@@ -266,3 +266,13 @@ def test_hiou_is_harmonic_mean():
     assert 1 / s["hiou"] == pytest.approx((1 / s["old"] + 1 / s["new"]) / 2)
     assert math.isclose(min(s["old"], s["new"]), 62.5)
     assert s["new"] <= s["hiou"] <= s["old"]
+
+
+def test_group_means_by_name_with_na():
+    # old = background and "a"; new = "b" (n/a, left out) and "c".
+    iou = {"background": 90.0, "a": 30.0, "b": None, "c": 20.0}
+    g = group_means(iou, ["background", "a"], ["b", "c"])
+    assert g["old"] == 60.0 and g["new"] == 20.0
+    assert abs(g["all"] - 140.0 / 3) < 1e-12
+    assert abs(g["hiou"] - 2 * 60.0 * 20.0 / 80.0) < 1e-12
+    assert group_means(iou, ["background", "a"], ["b"])["hiou"] is None

@@ -6,7 +6,7 @@ Core module: torch and numpy only. Class ids, not model channels: 0 = background
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -156,6 +156,24 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
+def group_means(iou: Mapping, old: Sequence, new: Sequence) -> dict:
+    """old / new / all mIoU and hIoU from per-class IoUs (None = n/a, left out of the means).
+
+    ``old`` and ``new`` are keys of ``iou`` (class ids or names); background belongs in
+    ``old``. ``new`` and ``hiou`` are None when ``new`` is empty or all n/a; hIoU is the
+    harmonic mean of old and new (0 when both are 0).
+    """
+    old_miou = _mean([iou[c] for c in old])
+    new_miou = _mean([iou[c] for c in new]) if new else None
+    if old_miou is None or new_miou is None:
+        hiou = None
+    elif old_miou + new_miou == 0:
+        hiou = 0.0
+    else:
+        hiou = 2.0 * old_miou * new_miou / (old_miou + new_miou)
+    return {"old": old_miou, "new": new_miou, "all": _mean([iou[c] for c in [*old, *new]]), "hiou": hiou}
+
+
 def summarize(
     matrix: Any,
     old_classes: Sequence[int],
@@ -202,20 +220,9 @@ def summarize(
     union = m.sum(0) + m.sum(1) - tp
     iou = {c: (100.0 * tp[c] / union[c] if union[c] > 0 else None) for c in seen}
 
-    old_miou = _mean([iou[c] for c in old])
-    new_miou = _mean([iou[c] for c in new]) if new else None
-    if old_miou is None or new_miou is None:
-        hiou = None
-    elif old_miou + new_miou == 0:
-        hiou = 0.0
-    else:
-        hiou = 2.0 * old_miou * new_miou / (old_miou + new_miou)
     total = m.sum()
     return {
-        "old": old_miou,
-        "new": new_miou,
-        "all": _mean([iou[c] for c in seen]),
-        "hiou": hiou,
+        **group_means(iou, old, new),
         "pixel_acc": float(100.0 * tp.sum() / total) if total > 0 else None,
         "per_class": {names[c]: (None if iou[c] is None else float(iou[c])) for c in seen},
         "na_classes": [names[c] for c in seen if iou[c] is None],
