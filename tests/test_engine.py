@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -220,3 +221,22 @@ def test_one_step_under_two_processes(datasets_root, tmp_path):
     metrics = json.loads((tmp_path / "step_0" / "metrics.json").read_text())
     assert metrics["step"] == 0 and metrics["summary"]["all"] is not None
     assert (tmp_path / "step_0" / "bank" / "manifest.json").is_file()
+
+
+def test_poly_schedule_with_linear_warm_up():
+    """ADE20K's recipe: linear warm-up over the first 20 % of a step, then poly 0.9."""
+    cfg = LazyConfig.load(str(ROOT / "projects/EIR/configs/ade/100-50.py"))
+    assert cfg.schedule.warmup_fraction == 0.2 and cfg.schedule.poly_power == 0.9
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [param], "lr": 1.0}, {"params": [], "lr": 10.0}], lr=1.0)
+    sched = ContinualRunner.build_lr_scheduler(SimpleNamespace(cfg=cfg), opt, 100)
+    lrs = []
+    for _ in range(100):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    assert lrs[0][0] == pytest.approx(1e-3)  # warm-up starts at 1e-3 of the rate
+    assert lrs[10][0] == pytest.approx(1e-3 + 0.5 * (1 - 1e-3))  # halfway through warm-up
+    assert lrs[20][0] == pytest.approx(1.0)  # the peak, where poly decay begins
+    assert lrs[60][0] == pytest.approx(0.5**0.9)  # poly at (60 - 20) / 80 = 0.5
+    assert all(b == pytest.approx(10 * a) for a, b in lrs)  # head groups keep their 10x

@@ -16,6 +16,7 @@ the same command skips done steps and resumes an interrupted one from its last c
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import time
@@ -32,7 +33,11 @@ from detectron2.evaluation import inference_on_dataset
 from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
-from fvcore.common.param_scheduler import PolynomialDecayParamScheduler
+from fvcore.common.param_scheduler import (
+    CompositeParamScheduler,
+    LinearParamScheduler,
+    PolynomialDecayParamScheduler,
+)
 
 from eir.data.bank import STORAGE_MODES, InstanceBank
 from eir.data.datasets import register_eir_datasets, replay_dataset_dicts, step_dataset_dicts
@@ -122,8 +127,6 @@ class ContinualRunner:
         marker = self.output_dir / "task.json"
         mine = self.task.to_dict()
         if marker.is_file():
-            import json
-
             theirs = json.loads(marker.read_text())
             if build_task(**theirs) != self.task:
                 raise ValueError(
@@ -159,8 +162,6 @@ class ContinualRunner:
 
     def finished_summaries(self) -> dict[int, dict]:
         """The metrics of every done step, read back from their ``metrics.json``."""
-        import json
-
         out = {}
         for step in range(self.task.num_steps):
             path = self.step_dir(step) / "metrics.json"
@@ -294,8 +295,6 @@ class ContinualRunner:
         return instantiate(opt_cfg)
 
     def build_lr_scheduler(self, optimizer, max_iter: int):
-        from fvcore.common.param_scheduler import CompositeParamScheduler, LinearParamScheduler
-
         s = self.cfg.schedule
         poly = PolynomialDecayParamScheduler(1.0, s.poly_power)
         if s.warmup_fraction > 0:
