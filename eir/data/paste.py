@@ -395,10 +395,11 @@ def paste_instances(
         new_h, new_w = _rescaled_size(h, w, cell, img_h, img_w)
         resized = (new_h, new_w) != (h, w)
         if resized:
-            # 4-channel pixels resize about twice as fast as 3-channel ones
-            crop = cv2.cvtColor(cv2.resize(cv2.cvtColor(crop, cv2.COLOR_RGB2RGBA), (new_w, new_h),
-                                           interpolation=cv2.INTER_NEAREST), cv2.COLOR_RGBA2RGB)
-            mask = cv2.resize(mask, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
+            # Pixels and mask as one 4-channel image: one nearest resize for both, and
+            # 4-channel pixels resize about twice as fast as 3- or 1-channel ones.
+            rgbm = cv2.resize(cv2.merge([crop, mask]), (new_w, new_h), interpolation=cv2.INTER_NEAREST)
+            crop = cv2.cvtColor(rgbm, cv2.COLOR_RGBA2RGB)
+            mask = cv2.extractChannel(rgbm, 3)
         py = min(max(int(cy), 0), img_h - new_h)
         px = min(max(int(cx), 0), img_w - new_w)
         lam = np.float32(1.0) if mode == "copy" else np.float32(rng.beta(*beta))
