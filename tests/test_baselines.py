@@ -5,12 +5,12 @@ need Detectron2 and skip without it.
 """
 import importlib.util
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import synthetic_datasets
 
 from eir.evaluation.metrics import summarize
 from eir.tasks import build_task
@@ -127,17 +127,8 @@ def test_baseline_file_is_the_eir_config_with_the_benchmark_overrides(variant):
 
 @pytest.fixture(scope="module")
 def tiny_datasets(tmp_path_factory):
-    from eir.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("datasets")
-    generate(root / "eir_synthetic", num_train=40, num_val=10, size=128, seed=0, verbose=False)
-    old = os.environ.get("DETECTRON2_DATASETS")
-    os.environ["DETECTRON2_DATASETS"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("DETECTRON2_DATASETS", None)
-    else:
-        os.environ["DETECTRON2_DATASETS"] = old
+    with synthetic_datasets(tmp_path_factory.mktemp("datasets"), 40, 10) as root:
+        yield root
 
 
 # Two steps (classes 1-5, then 6-10), two iterations each: every variant's code path, quickly.

@@ -16,11 +16,11 @@ import pytest
 pytest.importorskip("detectron2", reason="Detectron2 is not installed (the engine tests need it)")
 
 import torch  # noqa: E402
+from conftest import synthetic_datasets  # noqa: E402
 from detectron2.config import LazyConfig  # noqa: E402
 
 from eir.data.bank import InstanceBank  # noqa: E402
 from eir.data.prepass import PrepassStore  # noqa: E402
-from eir.data.synthetic import generate  # noqa: E402
 from eir.engine.runner import ContinualRunner, build_step_model  # noqa: E402
 from eir.tasks import build_task  # noqa: E402
 
@@ -51,15 +51,8 @@ def quick_cfg(output_dir, *extra):
 
 @pytest.fixture(scope="module")
 def datasets_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
-    generate(root / "eir_synthetic", num_train=200, num_val=40, size=128, seed=0, verbose=False)
-    old = os.environ.get("DETECTRON2_DATASETS")
-    os.environ["DETECTRON2_DATASETS"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("DETECTRON2_DATASETS", None)
-    else:
-        os.environ["DETECTRON2_DATASETS"] = old
+    with synthetic_datasets(tmp_path_factory.mktemp("datasets"), 200, 40) as root:
+        yield root
 
 
 @pytest.fixture(scope="module")
