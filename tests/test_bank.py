@@ -251,6 +251,17 @@ def test_instance_tight_box_of_an_irregular_region(task):
     assert np.array_equal(crop, image[10:20, 4:12])
     assert np.array_equal(mask, label[10:20, 4:12] == 16)
     assert mask.sum() == 20 + 16 - 4
+    packed = bank.packed_instance(0, 16)  # what pasting reads: RGB + 0/1 mask, same box
+    assert packed.shape == (10, 8, 4) and not packed.flags.writeable
+    assert np.array_equal(packed[..., :3], image[10:20, 4:12])
+    assert np.array_equal(packed[..., 3], (label[10:20, 4:12] == 16).astype(np.uint8))
+    with pytest.raises(ValueError, match="not 17"):
+        bank.packed_instance(0, 17)
+    rgb, mask = bank.rescaled_instance(0, 16, (20, 16))  # nearest x2, memoised, read-only
+    assert np.array_equal(rgb, image[10:20, 4:12].repeat(2, axis=0).repeat(2, axis=1))
+    assert np.array_equal(mask, (label[10:20, 4:12] == 16).astype(np.uint8).repeat(2, 0).repeat(2, 1))
+    again = bank.rescaled_instance(0, 16, (20, 16))
+    assert again[0] is rgb and again[1] is mask and not rgb.flags.writeable and not mask.flags.writeable
 
 
 def test_render_replay_places_instances_on_mean_colour(task):

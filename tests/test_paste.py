@@ -10,9 +10,12 @@ from eir.data.paste import (
     best_cells,
     choose_classes,
     occupancy_map,
+    pack_instance,
     paste_from_bank,
     paste_instances,
     potential_classes,
+    rescale_instance,
+    rescaled_size,
 )
 
 RED = (255, 0, 0)
@@ -37,11 +40,15 @@ class FakeBank:
     def entries_for_class(self, c):
         return [i for i, (k, _, _) in enumerate(self.items) if k == c]
 
-    def instance(self, index, class_id):
+    def packed_instance(self, index, class_id):
         k, img, m = self.items[index]
         assert k == class_id
         self.calls.append((index, class_id))
-        return img, m
+        return pack_instance(img, m)
+
+    def rescaled_instance(self, index, class_id, size):
+        k, img, m = self.items[index]
+        return rescale_instance(pack_instance(img, m), size)
 
 
 class FixedLam:
@@ -218,6 +225,33 @@ def test_choose_classes_skips_classes_without_entries():
 # ---------------------------------------------------------------- step 3
 
 
+def test_pack_instance_cuts_the_tight_box():
+    img = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
+    mask = np.zeros((5, 7), bool)
+    mask[1, 2] = mask[3, 4] = True  # box rows 1..3, columns 2..4
+    packed = pack_instance(img, mask)
+    assert packed.shape == (3, 3, 4) and packed.dtype == np.uint8
+    np.testing.assert_array_equal(packed[..., :3], img[1:4, 2:5])
+    np.testing.assert_array_equal(packed[..., 3], mask[1:4, 2:5].astype(np.uint8))
+    assert pack_instance(img, np.zeros((5, 7), bool)) is None
+    with pytest.raises(ValueError, match="hxwx3 uint8"):
+        pack_instance(img[..., :2], mask)
+    with pytest.raises(ValueError, match="hxwx3 uint8"):
+        pack_instance(img, mask[:4])
+
+
+def test_rescale_instance_and_its_size():
+    img = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    packed = pack_instance(img, np.ones((4, 6), bool))
+    assert rescaled_size(4, 6, cell=13, img_h=100, img_w=100) == (8, 12)  # longer side cell - 1
+    assert rescaled_size(4, 6, cell=13, img_h=100, img_w=9) == (6, 9)  # never wider than the image
+    rgb, mask = rescale_instance(packed, (8, 12))
+    np.testing.assert_array_equal(rgb, img.repeat(2, axis=0).repeat(2, axis=1))  # nearest, x2
+    assert mask.dtype == np.uint8 and mask.shape == (8, 12) and (mask == 1).all()
+    rgb, mask = rescale_instance(packed, (4, 6))  # same size: a split, no resampling
+    np.testing.assert_array_equal(rgb, img)
+
+
 def test_augment_instance_flip():
     img, mask = two_colour_instance(4, 6)
     mask = mask.copy()
@@ -226,13 +260,20 @@ def test_augment_instance_flip():
     fi, fm = augment_instance(img, mask, np.random.default_rng(0), flip_prob=1.0)
     np.testing.assert_array_equal(fi, img[:, ::-1])
     np.testing.assert_array_equal(fm, mask[:, ::-1])
+    assert fm.dtype == bool
     si, sm = augment_instance(img, mask, np.random.default_rng(0), flip_prob=0.0)
     np.testing.assert_array_equal(si, img)
     np.testing.assert_array_equal(sm, mask)
     np.testing.assert_array_equal(img, img0)
     np.testing.assert_array_equal(mask, mask0)
+    fi, fm = augment_instance(img, mask.astype(np.uint8), np.random.default_rng(0), flip_prob=1.0)
+    assert fm.dtype == np.uint8 and fm[0, -1] == 0 and fm[0, 0] == 1  # a uint8 mask stays uint8
     flips = [augment_instance(img, mask, np.random.default_rng(s), 0.5)[1][0, 0] for s in range(400)]
     assert 150 < sum(flips) < 250  # flipped: column 0 becomes the masked column
+    r1, r2 = np.random.default_rng(5), np.random.default_rng(5)  # one draw per call, flipped or not
+    augment_instance(img, mask, r1, 1.0)
+    augment_instance(img, mask, r2, 0.0)
+    assert r1.random() == r2.random()
 
 
 # ---------------------------------------------------------------- step 5

@@ -46,6 +46,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from eir.data.paste import pack_instance, rescale_instance
+
 __all__ = [
     "BankEntry",
     "FORMAT_VERSION",
@@ -395,9 +397,12 @@ class InstanceBank:
         known = set(self.classes)
         self._credited: dict[int, list[int]] = {c: [] for c in self.classes}
         self._containing: dict[int, list[int]] = {c: [] for c in self.classes}
-        # (image crop, mask) of every (entry, class), contiguous and read-only: pasting reads
-        # them per sample, so they are cut once here rather than copied on every query.
+        # (image crop, mask) and the packed form pasting reads, of every (entry, class),
+        # contiguous and read-only: cut once here rather than on every query.
         self._instances: list[dict[int, tuple[np.ndarray, np.ndarray]]] = []
+        self._packed: list[dict[int, np.ndarray]] = []
+        # rescaled_instance's memo: a worker pastes the same instances at the same sizes all step
+        self._rescaled: dict[tuple[int, int, tuple[int, int]], tuple[np.ndarray, np.ndarray]] = {}
         for i, entry in enumerate(self.entries):
             if entry.credited not in known or entry.credited not in entry.classes:
                 raise ValueError(
@@ -405,7 +410,7 @@ class InstanceBank:
                     f"not among its classes {entry.classes} or the bank's classes {self.classes}"
                 )
             self._credited[entry.credited].append(i)
-            instances = {}
+            instances, packed = {}, {}
             for c in entry.classes:
                 self._containing.setdefault(c, []).append(i)
                 mask = entry.label == c
@@ -416,9 +421,11 @@ class InstanceBank:
                 y0, y1, x0, x1 = _box(mask)
                 crop = np.ascontiguousarray(entry.image[y0:y1, x0:x1])
                 crop_mask = np.ascontiguousarray(mask[y0:y1, x0:x1])
-                crop.flags.writeable = crop_mask.flags.writeable = False
+                packed[c] = pack_instance(crop, crop_mask)
+                crop.flags.writeable = crop_mask.flags.writeable = packed[c].flags.writeable = False
                 instances[c] = (crop, crop_mask)
             self._instances.append(instances)
+            self._packed.append(packed)
 
     # ------------------------------------------------------------------ build
 
@@ -559,7 +566,31 @@ class InstanceBank:
         Both are read-only and shared between calls (cut once when the bank is made):
         augment copies, never in place.
         """
-        found = self._instances[index].get(int(class_id))
+        return self._lookup(self._instances, index, class_id)
+
+    def packed_instance(self, index: int, class_id: int) -> np.ndarray:
+        """The same instance as :func:`eir.data.paste.pack_instance` packs it (tight box, RGB +
+        0/1 mask in one HxWx4 uint8 array): what pasting reads. Read-only and shared."""
+        return self._lookup(self._packed, index, class_id)
+
+    def rescaled_instance(
+        self, index: int, class_id: int, size: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(RGB pixels, uint8 0/1 mask)`` of the instance rescaled (nearest) to ``size = (h, w)``
+        (:func:`eir.data.paste.rescale_instance`). Read-only and memoised: with one crop size,
+        pasting asks for one size per instance, so the memo holds at most one rescaled copy
+        of each instance pasting draws (about M x S^2 x 4 bytes: 25 MB for M = 100, S = 250)."""
+        key = (int(index), int(class_id), (int(size[0]), int(size[1])))
+        found = self._rescaled.get(key)
+        if found is None:
+            found = rescale_instance(self.packed_instance(index, class_id), key[2])
+            for array in found:
+                array.flags.writeable = False
+            self._rescaled[key] = found
+        return found
+
+    def _lookup(self, table, index: int, class_id: int):
+        found = table[index].get(int(class_id))
         if found is None:
             entry = self.entries[index]
             raise ValueError(

@@ -5,9 +5,10 @@ training crop, so old classes keep real labels in new images. The five steps:
 
 1. :func:`potential_classes` -- old classes the old model sees but the label lacks (at most K);
 2. :func:`occupancy_map` + :func:`best_cells` -- the freest cells of an S x S grid host the pastes;
-3. one random bank entry per class, with :func:`augment_instance`;
+3. one random bank entry per class, rescaled to its cell (:func:`rescale_instance`), with
+   :func:`augment_instance`;
 4. :func:`choose_classes` -- the fallback to random old classes when too few were found;
-5. :func:`paste_instances` -- rescale into the cell, blend (mixup or copy), write the paste maps.
+5. :func:`paste_instances` -- place in the cell, blend (mixup or copy), write the paste maps.
 
 :func:`paste_from_bank` runs the five together. Core layer: NumPy and OpenCV
 only, because it runs on CPU inside data-loader workers; every random draw
@@ -34,6 +35,9 @@ __all__ = [
     "occupancy_map",
     "best_cells",
     "choose_classes",
+    "pack_instance",
+    "rescaled_size",
+    "rescale_instance",
     "augment_instance",
     "paste_instances",
     "paste_from_bank",
@@ -266,19 +270,60 @@ def choose_classes(
     return chosen + [pool[i] for i in draws]
 
 
+def pack_instance(image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """An instance as the bank keeps it for pasting: its mask's tight box as one HxWx4
+    uint8 array, RGB pixels then the mask (1 inside, 0 outside); None when the mask is empty.
+
+    One array rather than a pair because the nearest-neighbour rescale of step 5 then
+    moves pixels and mask in one call (4-channel pixels also resize about twice as fast
+    as 3- or 1-channel ones).
+    """
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
+            or image.shape[2] != 3 or image.shape[:2] != mask.shape:
+        raise ValueError(
+            f"instance image {getattr(image, 'shape', None)} {getattr(image, 'dtype', None)} and "
+            f"mask {mask.shape} must be hxwx3 uint8 and hxw"
+        )
+    x0, y0, w, h = cv2.boundingRect(mask.view(np.uint8))
+    if w == 0 or h == 0:
+        return None
+    crop = np.ascontiguousarray(image[y0:y0 + h, x0:x0 + w])
+    return cv2.merge([crop, np.ascontiguousarray(mask[y0:y0 + h, x0:x0 + w]).view(np.uint8)])
+
+
+def rescaled_size(h: int, w: int, cell: int, img_h: int, img_w: int) -> Tuple[int, int]:
+    """Step 5's size of an h x w instance: longer side ``cell - 1``, aspect kept, never larger
+    than the img_h x img_w image."""
+    scale = min((cell - 1) / max(h, w), img_h / h, img_w / w)
+    new_h = min(img_h, max(1, int(round(h * scale))))
+    new_w = min(img_w, max(1, int(round(w * scale))))
+    return new_h, new_w
+
+
+def rescale_instance(packed: np.ndarray, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+    """A :func:`pack_instance` rescaled (nearest) to ``size = (h, w)`` and split into
+    ``(RGB pixels, uint8 0/1 mask)``, both new contiguous arrays."""
+    if tuple(size) != packed.shape[:2]:
+        packed = cv2.resize(packed, (int(size[1]), int(size[0])), interpolation=cv2.INTER_NEAREST)
+    return cv2.cvtColor(packed, cv2.COLOR_RGBA2RGB), cv2.extractChannel(packed, 3)
+
+
 def augment_instance(
     image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, flip_prob: float = 0.5
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Step 3's fresh training augmentation of an instance: a random horizontal flip.
 
-    The scale part of the usual augmentation is left out on purpose:
-    :func:`paste_instances` rescales every instance to its cell anyway. One
-    random number is drawn per call, flipped or not, so the stream of draws does
-    not depend on the outcome. The inputs are not modified.
+    The scale part of the usual augmentation is left out on purpose: step 5 rescales
+    every instance to its cell anyway (:func:`paste_from_bank` flips the rescaled
+    instance, the cheaper order). One random number is drawn per call, flipped or not,
+    so the stream of draws does not depend on the outcome. The inputs are not modified;
+    the mask keeps its dtype (bool or uint8).
     """
     if rng.random() < flip_prob:
-        mask = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
-        return cv2.flip(np.ascontiguousarray(image), 1), cv2.flip(mask, 1).view(bool)
+        mask = np.ascontiguousarray(mask)
+        flipped = cv2.flip(mask.view(np.uint8) if mask.dtype == bool else mask, 1)
+        return cv2.flip(np.ascontiguousarray(image), 1), flipped.view(mask.dtype)
     return image, mask
 
 
@@ -305,14 +350,6 @@ def _masked_copy(dst: np.ndarray, src: np.ndarray, mask: np.ndarray) -> None:
         cv2.copyTo(src, mask, dst)
     else:
         dst[...] = cv2.copyTo(src, mask, np.ascontiguousarray(dst))
-
-
-def _rescaled_size(h: int, w: int, cell: int, img_h: int, img_w: int) -> Tuple[int, int]:
-    """Longer side -> cell - 1, aspect kept, never larger than the image."""
-    scale = min((cell - 1) / max(h, w), img_h / h, img_w / w)
-    new_h = min(img_h, max(1, int(round(h * scale))))
-    new_w = min(img_w, max(1, int(round(w * scale))))
-    return new_h, new_w
 
 
 def _check_image_label(image: np.ndarray, label: np.ndarray) -> None:
@@ -350,10 +387,37 @@ def paste_instances(
     ("mixup", needs ``rng``) or lam = 1 ("copy"). Later pastes go over earlier
     ones; where one covers an earlier paste, the earlier paste's class is
     folded into ``label`` where its alpha >= 0.5. Instances with an empty mask
-    are skipped (no draw). Returns ``(image, label, paste_class, paste_alpha)``;
-    the inputs are not modified unless ``inplace`` (for a caller that owns them, such
-    as the mapper with its freshly augmented crop: it saves a full-image copy).
+    are skipped (no draw; their cell stays unused). Returns ``(image, label,
+    paste_class, paste_alpha)``; the inputs are not modified unless ``inplace`` (for
+    a caller that owns them, such as the mapper with its freshly augmented crop: it
+    saves a full-image copy). Every instance is checked before anything is pasted.
     """
+    _check_image_label(image, label)
+    if cell < 2:
+        raise ValueError(f"cell must be >= 2 (instances fill cell - 1 pixels), got {cell}")
+    img_h, img_w = label.shape
+    ready = []
+    for inst_image, inst_mask, class_id in instances:
+        class_id = _check_class(class_id)
+        packed = pack_instance(inst_image, inst_mask)
+        if packed is None:
+            ready.append(None)
+        else:
+            size = rescaled_size(*packed.shape[:2], cell, img_h, img_w)
+            ready.append((*rescale_instance(packed, size), class_id))
+    return _paste_rescaled(image, label, ready, cells, mode, rng, beta, inplace)
+
+
+def _check_class(class_id) -> int:
+    class_id = int(class_id)
+    if not 0 < class_id < 255:
+        raise ValueError(f"pasted class ids must be in 1..254, got {class_id}")
+    return class_id
+
+
+def _paste_rescaled(image, label, ready, cells, mode, rng, beta, inplace):
+    """Step 5 on instances already rescaled: ``ready[i] = (rgb, uint8 0/1 mask, class_id)``,
+    each no larger than the image, or None (an empty instance: its cell stays unused)."""
     _check_image_label(image, label)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -361,10 +425,8 @@ def paste_instances(
         beta = _check_beta(beta)
         if rng is None:
             raise ValueError("mode 'mixup' draws lam ~ Beta(beta): pass rng=numpy.random.Generator")
-    if len(cells) < len(instances):
-        raise ValueError(f"need one cell per instance: {len(instances)} instances, {len(cells)} cells")
-    if cell < 2:
-        raise ValueError(f"cell must be >= 2 (instances fill cell - 1 pixels), got {cell}")
+    if len(cells) < len(ready):
+        raise ValueError(f"need one cell per instance: {len(ready)} instances, {len(cells)} cells")
 
     img_h, img_w = label.shape
     out_image = image if inplace else image.copy()
@@ -372,34 +434,13 @@ def paste_instances(
     paste_class = np.zeros((img_h, img_w), np.uint8)
     paste_alpha = np.zeros((img_h, img_w), np.float32)
     pasted_boxes: List[Tuple[int, int, int, int]] = []
-    # constant sources for the masked writes of the maps; no paste is larger than this
-    fill_class = np.empty((min(cell - 1, img_h), min(cell - 1, img_w)), np.uint8)
-    fill_alpha = np.empty(fill_class.shape, np.float32)
+    fill_class = fill_alpha = None  # constant sources for masked writes over earlier pastes
 
-    for (inst_image, inst_mask, class_id), (cy, cx) in zip(instances, cells):
-        class_id = int(class_id)
-        if not 0 < class_id < 255:
-            raise ValueError(f"pasted class ids must be in 1..254, got {class_id}")
-        inst_mask = np.ascontiguousarray(inst_mask, dtype=bool)
-        if inst_image.dtype != np.uint8 or inst_image.ndim != 3 or inst_image.shape[2] != 3 \
-                or inst_image.shape[:2] != inst_mask.shape:
-            raise ValueError(
-                f"instance image {inst_image.shape} {inst_image.dtype} and mask {inst_mask.shape} "
-                "must be hxwx3 uint8 and hxw"
-            )
-        x0, y0, w, h = cv2.boundingRect(inst_mask.view(np.uint8))
-        if w == 0 or h == 0:
+    for item, (cy, cx) in zip(ready, cells):
+        if item is None:
             continue  # empty mask: nothing to paste, no draw
-        crop = np.ascontiguousarray(inst_image[y0:y0 + h, x0:x0 + w], dtype=np.uint8)
-        mask = np.ascontiguousarray(inst_mask[y0:y0 + h, x0:x0 + w]).view(np.uint8)
-        new_h, new_w = _rescaled_size(h, w, cell, img_h, img_w)
-        resized = (new_h, new_w) != (h, w)
-        if resized:
-            # Pixels and mask as one 4-channel image: one nearest resize for both, and
-            # 4-channel pixels resize about twice as fast as 3- or 1-channel ones.
-            rgbm = cv2.resize(cv2.merge([crop, mask]), (new_w, new_h), interpolation=cv2.INTER_NEAREST)
-            crop = cv2.cvtColor(rgbm, cv2.COLOR_RGBA2RGB)
-            mask = cv2.extractChannel(rgbm, 3)
+        crop, mask, class_id = item
+        new_h, new_w = mask.shape
         py = min(max(int(cy), 0), img_h - new_h)
         px = min(max(int(cx), 0), img_w - new_w)
         lam = np.float32(1.0) if mode == "copy" else np.float32(rng.beta(*beta))
@@ -408,24 +449,29 @@ def paste_instances(
         # Blend inside the paste box only (no full-image float copies); addWeighted rounds
         # to nearest. Masked writes go through cv2.copyTo, far faster than NumPy's.
         region = out_image[window]
-        if mode == "copy":
-            blended = crop
-        else:  # a resized crop is ours: blend into it rather than into a new array
-            blended = cv2.addWeighted(crop, float(lam), region, float(1 - lam), 0.0,
-                                      dst=crop if resized else None)
-        _masked_copy(region, blended, mask)
+        if mode == "mixup":  # into a new array: the bank's rescaled instances are shared
+            crop = cv2.addWeighted(crop, float(lam), region, float(1 - lam), 0.0)
+        _masked_copy(region, crop, mask)
 
-        pc = paste_class[window]
+        pc, pa = paste_class[window], paste_alpha[window]
         box = (py, py + new_h, px, px + new_w)
-        if any(b[0] < box[1] and box[0] < b[1] and b[2] < box[3] and box[2] < b[3] for b in pasted_boxes):
-            # over an earlier paste: fold its class into the label beneath where its alpha >= 0.5
-            fold = mask.view(bool) & (pc > 0) & (paste_alpha[window] >= 0.5)
+        if not any(b[0] < box[1] and box[0] < b[1] and b[2] < box[3] and box[2] < b[3] for b in pasted_boxes):
+            # the maps are still zero in this box: the 0/1 mask times the value writes them
+            np.multiply(mask, class_id, out=pc)
+            np.multiply(mask, lam, out=pa)
+        else:
+            # over an earlier paste: fold its class into the label beneath where its alpha >= 0.5,
+            # then overwrite the maps inside this mask only
+            fold = mask.view(bool) & (pc > 0) & (pa >= 0.5)
             np.copyto(out_label[window], pc, where=fold)
+            if fill_class is None:
+                fill_class = np.empty((img_h, img_w), np.uint8)
+                fill_alpha = np.empty(fill_class.shape, np.float32)
+            fill_class[:new_h, :new_w] = class_id
+            _masked_copy(pc, fill_class[:new_h, :new_w], mask)
+            fill_alpha[:new_h, :new_w] = lam
+            _masked_copy(pa, fill_alpha[:new_h, :new_w], mask)
         pasted_boxes.append(box)
-        fill_class[:new_h, :new_w] = class_id
-        _masked_copy(pc, fill_class[:new_h, :new_w], mask)
-        fill_alpha[:new_h, :new_w] = lam
-        _masked_copy(paste_alpha[window], fill_alpha[:new_h, :new_w], mask)
     return out_image, out_label, paste_class, paste_alpha
 
 
@@ -441,8 +487,10 @@ def paste_from_bank(
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Steps 1-5 on one augmented training crop; returns paste_instances' four outputs.
 
-    ``bank`` needs ``entries_for_class(c) -> list[int]`` and
-    ``instance(index, c) -> (crop, mask)``; ``pseudo_map`` (the prepass map
+    ``bank`` needs ``entries_for_class(c) -> list[int]``, ``packed_instance(index, c)``
+    (a :func:`pack_instance`) and ``rescaled_instance(index, c, size)`` (that instance
+    through :func:`rescale_instance`; :class:`eir.data.bank.InstanceBank` memoises them, so
+    a worker rescales each instance once); ``pseudo_map`` (the prepass map
     transformed with the crop, any resolution) may be None. Old classes with no
     bank entry are never pasted. Use ``cfg.scaled_to(crop_size)`` for crops
     other than 512. When nothing is pasted the outputs are the inputs (copies
@@ -459,18 +507,20 @@ def paste_from_bank(
     found = _potential_classes(pseudo_map, label, list(entries), cfg.max_classes, rng, scratch)
     classes = choose_classes(found, list(entries), entries.keys(), cfg, rng)
 
+    img_h, img_w = label.shape
     instances = []
     for c in classes:
         idx = entries[c]
-        inst_image, inst_mask = bank.instance(idx[int(rng.integers(len(idx)))], c)
-        inst_image, inst_mask = augment_instance(inst_image, inst_mask, rng, cfg.flip_prob)
-        instances.append((inst_image, inst_mask, c))
+        index = idx[int(rng.integers(len(idx)))]
+        packed = bank.packed_instance(index, c)
+        if packed is None:  # an empty instance (never in an InstanceBank): nothing to paste
+            continue
+        size = rescaled_size(*packed.shape[:2], cfg.cell_size, img_h, img_w)
+        rgb, mask = augment_instance(*bank.rescaled_instance(index, c, size), rng, cfg.flip_prob)
+        instances.append((rgb, mask, c))
     if not instances:
-        h, w = label.shape
         if not inplace:
             image, label = image.copy(), label.copy()
-        return image, label, np.zeros((h, w), np.uint8), np.zeros((h, w), np.float32)
+        return image, label, np.zeros((img_h, img_w), np.uint8), np.zeros((img_h, img_w), np.float32)
     cells = best_cells(_occupied(label, pseudo_map, scratch), cfg.cell_size, len(instances))
-    return paste_instances(
-        image, label, instances, cells, cfg.cell_size, cfg.mode, rng, cfg.beta, inplace=inplace
-    )
+    return _paste_rescaled(image, label, instances, cells, cfg.mode, rng, cfg.beta, inplace)
