@@ -195,6 +195,12 @@ def machine() -> str:
 # --------------------------------------------------------------------------- runs
 
 
+def _without_output_dir(overrides: list[str]) -> list[str]:
+    """The overrides that define a run: its folder's own path is not one (a --work folder
+    reached through another path, or moved, holds the same runs)."""
+    return [o for o in overrides if not o.startswith("train.output_dir=")]
+
+
 class Run:
     """One (task, variant, seed): where it lives, its command, whether it is finished."""
 
@@ -243,7 +249,7 @@ class Run:
         record = self.dir / "bench.json"
         if record.is_file():
             theirs = json.loads(record.read_text())["overrides"]
-            if theirs != self.overrides:
+            if _without_output_dir(theirs) != _without_output_dir(self.overrides):
                 raise SystemExit(
                     f"{self.dir} holds a run made with other overrides:\n  {theirs}\nnot\n  "
                     f"{self.overrides}\nchoose another --work, or delete that folder"

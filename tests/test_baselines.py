@@ -93,6 +93,18 @@ def test_mean_std_over_seeds():
     assert bench.fmt_mean_std([None]) == "n/a"
 
 
+def test_a_run_folder_is_known_by_its_overrides_not_its_path(tmp_path):
+    real = tmp_path / "work"
+    run = bench.Run("4-2", "eir", 0, SimpleNamespace(work=real), ["schedule.epochs=3"])
+    run.dir.mkdir(parents=True)
+    run.write_record()
+    (tmp_path / "link").symlink_to(real)  # the same runs reached through another path
+    bench.Run("4-2", "eir", 0, SimpleNamespace(work=tmp_path / "link"), ["schedule.epochs=3"]).check_record()
+    other = bench.Run("4-2", "eir", 0, SimpleNamespace(work=real), ["schedule.epochs=4"])
+    with pytest.raises(SystemExit, match="other overrides"):
+        other.check_record()
+
+
 def test_overrides_are_split_from_options():
     own, overrides = bench.split_argv(["--tasks", "6-1", "4-2", "schedule.lr=0.1", "--quick", "eir.paste=null"])
     assert own == ["--tasks", "6-1", "4-2", "--quick"]
