@@ -192,6 +192,27 @@ def test_variant_runs_and_does_what_it_says(variant, tiny_datasets, tmp_path):
     log = [json.loads(line) for line in (tmp_path / "step_1" / "training_log.json").read_text().splitlines()]
     assert log and all(("loss_rskd" in row) == want["distils"] for row in log)
     assert not (tmp_path / "step_1" / "bank").exists()  # the last step builds no bank
+    if variant in ("eir", "eir_no_paste"):
+        LazyConfig.save(cfg, str(tmp_path / "config.yaml"))  # as tools/train_net.py does
+        _check_paste_diagnostics(tmp_path, pastes=want["pastes"])
+
+
+def _check_paste_diagnostics(run, pastes):
+    """benchmarks/paste_diagnostics.py on the finished run: pastes counted, or a clear refusal."""
+    spec = importlib.util.spec_from_file_location("paste_diagnostics", ROOT / "benchmarks" / "paste_diagnostics.py")
+    diag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diag)
+    if not pastes:
+        with pytest.raises(SystemExit, match="does not paste"):
+            diag.diagnose(run, 1, num_images=4)
+        return
+    d = diag.diagnose(run, 1, [run], num_images=8)
+    assert d["samples"] == 8
+    assert 0 < d["pasted"][0] < d["pasted"][1]  # some, not all, of the BCE's pixels are pasted
+    assert d["old_natural"][1] > 0 and 0 <= d["old_on_paste"][0] <= d["old_on_paste"][1]
+    row = d["runs"][str(run)]
+    assert 0 <= row["new_right"][0] <= row["new_right"][1] and row["bce_pasted"][1] > 0
+    assert "pasted share of the BCE's pixels" in diag.report(d, run, 1, 0)
 
 
 

@@ -1,0 +1,225 @@
+#!/usr/bin/env python
+"""What does pasting do to an incremental step? Numbers behind the synthetic benchmark's reading.
+
+For step ``--step`` (t >= 1) of a finished EIR run, rebuilds the step's training samples as
+its loader made them (the run's config, bank of step t-1, prepass maps of step t, the
+mapper with pasting; a seeded sample of ``--num-images`` new images and bank entries) and
+reports:
+
+* **pasted share**: of the pixels that count in the BCE (target not all zero), the share
+  under a pasted instance (``paste_class > 0``);
+* **old model on pastes**: of the pixels under a paste with alpha >= 0.5, the share the
+  step t-1 model predicts as the pasted class; beside it, the share of the natural
+  old-class pixels of the validation images (labels of the classes seen at t-1) it
+  predicts right: how recognisable the pastes are to the model that pseudo-labels them;
+* for the step-t model of each run in ``--runs`` (e.g. EIR, image replay, EIR without
+  pasting, from the same step-0 model): **new-class accuracy**, the share of the pixels
+  labelled with a class of step t (and not pasted over) predicted as that class, and the
+  mean per-pixel BCE (summed over channels) on pasted and on unpasted pixels.
+
+Predictions follow EIR_METHOD.md section 3: the best class score, or background when no
+class score reaches 0.5. Core numbers, CPU, a minute for the defaults:
+
+    python benchmarks/paste_diagnostics.py output/css_synthetic/4-2/eir/seed_0 --step 1 \\
+        --runs output/css_synthetic/4-2/{eir,image_replay,eir_no_paste}/seed_0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from eir.modeling.losses import soft_targets  # noqa: E402
+from eir.tasks import IGNORE_LABEL, build_task  # noqa: E402
+
+
+def load_run(run: Path):
+    from detectron2.config import LazyConfig
+
+    cfg = LazyConfig.load(str(run / "config.yaml"))
+    task = build_task(**json.loads((run / "task.json").read_text()))
+    return cfg, task
+
+
+def step_model(cfg, task, run: Path, step: int):
+    from eir.engine.checkpoint import read_step_checkpoint
+    from eir.engine.runner import build_step_model
+    from eir.modeling.meta_arch import load_step_weights
+
+    model = build_step_model(cfg, task, step, "cpu")
+    load_step_weights(model, read_step_checkpoint(run / f"step_{step}" / "model_final.pth", task, step))
+    return model.eval()
+
+
+def predict(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(channel logits, predicted channel: best class, or 0 when no class score reaches 0.5)."""
+    with torch.no_grad():
+        logits = model.logits(model.preprocess_image(batch).tensor)
+    best, arg = logits[:, 1:].sigmoid().max(dim=1)
+    return logits, torch.where(best >= 0.5, arg + 1, torch.zeros_like(arg))
+
+
+def training_samples(cfg, task, run: Path, step: int, num: int, seed: int) -> list[dict]:
+    from detectron2.config import instantiate
+
+    from eir.data.bank import InstanceBank
+    from eir.data.datasets import replay_dataset_dicts, step_dataset_dicts
+    from eir.data.mapper import EIRDatasetMapper
+    from eir.data.prepass import PrepassStore
+
+    prepass_file = run / f"step_{step}" / "prepass.npz"
+    if cfg.eir.paste is None or not prepass_file.is_file():
+        raise SystemExit(f"{run} does not paste at step {step} (no {prepass_file}): give an EIR run")
+    bank = InstanceBank.load(run / f"step_{step - 1}" / "bank", task=task, step=step - 1)
+    dicts = step_dataset_dicts(cfg.dataloader.train.dataset, task, step, "train", cache_dir=run)
+    dicts = dicts + replay_dataset_dicts(bank)
+    mapper = EIRDatasetMapper(
+        is_train=True, task=task, step=step,
+        augmentations=instantiate(cfg.dataloader.train.augmentations), bank=bank,
+        prepass=PrepassStore.load(prepass_file, task=task, step=step),
+        paste_cfg=instantiate(cfg.eir.paste), seed=seed,
+    )
+    order = np.random.default_rng(seed).permutation(len(dicts))[:num]
+    return [mapper(dicts[i]) for i in order]
+
+
+def validation_samples(cfg, task, run: Path, step: int) -> list[dict]:
+    from detectron2.config import instantiate
+
+    from eir.data.datasets import step_dataset_dicts
+    from eir.data.mapper import EIRDatasetMapper
+
+    dicts = step_dataset_dicts(cfg.dataloader.test.dataset, task, step, "test", cache_dir=run)
+    mapper = EIRDatasetMapper(is_train=False, task=task, step=step,
+                              augmentations=instantiate(cfg.dataloader.test.augmentations))
+    return [mapper(d) for d in dicts]
+
+
+def batches(samples, size=16):
+    for i in range(0, len(samples), size):
+        yield samples[i:i + size]
+
+
+def stack(batch, key, lut=None):
+    out = torch.stack([d[key] for d in batch])
+    return lut[out] if lut is not None else out
+
+
+def share(hits: int, total: int) -> str:
+    return f"{100 * hits / total:.1f} %" if total else "n/a"
+
+
+def diagnose(run: Path, step: int, runs=(), num_images: int = 160, seed: int = 0) -> dict:
+    """The numbers of the module docstring, as counts: ``{"pasted": (hits, total), "old_on_paste":
+    ..., "old_natural": ..., "runs": {run: {"new_right": ..., "bce_pasted": ..., "bce_unpasted": ...}}}``."""
+    cfg, task = load_run(run)
+    lut_t = torch.as_tensor(task.class_to_channel_lut(step), dtype=torch.long)
+    samples = training_samples(cfg, task, run, step, num_images, seed)
+    counted = pasted = 0
+    for batch in batches(samples):
+        labels = stack(batch, "sem_seg", lut_t)
+        targets = soft_targets(labels, task.num_channels(step), stack(batch, "paste_class", lut_t),
+                               stack(batch, "paste_alpha"))
+        live = (targets != 0).any(dim=1)
+        counted += int(live.sum())
+        pasted += int((live & (stack(batch, "paste_class") > 0)).sum())
+
+    old = step_model(cfg, task, run, step - 1)
+    on_paste = strong = 0
+    for batch in batches(samples):
+        _, pred = predict(old, batch)
+        pc, pa = stack(batch, "paste_class", lut_t), stack(batch, "paste_alpha")
+        sel = (pc > 0) & (pa >= 0.5)
+        on_paste += int((pred[sel] == pc[sel]).sum())
+        strong += int(sel.sum())
+    lut_old = torch.as_tensor(task.class_to_channel_lut(step - 1), dtype=torch.long)
+    natural = right = 0
+    for batch in batches(validation_samples(cfg, task, run, step - 1)):
+        labels = stack(batch, "sem_seg", lut_old)
+        _, pred = predict(old, batch)
+        sel = (labels > 0) & (labels != IGNORE_LABEL)
+        right += int((pred[sel] == labels[sel]).sum())
+        natural += int(sel.sum())
+
+    new_channels = lut_t[torch.as_tensor(task.new_classes(step))]
+    compared = {}
+    for other in runs:
+        model = step_model(cfg, task, Path(other), step)
+        ok = n = 0
+        bce = {True: [0.0, 0], False: [0.0, 0]}
+        for batch in batches(samples):
+            logits, pred = predict(model, batch)
+            labels, pc = stack(batch, "sem_seg", lut_t), stack(batch, "paste_class", lut_t)
+            targets = soft_targets(labels, logits.shape[1], pc, stack(batch, "paste_alpha"))
+            per_pixel = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(1)
+            live = (targets != 0).any(dim=1)
+            for flag in (True, False):
+                sel = live & ((pc > 0) == flag)
+                bce[flag][0] += float(per_pixel[sel].sum())
+                bce[flag][1] += int(sel.sum())
+            sel = torch.isin(labels, new_channels) & (pc == 0)
+            ok += int((pred[sel] == labels[sel]).sum())
+            n += int(sel.sum())
+        compared[str(other)] = {"new_right": (ok, n), "bce_pasted": tuple(bce[True]),
+                                "bce_unpasted": tuple(bce[False])}
+    return {"task": task, "paste": cfg.eir.paste, "samples": len(samples), "pasted": (pasted, counted),
+            "old_on_paste": (on_paste, strong), "old_natural": (right, natural), "runs": compared}
+
+
+def report(d: dict, run: Path, step: int, seed: int) -> str:
+    def mean(pair):
+        return f"{pair[0] / pair[1]:.3f}" if pair[1] else "n/a"
+
+    lines = [
+        f"# paste diagnostics: {d['task']}, step {step}, run {run}",
+        "",
+        f"- {d['samples']} training samples (new images and bank entries, seed {seed}), paste config "
+        + ", ".join(f"{k}={v}" for k, v in d["paste"].items() if k != "_target_"),
+        f"- pasted share of the BCE's pixels: {share(*d['pasted'])}",
+        f"- step {step - 1} model: pasted pixels (alpha >= 0.5) predicted as the pasted class "
+        f"{share(*d['old_on_paste'])}; natural old-class pixels of the validation images predicted "
+        f"right {share(*d['old_natural'])}",
+        "",
+        f"| step-{step} model of | new-class pixels predicted right | BCE on pasted pixels | "
+        "BCE on unpasted pixels |",
+        "|---|---:|---:|---:|",
+    ]
+    for other, r in d["runs"].items():
+        lines.append(f"| `{other}` | {share(*r['new_right'])} | {mean(r['bce_pasted'])} | "
+                     f"{mean(r['bce_unpasted'])} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", type=Path, help="a finished EIR run folder (its config.yaml, banks, prepass maps)")
+    ap.add_argument("--step", type=int, default=1, help="the incremental step to look at (>= 1)")
+    ap.add_argument("--runs", type=Path, nargs="*", default=[],
+                    help="runs whose step-t models to compare (same task, same step-0 model)")
+    ap.add_argument("--num-images", type=int, default=160, help="training samples to draw")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--datasets", type=Path, default=None, help="DETECTRON2_DATASETS of the run")
+    args = ap.parse_args(argv)
+    if args.step < 1:
+        ap.error("--step must be >= 1 (pasting starts at step 1)")
+    torch.set_num_threads(1)
+
+    from eir.data.datasets import register_eir_datasets
+
+    register_eir_datasets(args.datasets)
+    d = diagnose(args.run, args.step, args.runs, args.num_images, args.seed)
+    print(report(d, args.run, args.step, args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
