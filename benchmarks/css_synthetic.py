@@ -4,7 +4,7 @@
 Every variant below is the same code and the same synthetic config with a few LazyConfig
 overrides (the baseline configs in ``projects/EIR/configs/baselines/`` set the same keys on
 Pascal VOC 15-1; ``tests/test_baselines.py`` checks the two agree). Each (task, variant,
-seed) is one ``tools/train_net.py`` run in a subprocess, one at a time, under
+seed) is one ``tools/train_net.py`` run in a subprocess, seed by seed, under
 ``--work/<task>/<variant>/seed_<seed>`` (the joint upper bound does not depend on the task:
 it runs once per seed under ``--work/joint/seed_<seed>``). Finished runs are skipped and an
 interrupted run resumes where it stopped, so rerunning the command is cheap; a run folder
@@ -24,13 +24,16 @@ and the task's step-0 classes; new: the rest), as :func:`eir.evaluation.metrics.
 groups them.
 
     python benchmarks/css_synthetic.py                       # 6-1 and 4-2, 3 seeds, every variant
+    python benchmarks/css_synthetic.py --jobs 2              # two (task, seed) groups at a time
     python benchmarks/css_synthetic.py --tasks 6-1 --seeds 0 --variants eir image_replay
     python benchmarks/css_synthetic.py --quick               # smoke test: tiny data and schedule
     python benchmarks/css_synthetic.py schedule.incremental_epochs=30   # overrides for every run
 
-Run it with the Python that has Detectron2 (the runs use ``sys.executable``). Runs never
-overlap; each gets half the cores for its PyTorch threads (``--threads``), leaving the rest to
-its data-loader workers: OpenMP threads that compete with other processes for the cores
+Run it with the Python that has Detectron2 (the runs use ``sys.executable``). By default one
+run at a time; ``--jobs N`` runs N (task, seed) groups side by side (each in order: its
+variants share its step 0; the joint run belongs to the first task's group). Each run gets
+half of its job's share of the cores for its PyTorch threads (``--threads``), leaving the rest
+to its data-loader workers: OpenMP threads that compete with other processes for the cores
 stall each other (on a busy 2-core machine, 2 threads trained up to 25x slower than 1).
 """
 from __future__ import annotations
@@ -47,6 +50,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -411,7 +415,8 @@ def report(args, runs, results, outcomes, command: str, png_name: str) -> str:
         "# css_synthetic: EIR against its baselines on the synthetic continual benchmark",
         "",
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
-        f"- machine: {machine()}; {args.threads} PyTorch threads per run, one run at a time; "
+        f"- machine: {machine()}; {args.threads} PyTorch threads per run, "
+        f"{'one run' if args.jobs == 1 else f'{args.jobs} runs'} at a time; "
         f"load average at the start {args.load_at_start}, at the end {load_average()}",
         f"- command: `{command}`",
         f"- seeds: {', '.join(map(str, args.seeds))} (train.seed: model init, sampling, "
@@ -517,9 +522,13 @@ def parse_args(argv: list[str]):
                    help="folder of the runs (default output/css_synthetic; --quick: output/css_synthetic_quick)")
     p.add_argument("--datasets", type=Path, default=None,
                    help="DETECTRON2_DATASETS for the runs (default: inherited; --quick: WORK/datasets)")
-    p.add_argument("--threads", type=int, default=max(1, num_cores() // 2),
-                   help="PyTorch threads per run (default: half the cores, the rest for the data "
-                   "loader's workers; on a busy 2-core machine 2 threads trained up to 25x slower than 1)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at a time (default 1): the (task, seed) groups run side by side, each "
+                   "in order, since its variants share its step 0; give each job its cores with --threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="PyTorch threads per run (default: half the cores per job, the rest for the "
+                   "data loader's workers; on a busy 2-core machine 2 threads trained up to 25x "
+                   "slower than 1)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: a tiny dataset (40/10 images) and 2 iterations per step")
     p.add_argument("--no-share-step0", dest="share_step0", action="store_false",
@@ -528,6 +537,10 @@ def parse_args(argv: list[str]):
     p.add_argument("--report-only", action="store_true", help="run nothing; report the finished runs")
     args = p.parse_args(own)
     args.overrides = overrides
+    if args.jobs < 1:
+        p.error("--jobs must be >= 1")
+    if args.threads is None:
+        args.threads = max(1, num_cores() // (2 * args.jobs))
     if args.seeds is None:
         args.seeds = [0] if args.quick else list(DEFAULT_SEEDS)
     if args.work is None:
@@ -553,6 +566,31 @@ def parse_args(argv: list[str]):
     return args
 
 
+def execute(run: Run, i: int, total: int, args, env: dict) -> tuple:
+    """Run (or skip) one run; its outcome ``((task, variant), exit code, status, seed)``."""
+    key = (run.task_name, run.variant)
+    if run.is_finished():
+        print(f"[{i}/{total}] {run.label}: finished before, skipped", flush=True)
+        return key, 0, "finished before", run.seed
+    if args.report_only:
+        return key, 0, "not run", run.seed
+    if args.share_step0 and run.needs_step0():
+        donor = run.step0_donor(args.work)
+        if donor is not None:
+            run.adopt_step0(donor)
+            print(f"[{i}/{total}] {run.label}: step 0 model from {donor}", flush=True)
+    print(f"[{i}/{total}] {run.label}: running ({run.dir / 'train_net.log'})", flush=True)
+    code, seconds = run.execute(env)
+    if code == 0 and run.is_finished():
+        final = read_run(run.dir, run.task, run.joint)["final"]
+        text = ", ".join(f"{k} {'n/a' if final[k] is None else f'{final[k]:.1f}'}" for k in METRICS)
+        print(f"    {run.label}: done in {seconds:.0f} s: {text}", flush=True)
+        return key, 0, f"ran in {seconds:.0f} s", run.seed
+    print(f"    {run.label}: FAILED (exit code {code}) after {seconds:.0f} s; log tail:\n"
+          f"{tail(run.dir / 'train_net.log')}", flush=True)
+    return key, code or 1, f"failed (exit {code or 1})", run.seed
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -564,9 +602,9 @@ def main(argv: list[str] | None = None) -> int:
         generate(args.datasets / "eir_synthetic", verbose=False, **QUICK_DATA)
 
     runs, seen = [], set()
-    for task_name in args.tasks:
-        for variant in args.variants:
-            for seed in args.seeds:
+    for task_name in args.tasks:  # seed by seed, so a benchmark cut short has whole seeds
+        for seed in args.seeds:
+            for variant in args.variants:
                 run = Run(task_name, variant, seed, args, args.overrides)
                 if run.dir in seen:  # the joint run serves every task
                     continue
@@ -575,33 +613,18 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(run)
 
     env = child_env(args)
-    outcomes = []  # ((task, variant), exit code, status, seed)
-    print(f"css_synthetic: {len(runs)} runs into {args.work}", flush=True)
-    for i, run in enumerate(runs, 1):
-        key = (run.task_name, run.variant)
-        if run.is_finished():
-            print(f"[{i}/{len(runs)}] {run.label}: finished before, skipped", flush=True)
-            outcomes.append((key, 0, "finished before", run.seed))
-            continue
-        if args.report_only:
-            outcomes.append((key, 0, "not run", run.seed))
-            continue
-        if args.share_step0 and run.needs_step0():
-            donor = run.step0_donor(args.work)
-            if donor is not None:
-                run.adopt_step0(donor)
-                print(f"[{i}/{len(runs)}] {run.label}: step 0 model from {donor}", flush=True)
-        print(f"[{i}/{len(runs)}] {run.label}: running ({run.dir / 'train_net.log'})", flush=True)
-        code, seconds = run.execute(env)
-        if code == 0 and run.is_finished():
-            final = read_run(run.dir, run.task, run.joint)["final"]
-            text = ", ".join(f"{k} {'n/a' if final[k] is None else f'{final[k]:.1f}'}" for k in METRICS)
-            print(f"    done in {seconds:.0f} s: {text}", flush=True)
-            outcomes.append((key, 0, f"ran in {seconds:.0f} s", run.seed))
-        else:
-            print(f"    FAILED (exit code {code}) after {seconds:.0f} s; log tail:\n{tail(run.dir / 'train_net.log')}",
-                  flush=True)
-            outcomes.append((key, code or 1, f"failed (exit {code or 1})", run.seed))
+    print(f"css_synthetic: {len(runs)} runs into {args.work}"
+          + (f", {args.jobs} at a time" if args.jobs > 1 else ""), flush=True)
+    numbered = list(enumerate(runs, 1))
+    # A (task, seed) group runs in order (its variants share its step 0); groups run side by side.
+    groups: dict[tuple[str, int], list] = {}
+    for item in numbered:
+        groups.setdefault((item[1].task_name, item[1].seed), []).append(item)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        done = pool.map(lambda group: [execute(run, i, len(runs), args, env) for i, run in group],
+                        groups.values())
+        by_index = {i: o for group, outs in zip(groups.values(), done) for (i, _), o in zip(group, outs)}
+    outcomes = [by_index[i] for i, _ in numbered]  # ((task, variant), exit code, status, seed)
 
     # Results per (task, variant); the joint runs are grouped once per task.
     results: dict[tuple[str, str], list] = {}

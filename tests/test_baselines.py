@@ -105,6 +105,35 @@ def test_a_run_folder_is_known_by_its_overrides_not_its_path(tmp_path):
         other.check_record()
 
 
+def test_jobs_run_task_seed_groups_side_by_side_each_in_order(monkeypatch, tmp_path):
+    import threading
+    import time
+
+    lock, active, peak, calls = threading.Lock(), [0], [0], []
+
+    def fake_execute(run, i, total, args, env):  # stands in for a subprocess run
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+            calls.append((run.task_name, run.seed, run.variant))
+        return (run.task_name, run.variant), 0, "ran", run.seed
+
+    monkeypatch.setattr(bench, "execute", fake_execute)
+    argv = ["--tasks", "6-1", "4-2", "--seeds", "0", "1", "--variants", "eir", "joint",
+            "--jobs", "2", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    bench.main(argv)
+    assert peak[0] == 2  # two groups at a time
+    # the joint run is made once per seed, in the first task's group, after that group's eir
+    assert sorted(calls) == sorted([("6-1", 0, "eir"), ("6-1", 0, "joint"), ("6-1", 1, "eir"),
+                                    ("6-1", 1, "joint"), ("4-2", 0, "eir"), ("4-2", 1, "eir")])
+    for seed in (0, 1):
+        assert calls.index(("6-1", seed, "eir")) < calls.index(("6-1", seed, "joint"))
+    assert "2 runs at a time" in (tmp_path / "out" / "css_synthetic.md").read_text()
+
+
 def test_overrides_are_split_from_options():
     own, overrides = bench.split_argv(["--tasks", "6-1", "4-2", "schedule.lr=0.1", "--quick", "eir.paste=null"])
     assert own == ["--tasks", "6-1", "4-2", "--quick"]
