@@ -370,7 +370,10 @@ def plot(tasks, results, variants, path: Path) -> None:
         ax.set_ylim(0, 100)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+        else:
+            ax.text(0.5, 0.5, "no finished run yet", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle("mean over seeds, band: ± 1 sample std", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
