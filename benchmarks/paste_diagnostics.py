@@ -2,9 +2,9 @@
 """What does pasting do to an incremental step? Numbers behind the synthetic benchmark's reading.
 
 For step ``--step`` (t >= 1) of a finished EIR run, rebuilds the step's training samples as
-its loader made them (the run's config, bank of step t-1, prepass maps of step t, the
-mapper with pasting; a seeded sample of ``--num-images`` new images and bank entries) and
-reports:
+its loader made them (the run's own runner: its config, the bank of step t-1, the prepass
+maps of step t, the step's training mapper with pasting; ``--num-images`` new images and
+bank entries drawn with ``--seed``) and reports:
 
 * **pasted share**: of the pixels that count in the BCE (target not all zero), the share
   under a pasted instance (``paste_class > 0``);
@@ -26,7 +26,7 @@ class score reaches 0.5. Core numbers, CPU, a minute for the defaults:
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from pathlib import Path
 
@@ -39,25 +39,19 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from eir.modeling.losses import soft_targets  # noqa: E402
-from eir.tasks import IGNORE_LABEL, build_task  # noqa: E402
+from eir.tasks import IGNORE_LABEL  # noqa: E402
 
 
-def load_run(run: Path):
+def load_runner(run: Path):
+    """The run's own ContinualRunner (its config.yaml, its folder, on the CPU)."""
     from detectron2.config import LazyConfig
 
+    from eir.engine.runner import ContinualRunner
+
     cfg = LazyConfig.load(str(run / "config.yaml"))
-    task = build_task(**json.loads((run / "task.json").read_text()))
-    return cfg, task
-
-
-def step_model(cfg, task, run: Path, step: int):
-    from eir.engine.checkpoint import read_step_checkpoint
-    from eir.engine.runner import build_step_model
-    from eir.modeling.meta_arch import load_step_weights
-
-    model = build_step_model(cfg, task, step, "cpu")
-    load_step_weights(model, read_step_checkpoint(run / f"step_{step}" / "model_final.pth", task, step))
-    return model.eval()
+    cfg.train.output_dir = str(run)
+    cfg.train.device = "cpu"
+    return ContinualRunner(cfg)
 
 
 def predict(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,40 +62,22 @@ def predict(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     return logits, torch.where(best >= 0.5, arg + 1, torch.zeros_like(arg))
 
 
-def training_samples(cfg, task, run: Path, step: int, num: int, seed: int) -> list[dict]:
-    from detectron2.config import instantiate
-
-    from eir.data.bank import InstanceBank
+def training_samples(runner, step: int, num: int, seed: int) -> list[dict]:
+    """``num`` samples of the step's training set (new images and bank entries), drawn with
+    ``seed``, through the step's own training mapper (pasting included)."""
     from eir.data.datasets import replay_dataset_dicts, step_dataset_dicts
-    from eir.data.mapper import EIRDatasetMapper
     from eir.data.prepass import PrepassStore
 
-    prepass_file = run / f"step_{step}" / "prepass.npz"
-    if cfg.eir.paste is None or not prepass_file.is_file():
-        raise SystemExit(f"{run} does not paste at step {step} (no {prepass_file}): give an EIR run")
-    bank = InstanceBank.load(run / f"step_{step - 1}" / "bank", task=task, step=step - 1)
-    dicts = step_dataset_dicts(cfg.dataloader.train.dataset, task, step, "train", cache_dir=run)
+    prepass_file = runner.step_dir(step) / "prepass.npz"
+    if not runner.pastes(step) or not prepass_file.is_file():
+        raise SystemExit(f"{runner.output_dir} does not paste at step {step} (no {prepass_file}): give an EIR run")
+    bank = runner.load_bank(step)
+    cfg, task = runner.cfg, runner.task
+    dicts = step_dataset_dicts(cfg.dataloader.train.dataset, task, step, "train", cache_dir=runner.output_dir)
     dicts = dicts + replay_dataset_dicts(bank)
-    mapper = EIRDatasetMapper(
-        is_train=True, task=task, step=step,
-        augmentations=instantiate(cfg.dataloader.train.augmentations), bank=bank,
-        prepass=PrepassStore.load(prepass_file, task=task, step=step),
-        paste_cfg=instantiate(cfg.eir.paste), seed=seed,
-    )
+    mapper = runner.train_mapper(step, bank, PrepassStore.load(prepass_file, task=task, step=step))
     order = np.random.default_rng(seed).permutation(len(dicts))[:num]
     return [mapper(dicts[i]) for i in order]
-
-
-def validation_samples(cfg, task, run: Path, step: int) -> list[dict]:
-    from detectron2.config import instantiate
-
-    from eir.data.datasets import step_dataset_dicts
-    from eir.data.mapper import EIRDatasetMapper
-
-    dicts = step_dataset_dicts(cfg.dataloader.test.dataset, task, step, "test", cache_dir=run)
-    mapper = EIRDatasetMapper(is_train=False, task=task, step=step,
-                              augmentations=instantiate(cfg.dataloader.test.augmentations))
-    return [mapper(d) for d in dicts]
 
 
 def batches(samples, size=16):
@@ -121,9 +97,10 @@ def share(hits: int, total: int) -> str:
 def diagnose(run: Path, step: int, runs=(), num_images: int = 160, seed: int = 0) -> dict:
     """The numbers of the module docstring, as counts: ``{"pasted": (hits, total), "old_on_paste":
     ..., "old_natural": ..., "runs": {run: {"new_right": ..., "bce_pasted": ..., "bce_unpasted": ...}}}``."""
-    cfg, task = load_run(run)
+    runner = load_runner(run)
+    task = runner.task
     lut_t = torch.as_tensor(task.class_to_channel_lut(step), dtype=torch.long)
-    samples = training_samples(cfg, task, run, step, num_images, seed)
+    samples = training_samples(runner, step, num_images, seed)
     counted = pasted = 0
     for batch in batches(samples):
         labels = stack(batch, "sem_seg", lut_t)
@@ -133,7 +110,7 @@ def diagnose(run: Path, step: int, runs=(), num_images: int = 160, seed: int = 0
         counted += int(live.sum())
         pasted += int((live & (stack(batch, "paste_class") > 0)).sum())
 
-    old = step_model(cfg, task, run, step - 1)
+    old = runner.trained_model(step - 1).eval()
     on_paste = strong = 0
     for batch in batches(samples):
         _, pred = predict(old, batch)
@@ -143,7 +120,8 @@ def diagnose(run: Path, step: int, runs=(), num_images: int = 160, seed: int = 0
         strong += int(sel.sum())
     lut_old = torch.as_tensor(task.class_to_channel_lut(step - 1), dtype=torch.long)
     natural = right = 0
-    for batch in batches(validation_samples(cfg, task, run, step - 1)):
+    dicts, mapper = runner.test_data(step - 1)
+    for batch in batches([mapper(d) for d in dicts]):
         labels = stack(batch, "sem_seg", lut_old)
         _, pred = predict(old, batch)
         sel = (labels > 0) & (labels != IGNORE_LABEL)
@@ -153,7 +131,7 @@ def diagnose(run: Path, step: int, runs=(), num_images: int = 160, seed: int = 0
     new_channels = lut_t[torch.as_tensor(task.new_classes(step))]
     compared = {}
     for other in runs:
-        model = step_model(cfg, task, Path(other), step)
+        model = load_runner(Path(other)).trained_model(step).eval()
         ok = n = 0
         bce = {True: [0.0, 0], False: [0.0, 0]}
         for batch in batches(samples):
@@ -171,7 +149,7 @@ def diagnose(run: Path, step: int, runs=(), num_images: int = 160, seed: int = 0
             n += int(sel.sum())
         compared[str(other)] = {"new_right": (ok, n), "bce_pasted": tuple(bce[True]),
                                 "bce_unpasted": tuple(bce[False])}
-    return {"task": task, "paste": cfg.eir.paste, "samples": len(samples), "pasted": (pasted, counted),
+    return {"task": task, "paste": runner.cfg.eir.paste, "samples": len(samples), "pasted": (pasted, counted),
             "old_on_paste": (on_paste, strong), "old_natural": (right, natural), "runs": compared}
 
 
@@ -206,16 +184,15 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=Path, nargs="*", default=[],
                     help="runs whose step-t models to compare (same task, same step-0 model)")
     ap.add_argument("--num-images", type=int, default=160, help="training samples to draw")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="which training samples are drawn")
     ap.add_argument("--datasets", type=Path, default=None, help="DETECTRON2_DATASETS of the run")
     args = ap.parse_args(argv)
     if args.step < 1:
         ap.error("--step must be >= 1 (pasting starts at step 1)")
     torch.set_num_threads(1)
 
-    from eir.data.datasets import register_eir_datasets
-
-    register_eir_datasets(args.datasets)
+    if args.datasets is not None:  # the runner registers the datasets from this variable
+        os.environ["DETECTRON2_DATASETS"] = str(args.datasets)
     d = diagnose(args.run, args.step, args.runs, args.num_images, args.seed)
     print(report(d, args.run, args.step, args.seed))
     return 0

@@ -306,12 +306,12 @@ class ContinualRunner:
             )
         return LRMultiplier(optimizer, poly, max_iter)
 
-    def fit(self, step, model, old_model, dicts, bank, prepass) -> None:
-        cfg, task = self.cfg, self.task
-        step_dir = self.step_dir(step)
-        mapper = EIRDatasetMapper(
+    def train_mapper(self, step: int, bank, prepass) -> EIRDatasetMapper:
+        """The mapper of step ``step``'s training loader (pasting from ``bank`` when the step pastes)."""
+        cfg = self.cfg
+        return EIRDatasetMapper(
             is_train=True,
-            task=task,
+            task=self.task,
             step=step,
             augmentations=instantiate(cfg.dataloader.train.augmentations),
             bank=bank,
@@ -319,9 +319,13 @@ class ContinualRunner:
             paste_cfg=instantiate(cfg.eir.paste) if self.pastes(step) else None,
             seed=cfg.train.seed + step,
         )
+
+    def fit(self, step, model, old_model, dicts, bank, prepass) -> None:
+        cfg, task = self.cfg, self.task
+        step_dir = self.step_dir(step)
         loader = build_detection_train_loader(
             dataset=dicts,
-            mapper=mapper,
+            mapper=self.train_mapper(step, bank, prepass),
             sampler=TrainingSampler(len(dicts), seed=cfg.train.seed + step),
             total_batch_size=cfg.dataloader.train.total_batch_size,
             aspect_ratio_grouping=False,
@@ -374,7 +378,8 @@ class ContinualRunner:
         comm.synchronize()
 
     # ----------------------------------------------------------------- evaluation
-    def evaluate_model(self, model, step: int) -> dict:
+    def test_data(self, step: int) -> tuple[list[dict], EIRDatasetMapper]:
+        """Step ``step``'s test set: its dataset dicts and the evaluation mapper."""
         cfg = self.cfg
         dicts = step_dataset_dicts(
             cfg.dataloader.test.dataset, self.task, step, "test",
@@ -386,6 +391,18 @@ class ContinualRunner:
             step=step,
             augmentations=instantiate(cfg.dataloader.test.augmentations),
         )
+        return dicts, mapper
+
+    def trained_model(self, step: int, checkpoint=None) -> torch.nn.Module:
+        """The model of ``step`` with the weights of ``checkpoint`` (default: its model_final.pth)."""
+        path = Path(checkpoint) if checkpoint else self.step_dir(step) / "model_final.pth"
+        model = build_step_model(self.cfg, self.task, step, self.device)
+        load_step_weights(model, read_step_checkpoint(path, self.task, step))
+        return model
+
+    def evaluate_model(self, model, step: int) -> dict:
+        cfg = self.cfg
+        dicts, mapper = self.test_data(step)
         loader = build_detection_test_loader(
             dataset=dicts,
             mapper=mapper,
@@ -400,9 +417,7 @@ class ContinualRunner:
         """Evaluate ``checkpoint`` (default: the step's model_final.pth) at ``step``; print the table."""
         self.task.check_step(step)
         path = Path(checkpoint) if checkpoint else self.step_dir(step) / "model_final.pth"
-        model = build_step_model(self.cfg, self.task, step, self.device)
-        load_step_weights(model, read_step_checkpoint(path, self.task, step))
-        summary = self.evaluate_model(model, step)
+        summary = self.evaluate_model(self.trained_model(step, path), step)
         if comm.is_main_process():
             print(format_table(summary, title=f"{self.task} step {step}: {path}"))
         return summary
