@@ -417,8 +417,8 @@ def _check_class(class_id) -> int:
 
 def _paste_rescaled(image, label, ready, cells, mode, rng, beta, inplace):
     """Step 5 on instances already rescaled: ``ready[i] = (rgb, uint8 0/1 mask, class_id)``,
-    each no larger than the image, or None (an empty instance: its cell stays unused)."""
-    _check_image_label(image, label)
+    each no larger than the image, or None (an empty instance: its cell stays unused).
+    The callers have checked ``image`` and ``label``."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == "mixup":
