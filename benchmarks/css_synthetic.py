@@ -474,10 +474,7 @@ def report(args, runs, results, outcomes, command: str, png_name: str) -> str:
         status = next((o[2] for o in outcomes if o[0] == key and o[3] == run.seed), "")
         times = step_wall_times(run.dir) if run.dir.is_dir() else []
         total = f"{sum(times):.0f}" if times else "-"
-        record = run.dir / "bench.json"
-        donor = json.loads(record.read_text()).get("step0_from") if record.is_file() else None
-        donor = f"{Path(donor).parent.name}" if donor else "(trained here)"
-        lines.append(f"| {run.label} | `{run.dir}` | {len(times)} | {total} | {donor} | {status} |")
+        lines.append(f"| {run.label} | `{run.dir}` | {len(times)} | {total} | {step0_source(run)} | {status} |")
     lines += [
         "",
         "Wall time: the sum of the steps' times recorded by the runner (`step_t/DONE`: "
@@ -486,6 +483,16 @@ def report(args, runs, results, outcomes, command: str, png_name: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def step0_source(run: Run) -> str:
+    """Where a run's step-0 model came from: the donor variant, "(trained here)", or "-" while
+    step 0 is not finished."""
+    record = run.dir / "bench.json"
+    donor = json.loads(record.read_text()).get("step0_from") if record.is_file() else None
+    if donor:
+        return Path(donor).parent.name
+    return "(trained here)" if (run.dir / "step_0" / "DONE").is_file() else "-"
 
 
 def dataset_note(args) -> str:

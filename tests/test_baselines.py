@@ -105,6 +105,22 @@ def test_a_run_folder_is_known_by_its_overrides_not_its_path(tmp_path):
         other.check_record()
 
 
+def test_step0_source_tells_donor_trained_here_and_not_started(tmp_path):
+    args = SimpleNamespace(work=tmp_path)
+    donor = bench.Run("6-1", "finetune", 0, args, [])
+    taker = bench.Run("6-1", "eir", 0, args, [])
+    assert bench.step0_source(taker) == "-"  # never started: no record, no step 0
+    donor.dir.mkdir(parents=True)
+    donor.write_record()
+    assert bench.step0_source(donor) == "-"  # started, step 0 still training
+    (donor.dir / "step_0").mkdir()
+    (donor.dir / "step_0" / "DONE").write_text("{}")
+    assert bench.step0_source(donor) == "(trained here)"
+    taker.dir.mkdir(parents=True)
+    taker.write_record(step0_from=donor.dir)
+    assert bench.step0_source(taker) == "finetune"
+
+
 def test_jobs_run_task_seed_groups_side_by_side_each_in_order(monkeypatch, tmp_path):
     import threading
     import time
