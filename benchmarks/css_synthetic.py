@@ -418,9 +418,14 @@ def report(args, runs, results, outcomes, command: str, png_name: str) -> str:
         "# css_synthetic: EIR against its baselines on the synthetic continual benchmark",
         "",
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
-        f"- machine: {machine()}; {args.threads} PyTorch threads per run, "
-        f"{'one run' if args.jobs == 1 else f'{args.jobs} runs'} at a time; "
-        f"load average at the start {args.load_at_start}, at the end {load_average()}",
+        f"- machine: {machine()}; " + (
+            "report only: the runs were made by earlier invocations (their wall times are in "
+            "the Runs table)"
+            if args.report_only
+            else f"{args.threads} PyTorch threads per run, "
+            f"{'one run' if args.jobs == 1 else f'{args.jobs} runs'} at a time; "
+            f"load average at the start {args.load_at_start}, at the end {load_average()}"
+        ),
         f"- command: `{command}`",
         f"- seeds: {', '.join(map(str, args.seeds))} (train.seed: model init, sampling, "
         "augmentation, pasting, bank selection)",

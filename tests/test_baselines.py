@@ -148,6 +148,11 @@ def test_jobs_run_task_seed_groups_side_by_side_each_in_order(monkeypatch, tmp_p
     for seed in (0, 1):
         assert calls.index(("6-1", seed, "eir")) < calls.index(("6-1", seed, "joint"))
     assert "2 runs at a time" in (tmp_path / "out" / "css_synthetic.md").read_text()
+    # a report of earlier runs does not describe this invocation's settings as theirs
+    bench.main(argv + ["--report-only"])
+    text = (tmp_path / "out" / "css_synthetic.md").read_text()
+    assert "report only: the runs were made by earlier invocations" in text
+    assert "runs at a time" not in text and "load average" not in text
 
 
 def test_overrides_are_split_from_options():
