@@ -1,7 +1,8 @@
-"""Install the EIR project: the core layer's dependencies only.
+"""Install the EIR project.
 
-Detectron2 is not on PyPI; install it separately (see README.md) to use the
-Detectron2 layer (training, evaluation, configs).
+Declared here is what the code imports. Detectron2 itself is not on PyPI and cannot be
+declared: ``tools/setup_env.sh`` (run by ``tools/run.sh`` and ``tools/test.sh``) installs it
+from the upstream repository or from a wheel or folder you name (README.md, Install).
 """
 from setuptools import find_packages, setup
 
@@ -12,10 +13,12 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["eir", "eir.*"]),
     install_requires=[
-        "torch>=2.0",
+        # Tested with torch 2.13 and 2.14.1 (torchvision 0.29.1); Detectron2 must be built for the same torch.
+        "torch>=2.0,<2.15",
+        "torchvision>=0.15,<0.30",
         "numpy",
         "opencv-python-headless",
-        "pycocotools",
+        "Pillow",
         "fvcore",
         "matplotlib",
         "tqdm",

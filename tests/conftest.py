@@ -1,5 +1,12 @@
-"""Shared test helpers."""
+"""Shared test helpers, and the rule that CI runs every test of the Detectron2 layer.
+
+Where Detectron2 is missing, its tests skip with :data:`DETECTRON2_SKIP_REASON`. With
+``EIR_REQUIRE_DETECTRON2=1`` (set by ``tools/test.sh``, and so in CI) a missing or broken
+Detectron2 or torchvision stops the session instead: half the suite silently skipped
+would pass a broken install.
+"""
 import contextlib
+import importlib
 import importlib.util
 import os
 
@@ -7,9 +14,27 @@ import pytest
 
 HAS_DETECTRON2 = importlib.util.find_spec("detectron2") is not None
 
-requires_detectron2 = pytest.mark.skipif(
-    not HAS_DETECTRON2, reason="Detectron2 is not installed (the Detectron2 layer's tests need it)"
+DETECTRON2_SKIP_REASON = (
+    "Detectron2 is not installed: `bash tools/test.sh` installs torch, torchvision and Detectron2 "
+    "and runs every test (README.md, Tests)"
 )
+
+requires_detectron2 = pytest.mark.skipif(not HAS_DETECTRON2, reason=DETECTRON2_SKIP_REASON)
+
+REQUIRED_FOR_THE_DETECTRON2_LAYER = ("torchvision", "detectron2", "detectron2.engine", "detectron2.config")
+
+
+def pytest_configure(config):
+    if os.environ.get("EIR_REQUIRE_DETECTRON2", "") not in ("", "0"):
+        for name in REQUIRED_FOR_THE_DETECTRON2_LAYER:
+            try:
+                importlib.import_module(name)
+            except Exception as e:  # a broken build fails as well as a missing one
+                raise pytest.UsageError(
+                    f"EIR_REQUIRE_DETECTRON2 is set but `import {name}` fails ({type(e).__name__}: {e}); "
+                    "the Detectron2 layer's tests would be skipped. Install it (README.md, Install) "
+                    "or unset EIR_REQUIRE_DETECTRON2 to run the core tests alone."
+                ) from e
 
 
 @contextlib.contextmanager

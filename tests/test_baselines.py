@@ -10,15 +10,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import synthetic_datasets
+from conftest import requires_detectron2, synthetic_datasets
 
 from eir.evaluation.metrics import summarize
 from eir.tasks import build_task
-
-requires_detectron2 = pytest.mark.skipif(
-    importlib.util.find_spec("detectron2") is None,
-    reason="Detectron2 is not installed (the config and run tests need it)",
-)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "projects" / "EIR" / "configs"

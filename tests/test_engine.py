@@ -12,11 +12,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import DETECTRON2_SKIP_REASON, synthetic_datasets
 
-pytest.importorskip("detectron2", reason="Detectron2 is not installed (the engine tests need it)")
+pytest.importorskip("detectron2", reason=DETECTRON2_SKIP_REASON)
 
 import torch  # noqa: E402
-from conftest import synthetic_datasets  # noqa: E402
 from detectron2.config import LazyConfig  # noqa: E402
 
 from eir.data.bank import InstanceBank  # noqa: E402

@@ -49,3 +49,40 @@ def test_blocker_really_blocks():
     )
     assert proc.returncode != 0
     assert "blocked for the layering test" in proc.stderr
+
+
+_MISSING_DETECTRON2 = """
+import importlib.abc, sys
+class _Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'detectron2':
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _Missing())
+import importlib
+importlib.import_module(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("module", ["eir.engine.runner", "eir.data.mapper", "eir.modeling.head"])
+def test_detectron2_layer_without_detectron2_says_how_to_install_it(module):
+    proc = subprocess.run(
+        [sys.executable, "-c", _MISSING_DETECTRON2, module], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ModuleNotFoundError: No module named 'detectron2'."), proc.stderr
+    assert "tools/test.sh" in last and "--no-build-isolation" in last, last
+
+
+def test_every_detectron2_layer_module_checks_first():
+    """Each module that imports detectron2 imports the install hint before it."""
+    for path in sorted((ROOT / "eir").rglob("*.py")):
+        text = path.read_text()
+        first_d2 = min(
+            (i for i in (text.find("\nfrom detectron2"), text.find("\nimport detectron2")) if i >= 0), default=-1
+        )
+        if first_d2 < 0 or path.name == "require_detectron2.py":
+            continue
+        hint = text.find("\nimport eir.require_detectron2")
+        assert 0 <= hint < first_d2, f"{path.relative_to(ROOT)} imports detectron2 before eir.require_detectron2"

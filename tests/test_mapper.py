@@ -2,8 +2,9 @@
 import cv2
 import numpy as np
 import pytest
+from conftest import DETECTRON2_SKIP_REASON
 
-pytest.importorskip("detectron2", reason="Detectron2 is not installed (the Detectron2 layer's tests need it)")
+pytest.importorskip("detectron2", reason=DETECTRON2_SKIP_REASON)
 
 import torch  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import DETECTRON2_SKIP_REASON
 from torch import nn
 
-pytest.importorskip("detectron2", reason="Detectron2 is not installed (the model tests need it)")
+pytest.importorskip("detectron2", reason=DETECTRON2_SKIP_REASON)
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import LazyCall as L  # noqa: E402

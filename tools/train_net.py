@@ -14,6 +14,9 @@ import logging
 import sys
 from pathlib import Path
 
+import eir.require_detectron2  # noqa: F401  (first: says how to install a missing Detectron2)
+
+# isort: split
 from detectron2.config import LazyConfig
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import print_csv_format

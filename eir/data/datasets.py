@@ -28,6 +28,9 @@ bank's entries to the training set.
 """
 from __future__ import annotations
 
+import eir.require_detectron2  # noqa: F401  (first: says how to install a missing Detectron2)
+
+# isort: split
 import hashlib
 import logging
 import os

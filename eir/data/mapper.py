@@ -7,6 +7,9 @@ with padding, then horizontal flip) and :func:`build_test_augmentations`
 """
 from __future__ import annotations
 
+import eir.require_detectron2  # noqa: F401  (first: says how to install a missing Detectron2)
+
+# isort: split
 import contextlib
 import logging
 import math

@@ -6,6 +6,9 @@ shape error deep inside ``load_state_dict``.
 """
 from __future__ import annotations
 
+import eir.require_detectron2  # noqa: F401  (first: says how to install a missing Detectron2)
+
+# isort: split
 import os
 from pathlib import Path
 

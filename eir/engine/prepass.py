@@ -7,6 +7,9 @@ transformed with the same augmentation as the image.
 """
 from __future__ import annotations
 
+import eir.require_detectron2  # noqa: F401  (first: says how to install a missing Detectron2)
+
+# isort: split
 import logging
 
 import cv2

@@ -15,6 +15,9 @@ the same command skips done steps and resumes an interrupted one from its last c
 """
 from __future__ import annotations
 
+import eir.require_detectron2  # noqa: F401  (first: says how to install a missing Detectron2)
+
+# isort: split
 import copy
 import json
 import logging

@@ -14,6 +14,9 @@ own: targets and losses come from :mod:`eir.modeling.losses`.
 """
 from __future__ import annotations
 
+import eir.require_detectron2  # noqa: F401  (first: says how to install a missing Detectron2)
+
+# isort: split
 import time
 
 import torch

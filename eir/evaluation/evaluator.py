@@ -7,6 +7,9 @@ transformed like the image), and the report has EIR's groups: old / new / all / 
 """
 from __future__ import annotations
 
+import eir.require_detectron2  # noqa: F401  (first: says how to install a missing Detectron2)
+
+# isort: split
 import logging
 import math
 from collections import OrderedDict

@@ -13,6 +13,9 @@ whole ResNet is fine-tuned at step 0. Incremental steps freeze BatchNorm through
 """
 from __future__ import annotations
 
+import eir.require_detectron2  # noqa: F401  (first: says how to install a missing Detectron2)
+
+# isort: split
 from typing import Sequence
 
 from detectron2.modeling.backbone import BasicStem, BottleneckBlock, ResNet

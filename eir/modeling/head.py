@@ -13,6 +13,9 @@ training mode only; incremental steps switch it off for good with
 """
 from __future__ import annotations
 
+import eir.require_detectron2  # noqa: F401  (first: says how to install a missing Detectron2)
+
+# isort: split
 import math
 from typing import List, Sequence, Tuple
 

@@ -12,6 +12,9 @@ Growing a model from step t-1 to step t: build the step-t model (``task.step_siz
 """
 from __future__ import annotations
 
+import eir.require_detectron2  # noqa: F401  (first: says how to install a missing Detectron2)
+
+# isort: split
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
