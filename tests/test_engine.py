@@ -1,7 +1,7 @@
 """End-to-end tests of the Detectron2 layer: configs, a whole synthetic continual run,
 resumption, evaluation-only mode, bad input, and two-process training (gloo).
 
-They need Detectron2 and skip without it (CI has no Detectron2).
+They need Detectron2 and skip without it; the end-to-end runs are marked ``slow``.
 """
 import json
 import os
@@ -78,6 +78,7 @@ def test_every_config_loads_and_builds_its_model(path):
     assert cfg.dataloader.train.dataset.startswith(f"eir_{task.dataset}_")
 
 
+@pytest.mark.slow
 def test_full_run_writes_every_artifact(finished_run):
     cfg, runner, summaries = finished_run
     out = runner.output_dir
@@ -102,6 +103,7 @@ def test_full_run_writes_every_artifact(finished_run):
     assert "| 3 | 9-10 |" in md and "harmonic mean" in md
 
 
+@pytest.mark.slow
 def test_step0_learns_far_above_chance(finished_run):
     _, runner, summaries = finished_run
     s0 = summaries[0]
@@ -120,6 +122,7 @@ def _old_foreground(summary, task):
     return sum(summary["per_class"][n] for n in names) / len(names)
 
 
+@pytest.mark.slow
 def test_eir_keeps_old_classes_that_fine_tuning_forgets(finished_run, tmp_path):
     """Step 1 from the same step-0 weights: plain fine-tuning (no bank, no pseudo-labels,
     no distillation) loses the step-0 classes to background shift; EIR keeps most of them."""
@@ -139,6 +142,7 @@ def test_eir_keeps_old_classes_that_fine_tuning_forgets(finished_run, tmp_path):
     assert _old_foreground(ft, task) < 0.5 * eir, (before, eir, ft["per_class"])
 
 
+@pytest.mark.slow
 def test_rerun_skips_done_steps(finished_run, caplog):
     cfg, runner, summaries = finished_run
     stamps = {p: p.stat().st_mtime_ns for p in runner.output_dir.rglob("step_*/*.pth")}
@@ -147,6 +151,7 @@ def test_rerun_skips_done_steps(finished_run, caplog):
     assert {p: p.stat().st_mtime_ns for p in runner.output_dir.rglob("step_*/*.pth")} == stamps
 
 
+@pytest.mark.slow
 def test_eval_only_reproduces_final_metrics_exactly(finished_run, datasets_root):
     cfg, runner, summaries = finished_run
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root))
@@ -162,6 +167,7 @@ def test_eval_only_reproduces_final_metrics_exactly(finished_run, datasets_root)
     assert again == final
 
 
+@pytest.mark.slow
 def test_bad_requests_fail_with_clear_messages(finished_run, datasets_root, tmp_path):
     cfg, runner, _ = finished_run
     with pytest.raises(ValueError, match="step"):
@@ -186,6 +192,7 @@ def test_bad_config_fields_fail_at_start_up(override, field, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_output_dir_of_another_task_is_refused(finished_run, datasets_root):
     cfg, runner, _ = finished_run
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root))
@@ -200,6 +207,7 @@ def test_output_dir_of_another_task_is_refused(finished_run, datasets_root):
     assert not (runner.output_dir / "step_4").exists()
 
 
+@pytest.mark.slow
 def test_one_step_under_two_processes(datasets_root, tmp_path):
     """Step 0 with two gloo processes: both train, rank 0 writes the step's artifacts."""
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), OMP_NUM_THREADS="1")

@@ -476,6 +476,7 @@ def _expected_name(key):
     return re.sub(r"\.bn([123])\.", r".conv\1.norm.", key)
 
 
+@pytest.mark.slow
 def test_convert_torchvision_r101(tmp_path):
     torchvision = pytest.importorskip("torchvision", reason="torchvision builds the reference ResNet")
     torch.manual_seed(0)
