@@ -52,6 +52,7 @@ eir.paste.cell_size = 62  # 250 / 512 of the 128-pixel crop
 eir.prepass.short_side = 128
 eir.prepass.stride = 4
 
+train.from_scratch = True  # no ImageNet weights: the tiny ResNet trains from random weights
 train.device = "auto"
 train.amp.enabled = False  # the tiny model gains nothing from bfloat16 on a CPU
 train.checkpointer.period = 200
