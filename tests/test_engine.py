@@ -224,6 +224,48 @@ def test_one_step_under_two_processes(datasets_root, tmp_path):
     assert (tmp_path / "step_0" / "bank" / "manifest.json").is_file()
 
 
+def _r(a, b):
+    return list(range(a, b + 1))
+
+
+# Every task of the paper's protocol table (METHOD.md, "Protocols") has a config file per
+# setting; its steps' classes written out by hand.
+PAPER_TASKS = {
+    "voc/19-1": [_r(1, 19), [20]],
+    "voc/15-5": [_r(1, 15), _r(16, 20)],
+    "voc/15-1": [_r(1, 15), [16], [17], [18], [19], [20]],
+    "voc/10-1": [_r(1, 10)] + [[c] for c in _r(11, 20)],
+    "voc/5-3": [_r(1, 5), _r(6, 8), _r(9, 11), _r(12, 14), _r(15, 17), _r(18, 20)],
+    "voc/2-2": [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12], [13, 14], [15, 16], [17, 18],
+                [19, 20]],
+    "voc/10-5": [_r(1, 10), _r(11, 15), _r(16, 20)],
+    "voc/10-10": [_r(1, 10), _r(11, 20)],
+    "ade/100-50": [_r(1, 100), _r(101, 150)],
+    "ade/100-10": [_r(1, 100), _r(101, 110), _r(111, 120), _r(121, 130), _r(131, 140),
+                   _r(141, 150)],
+    "ade/100-5": [_r(1, 100)] + [_r(c, c + 4) for c in range(101, 150, 5)],
+    "ade/50-50": [_r(1, 50), _r(51, 100), _r(101, 150)],
+}  # fmt: skip
+PAPER_CONFIGS = {
+    f"{key}_{setting}.py" if key.startswith("voc/") else f"{key}.py": (key, setting)
+    for key in PAPER_TASKS
+    for setting in (("overlap", "disjoint") if key.startswith("voc/") else ("overlap",))
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_CONFIGS))
+def test_paper_task_configs_have_the_protocol_steps(name):
+    key, setting = PAPER_CONFIGS[name]
+    cfg = LazyConfig.load(str(ROOT / "projects/EIR/configs" / name))
+    task = build_task(**cfg.task)
+    assert (task.dataset, task.name, task.setting) == (key[:3], key[4:], setting)
+    assert task.steps == PAPER_TASKS[key]
+    assert [task.new_classes(t) for t in range(task.num_steps)] == PAPER_TASKS[key]
+    assert cfg.train.output_dir == f"output/eir/{key[:3]}_{key[4:]}" + (
+        f"_{setting}" if key.startswith("voc/") else ""
+    )
+
+
 def test_poly_schedule_with_linear_warm_up():
     """ADE20K's recipe: linear warm-up over the first 20 % of a step, then poly 0.9."""
     cfg = LazyConfig.load(str(ROOT / "projects/EIR/configs/ade/100-50.py"))

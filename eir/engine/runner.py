@@ -47,6 +47,7 @@ from eir.data.datasets import register_eir_datasets, replay_dataset_dicts, step_
 from eir.data.mapper import EIRDatasetMapper
 from eir.data.prepass import PrepassStore
 from eir.engine.checkpoint import StepCheckpointer, read_step_checkpoint
+from eir.engine.init_checkpoint import check_init_checkpoint
 from eir.engine.prepass import run_prepass
 from eir.engine.trainer import EIRTrainer
 from eir.evaluation.evaluator import ContinualSemSegEvaluator
@@ -151,6 +152,8 @@ class ContinualRunner:
         """Train every requested step that is not done; write the run's summary."""
         logger.info("Continual run of %s into %s", self.task, self.output_dir)
         steps = self.steps_to_run()
+        if 0 in steps and not self.is_done(0):
+            check_init_checkpoint(self.cfg)  # before anything is written into the output folder
         self.claim_output_dir()
         for step in steps:
             if self.is_done(step):
