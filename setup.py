@@ -14,6 +14,7 @@ setup(
     install_requires=[
         "torch>=2.0",
         "numpy",
+        "Pillow",
         "opencv-python-headless",
         "pycocotools",
         "fvcore",

@@ -22,7 +22,8 @@ from detectron2.utils import comm
 from fvcore.transforms.transform import CropTransform, Transform, TransformList
 
 from eir.data import paste as eir_paste
-from eir.data.datasets import invalid_values, read_image_rgb, read_label
+from eir.data.datasets import invalid_values
+from eir.data.io import check_same_size, read_image, read_label
 from eir.tasks import Task
 
 __all__ = [
@@ -407,13 +408,9 @@ class EIRDatasetMapper:
             return image, label, f"bank:{index}"
         file_name = dataset_dict["file_name"]
         seg_file = dataset_dict["sem_seg_file_name"]
-        image = read_image_rgb(file_name)
+        image = read_image(file_name)
         label = read_label(seg_file)
-        if label.shape != image.shape[:2]:
-            raise ValueError(
-                f"label {seg_file} is {label.shape[0]}x{label.shape[1]} but image {file_name} is "
-                f"{image.shape[0]}x{image.shape[1]}; image and label must have the same size"
-            )
+        check_same_size(image, label, file_name, seg_file)
         bad = invalid_values(label, self.task.num_classes)
         if bad:
             raise ValueError(

@@ -17,6 +17,7 @@ from detectron2.utils import comm
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from eir.data.io import check_same_size, read_image, read_label
 from eir.data.prepass import PrepassStore
 from eir.modeling.losses import pseudo_labels
 from eir.tasks import Task
@@ -38,15 +39,13 @@ class _PrepassImages(Dataset):
 
     def __getitem__(self, i):
         d = self.dicts[i]
-        image = cv2.imread(d["file_name"], cv2.IMREAD_COLOR)
-        label = cv2.imread(d["sem_seg_file_name"], cv2.IMREAD_UNCHANGED)
-        if image is None or label is None:
-            bad = d["file_name"] if image is None else d["sem_seg_file_name"]
-            raise FileNotFoundError(f"cannot read {bad}")
+        image = read_image(d["file_name"])
+        label = read_label(d["sem_seg_file_name"])
+        check_same_size(image, label, d["file_name"], d["sem_seg_file_name"])
         h, w = label.shape
         scale = self.short_side / min(h, w)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        image = cv2.cvtColor(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
+        image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
         low = (max(1, -(-w // self.stride)), max(1, -(-h // self.stride)))
         label = cv2.resize(self.lut[label], low, interpolation=cv2.INTER_NEAREST)
         return {
