@@ -2,7 +2,7 @@
 
 Also the augmentations of EIR's recipe (EIR_METHOD.md section 8), as Detectron2
 ``Augmentation`` objects: :func:`build_train_augmentations` (random resized crop
-with padding, then horizontal flip) and :func:`build_test_augmentations`
+with torchvision's semantics, then horizontal flip) and :func:`build_test_augmentations`
 (shorter side 512, then a centre crop of 512, or full resolution).
 """
 from __future__ import annotations
@@ -29,7 +29,9 @@ from eir.tasks import Task
 __all__ = [
     "EIRDatasetMapper",
     "CenterCrop",
+    "CROP_MODES",
     "PadTransform",
+    "RandomResizedCrop",
     "RandomResizedCropPad",
     "build_test_augmentations",
     "build_train_augmentations",
@@ -41,6 +43,9 @@ logger = logging.getLogger(__name__)
 #: Normalisation mean colour (RGB, pixel scale): the fill of padding and of replay canvases.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IGNORE_LABEL = 255
+#: Training-crop windows: "fit" (the recipe: inside the image) or "pad" (a variant, see
+#: :class:`RandomResizedCropPad`).
+CROP_MODES = ("fit", "pad")
 
 
 # --------------------------------------------------------------------------- augmentations
@@ -97,8 +102,80 @@ class PadTransform(Transform):
         return coords
 
 
+def _check_crop_args(crop_size, scale, ratio) -> tuple[tuple[int, int], tuple[float, float], tuple[float, float]]:
+    crop_size = _pair(crop_size)
+    scale = (float(scale[0]), float(scale[1]))
+    ratio = (float(ratio[0]), float(ratio[1]))
+    if min(crop_size) < 1:
+        raise ValueError(f"crop_size must be positive, got {crop_size}")
+    if not 0 < scale[0] <= scale[1]:
+        raise ValueError(f"scale must be (min, max) area factors with 0 < min <= max, got {scale}")
+    if not 0 < ratio[0] <= ratio[1]:
+        raise ValueError(f"ratio must be (min, max) aspect ratios with 0 < min <= max, got {ratio}")
+    return crop_size, scale, ratio
+
+
+class RandomResizedCrop(T.Augmentation):
+    """EIR's training crop: torchvision's RandomResizedCrop as a Detectron2 augmentation.
+
+    Up to 10 draws of a window with ``U(scale)`` times the image's area and an aspect
+    ratio (w/h) drawn log-uniformly from ``ratio``; the first window that fits inside
+    the image is taken, at a uniformly random position. When none fits, the central
+    crop: the whole image, or, when the image's aspect is outside ``ratio``, its central
+    part at the nearest allowed aspect. The window is resized to ``crop_size`` (image
+    bilinear, labels nearest); nothing is padded. A window fits only when its area
+    factor is at most 1, so the part of ``scale`` above 1 only makes the whole-image
+    fallback likelier (torchvision's behaviour, which the recipe keeps). Randomness from
+    ``numpy.random`` (Detectron2's convention; the mapper seeds it per sample).
+    """
+
+    ATTEMPTS = 10
+
+    def __init__(
+        self,
+        crop_size: int | Sequence[int] = 512,
+        scale: Sequence[float] = (0.5, 2.0),
+        ratio: Sequence[float] = (3 / 4, 4 / 3),
+    ):
+        super().__init__()
+        crop_size, scale, ratio = _check_crop_args(crop_size, scale, ratio)
+        self._init(locals())
+
+    def window(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """A random window ``(x0, y0, width, height)`` of an ``h`` x ``w`` image."""
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(self.ATTEMPTS):
+            area = h * w * np.random.uniform(*self.scale)
+            aspect = math.exp(np.random.uniform(*log_ratio))
+            win_w = int(round(math.sqrt(area * aspect)))
+            win_h = int(round(math.sqrt(area / aspect)))
+            if 0 < win_w <= w and 0 < win_h <= h:
+                y0 = int(np.random.randint(0, h - win_h + 1))
+                x0 = int(np.random.randint(0, w - win_w + 1))
+                return x0, y0, win_w, win_h
+        aspect = w / h
+        if aspect < self.ratio[0]:
+            win_w, win_h = w, int(round(w / self.ratio[0]))
+        elif aspect > self.ratio[1]:
+            win_w, win_h = int(round(h * self.ratio[1])), h
+        else:
+            win_w, win_h = w, h
+        return (w - win_w) // 2, (h - win_h) // 2, win_w, win_h
+
+    def get_transform(self, image: np.ndarray) -> Transform:
+        h, w = image.shape[:2]
+        x0, y0, win_w, win_h = self.window(h, w)
+        ch, cw = self.crop_size
+        tfms: list[Transform] = []
+        if (x0, y0, win_w, win_h) != (0, 0, w, h):
+            tfms.append(CropTransform(x0, y0, win_w, win_h, w, h))
+        if (win_h, win_w) != (ch, cw):
+            tfms.append(T.ResizeTransform(win_h, win_w, ch, cw))
+        return TransformList(tfms)
+
+
 class RandomResizedCropPad(T.Augmentation):
-    """EIR's training crop: a random window of the image, resized to ``crop_size``.
+    """A variant of the training crop (``crop_mode="pad"``) that keeps windows larger than the image.
 
     The window has ``U(scale)`` times the image's area and an aspect ratio (w/h)
     drawn log-uniformly from ``ratio``, as torchvision's RandomResizedCrop; unlike it,
@@ -107,7 +184,9 @@ class RandomResizedCropPad(T.Augmentation):
     the image is padded (image: ``pad_value``, label: ``seg_pad_value``). Equivalently,
     the image is resized to (crop area) / U(scale) and a random ``crop_size`` crop is
     taken, padded where the resized image is smaller; only the visible part is
-    resized, so the cost is that of a ``crop_size`` output. Randomness from
+    resized, so the cost is that of a ``crop_size`` output. Training then sees objects
+    smaller than evaluation does (on 500x375 images about 23% of a 512 crop is
+    padding); the recipe's crop is :class:`RandomResizedCrop`. Randomness from
     ``numpy.random`` (Detectron2's convention; the mapper seeds it per sample).
     """
 
@@ -120,15 +199,7 @@ class RandomResizedCropPad(T.Augmentation):
         seg_pad_value: int = IGNORE_LABEL,
     ):
         super().__init__()
-        crop_size = _pair(crop_size)
-        scale = (float(scale[0]), float(scale[1]))
-        ratio = (float(ratio[0]), float(ratio[1]))
-        if min(crop_size) < 1:
-            raise ValueError(f"crop_size must be positive, got {crop_size}")
-        if not 0 < scale[0] <= scale[1]:
-            raise ValueError(f"scale must be (min, max) area factors with 0 < min <= max, got {scale}")
-        if not 0 < ratio[0] <= ratio[1]:
-            raise ValueError(f"ratio must be (min, max) aspect ratios with 0 < min <= max, got {ratio}")
+        crop_size, scale, ratio = _check_crop_args(crop_size, scale, ratio)
         self._init(locals())
 
     @staticmethod
@@ -180,10 +251,21 @@ def build_train_augmentations(
     scale: Sequence[float] = (0.5, 2.0),
     ratio: Sequence[float] = (3 / 4, 4 / 3),
     flip: bool = True,
+    crop_mode: str = "fit",
     pad_value: Sequence[float] = IMAGENET_MEAN,
 ) -> list[T.Augmentation]:
-    """EIR's training augmentation: random resized crop (area x scale, aspect in ratio), then flip."""
-    augs: list[T.Augmentation] = [RandomResizedCropPad(crop_size, scale, ratio, pad_value)]
+    """EIR's training augmentation: random resized crop (area x scale, aspect in ratio), then flip.
+
+    ``crop_mode`` "fit" (the recipe) is :class:`RandomResizedCrop`; "pad" is the variant
+    :class:`RandomResizedCropPad`, whose padding has the colour ``pad_value``.
+    """
+    if crop_mode == "fit":
+        crop: T.Augmentation = RandomResizedCrop(crop_size, scale, ratio)
+    elif crop_mode == "pad":
+        crop = RandomResizedCropPad(crop_size, scale, ratio, pad_value)
+    else:
+        raise ValueError(f"crop_mode must be one of {list(CROP_MODES)}, got {crop_mode!r}")
+    augs: list[T.Augmentation] = [crop]
     if flip:
         augs.append(T.RandomFlip(prob=0.5, horizontal=True, vertical=False))
     return augs
@@ -263,8 +345,8 @@ class EIRDatasetMapper:
        their labels.
     3. Augment image and label together. For pasting, the image's prepass map (the old
        model's low-resolution pseudo-labels) is resized to the image with nearest
-       interpolation and goes through the same transforms (nearest; padding reads 0);
-       a replayed entry's map is all 0.
+       interpolation and goes through the same transforms (nearest; the padding of
+       ``crop_mode="pad"`` reads 0); a replayed entry's map is all 0.
     4. In training at a step > 0 with a bank and a ``paste_cfg``: paste bank instances
        into the crop's free background (:func:`eir.data.paste.paste_from_bank`).
     5. Return ``image`` (3xHxW uint8 RGB tensor), ``sem_seg`` (HxW int64 class ids),
@@ -352,7 +434,7 @@ class EIRDatasetMapper:
 
         Keys read (defaults in brackets): ``eir.task`` (Task or its dict), ``eir.step``,
         ``eir.seed`` [``train.seed`` or 0], ``eir.crop_size`` [512], ``eir.scale``
-        [(0.5, 2.0)], ``eir.ratio`` [(3/4, 4/3)], ``eir.test_short_side`` [512],
+        [(0.5, 2.0)], ``eir.ratio`` [(3/4, 4/3)], ``eir.crop_mode`` ["fit"], ``eir.test_short_side`` [512],
         ``eir.test_crop`` [512; None = full resolution], ``eir.mean_color``. ``bank``,
         ``prepass`` and ``paste_cfg`` are run-time objects passed as keywords; keyword
         ``task`` / ``step`` override the config.
@@ -368,6 +450,7 @@ class EIRDatasetMapper:
                 crop_size=_cfg_get(cfg, "eir.crop_size", 512),
                 scale=tuple(_cfg_get(cfg, "eir.scale", (0.5, 2.0))),
                 ratio=tuple(_cfg_get(cfg, "eir.ratio", (3 / 4, 4 / 3))),
+                crop_mode=_cfg_get(cfg, "eir.crop_mode", "fit"),
             )
         else:
             augs = build_test_augmentations(
