@@ -316,6 +316,21 @@ def test_prepass_map_follows_the_augmentation(tmp_path, monkeypatch):
     assert labels_with_16 > 3
 
 
+def test_an_image_missing_from_the_prepass_is_an_error(tmp_path):
+    """A training image the store has no map for must not silently get an empty map."""
+    d = _write_sample(tmp_path, "img1")
+    store = PrepassStore(TASK, 1, stride=4)
+    store.add("img0", np.zeros((H // 4, W // 4), np.uint8))
+    path = store.save(tmp_path / "step_1" / "prepass.npz")
+    for prepass, where in ((store, path), (PrepassStore.load(path), path)):
+        mapper = EIRDatasetMapper(is_train=True, task=TASK, step=1, augmentations=build_train_augmentations(32),
+                                  bank=_bank(), prepass=prepass, paste_cfg=PasteConfig(cell_size=12))
+        with pytest.raises(ValueError, match=rf"training image img1 \({d['file_name']}\) has no map in the "
+                                             rf"prepass store {where}"):
+            mapper(d)
+        assert mapper({"bank_index": 0, "image_id": "bank_0"})["bank_index"] == 0  # replay: needs no map
+
+
 def test_replay_entries(tmp_path):
     bank = _bank()
     render_image, render_label = bank.render_replay(0, (123.675, 116.28, 103.53))

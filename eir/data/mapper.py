@@ -344,7 +344,8 @@ class EIRDatasetMapper:
        in evaluation. Replayed entries are not remapped: their stored old classes are
        their labels.
     3. Augment image and label together. For pasting, the image's prepass map (the old
-       model's low-resolution pseudo-labels) is resized to the image with nearest
+       model's low-resolution pseudo-labels; an image the store lacks is an error) is
+       resized to the image with nearest
        interpolation and goes through the same transforms (nearest; the padding of
        ``crop_mode="pad"`` reads 0); a replayed entry's map is all 0.
     4. In training at a step > 0 with a bank and a ``paste_cfg``: paste bank instances
@@ -504,11 +505,17 @@ class EIRDatasetMapper:
 
     def _pseudo_map(self, dataset_dict: dict, shape: tuple[int, int]) -> np.ndarray:
         h, w = shape
-        low = None
-        if self.prepass is not None and "bank_index" not in dataset_dict:
-            low = self.prepass.lookup(str(dataset_dict.get("image_id")))
-        if low is None:
+        if self.prepass is None or "bank_index" in dataset_dict:
             return np.zeros((h, w), dtype=np.uint8)
+        image_id = str(dataset_dict.get("image_id"))
+        low = self.prepass.lookup(image_id)
+        if low is None:
+            where = self.prepass.path or "(a store not saved to a file)"
+            raise ValueError(
+                f"training image {image_id} ({dataset_dict.get('file_name')}) has no map in the "
+                f"prepass store {where}, which was made for other images; delete that file to "
+                "have the prepass recomputed"
+            )
         return cv2.resize(np.ascontiguousarray(low), (w, h), interpolation=cv2.INTER_NEAREST)
 
     # ----------------------------------------------------------------- call

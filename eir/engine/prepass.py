@@ -75,8 +75,11 @@ def pseudo_label_map(old_model, image: torch.Tensor, label: torch.Tensor, tau: f
     return channel_to_class[detected][0].to(torch.uint8).cpu().numpy()
 
 
-def run_prepass(old_model, dicts, task: Task, step: int, *, tau, short_side, stride, num_workers=0):
-    """Run the old model over ``dicts`` (sharded over ranks); every rank gets the full store."""
+def run_prepass(old_model, dicts, task: Task, step: int, *, tau, short_side, stride, num_workers=0, key=None):
+    """Run the old model over ``dicts`` (sharded over ranks); every rank gets the full store.
+
+    ``key`` (:func:`eir.data.prepass.prepass_key`) is recorded in the store.
+    """
     rank, world = comm.get_rank(), comm.get_world_size()
     shard = dicts[rank::world]
     lut = task.train_label_lut(step)
@@ -87,7 +90,7 @@ def run_prepass(old_model, dicts, task: Task, step: int, *, tau, short_side, str
     )
     device = old_model.device
     channel_to_class = torch.as_tensor(task.channel_classes(step - 1), device=device)
-    store = PrepassStore(task.to_dict(), step, stride)
+    store = PrepassStore(task.to_dict(), step, stride, key)
     amp = device.type == "cuda"
     with torch.autocast(device.type, enabled=amp):
         for item in tqdm(loader, desc=f"prepass step {step}", disable=not comm.is_main_process()):
@@ -97,7 +100,7 @@ def run_prepass(old_model, dicts, task: Task, step: int, *, tau, short_side, str
             )
     if world > 1:
         parts = comm.all_gather(store)
-        store = PrepassStore(task.to_dict(), step, stride)
+        store = PrepassStore(task.to_dict(), step, stride, key)
         for part in parts:
             store.merge(part)
     logger.info("Prepass of step %d: %d images", step, len(store))

@@ -14,6 +14,9 @@ import torch.nn.functional as F
 IGNORE_LABEL = 255
 
 DISTILLATION_RULES = ("not_new", "background", "all")
+#: Names the rule :func:`pseudo_labels` implements; stored artifacts made with another rule
+#: (the prepass maps) are recomputed. Change it whenever the rule changes.
+PSEUDO_LABEL_RULE = "argmax over all old channels, channel 0 included; class if >= tau"
 RSKD_NORMALIZATIONS = ("mask", "all")
 
 
