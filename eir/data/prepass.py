@@ -2,9 +2,10 @@
 
 At the start of an incremental step t the frozen old model (step t-1) runs once
 over step t's training images (EIR_METHOD.md section 6, implementation choice).
-Per image it leaves a low-resolution pseudo-label map: uint8 class ids, the old
-class whose sigmoid score is highest and at least tau where the step label is 0,
-and 0 (nothing detected) elsewhere. The data loader then transforms that map
+Per image it leaves a low-resolution pseudo-label map: uint8 class ids, where the
+step label is 0 the old class whose sigmoid score is the highest of all old channels
+(the background channel included) and at least tau, and 0 (nothing detected)
+elsewhere (the rule of ``eir.modeling.losses.pseudo_labels``). The data loader then transforms that map
 with the image's augmentation and passes it to pasting, so pasting runs on CPU
 workers without the old model.
 

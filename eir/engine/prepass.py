@@ -57,7 +57,8 @@ class _PrepassImages(Dataset):
 
 @torch.no_grad()
 def pseudo_label_map(old_model, image: torch.Tensor, label: torch.Tensor, tau: float, channel_to_class):
-    """Class ids the old model is sure of (score >= tau) where the step label is background.
+    """Class ids the old model is sure of where the step label is background (the rule of
+    :func:`eir.modeling.losses.pseudo_labels`: top channel of all, background included, >= tau).
 
     ``image`` is a CHW uint8 tensor, ``label`` the step label at the map's resolution;
     returns a uint8 map of the label's size (0 where nothing is detected).
