@@ -17,6 +17,7 @@ setup(
         "torch>=2.0,<2.15",
         "torchvision>=0.15,<0.30",
         "numpy",
+        "Pillow",
         "opencv-python-headless",
         "Pillow",
         "fvcore",

@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE_MODULES = [
     "eir.tasks",
     "eir.data.bank",
+    "eir.data.io",
     "eir.data.paste",
     "eir.data.prepass",
     "eir.data.synthetic",

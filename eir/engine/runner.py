@@ -45,7 +45,7 @@ from fvcore.common.param_scheduler import (
 from eir.data.bank import STORAGE_MODES, InstanceBank
 from eir.data.datasets import register_eir_datasets, replay_dataset_dicts, step_dataset_dicts
 from eir.data.mapper import EIRDatasetMapper
-from eir.data.prepass import PrepassStore
+from eir.data.prepass import PrepassStore, StalePrepassError, prepass_key
 from eir.engine.checkpoint import StepCheckpointer, read_step_checkpoint
 from eir.engine.init_checkpoint import check_init_checkpoint
 from eir.engine.prepass import run_prepass
@@ -55,7 +55,7 @@ from eir.evaluation.metrics import format_table
 from eir.evaluation.report import write_summary
 from eir.fileio import atomic_write_json, atomic_write_text
 from eir.modeling.head import NEW_HEAD_INITS
-from eir.modeling.losses import DISTILLATION_RULES, RSKD_NORMALIZATIONS
+from eir.modeling.losses import DISTILLATION_RULES, PSEUDO_LABEL_RULE, RSKD_NORMALIZATIONS
 from eir.modeling.meta_arch import freeze_for_incremental, load_previous_step, load_step_weights
 from eir.tasks import Task, build_task
 
@@ -263,10 +263,27 @@ class ContinualRunner:
             num_workers=cfg.dataloader.train.num_workers,
         )
 
+    def prepass_key(self, step: int, dicts) -> dict:
+        """What step ``step``'s prepass maps depend on (settings, old weights, images)."""
+        p = self.cfg.eir.prepass
+        return prepass_key(
+            tau=self.cfg.eir.tau,
+            stride=p.stride,
+            short_side=p.short_side,
+            rule=PSEUDO_LABEL_RULE,
+            old_checkpoint=self.step_dir(step - 1) / "model_final.pth",
+            dataset_dicts=dicts,
+        )
+
     def prepass(self, step: int, dicts, old_model) -> PrepassStore:
+        """The step's prepass maps: ``step_t/prepass.npz`` when its key matches, else computed."""
         path = self.step_dir(step) / "prepass.npz"
+        key = self.prepass_key(step, dicts)
         if path.is_file():
-            return PrepassStore.load(path, task=self.task, step=step)
+            try:
+                return PrepassStore.load(path, task=self.task, step=step, key=key)
+            except StalePrepassError as e:
+                logger.info("Recomputing the prepass of step %d: %s", step, e)
         p = self.cfg.eir.prepass
         store = run_prepass(
             old_model,
@@ -277,6 +294,7 @@ class ContinualRunner:
             short_side=p.short_side,
             stride=p.stride,
             num_workers=self.cfg.dataloader.train.num_workers,
+            key=key,
         )
         if comm.is_main_process():
             store.save(path)
