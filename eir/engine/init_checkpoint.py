@@ -10,6 +10,9 @@ that leaves any backbone weight unloaded, naming the missing keys and the expect
 """
 from __future__ import annotations
 
+import eir.require_detectron2  # noqa: F401  (first: says how to install a missing Detectron2)
+
+# isort: split
 import logging
 import os
 import warnings

@@ -11,6 +11,9 @@ state dict keys are the same for all of them and for the frozen BatchNorm of lat
 """
 from __future__ import annotations
 
+import eir.require_detectron2  # noqa: F401  (first: says how to install a missing Detectron2)
+
+# isort: split
 from detectron2.utils import comm
 
 __all__ = ["SYNC_NORMS", "resolve_norm"]
