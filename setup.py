@@ -18,6 +18,7 @@ setup(
         "pycocotools",
         "fvcore",
         "matplotlib",
+        "tensorboard",  # Detectron2's TensorboardXWriter: each step's training and evaluation scalars
         "tqdm",
     ],
     extras_require={"dev": ["pytest", "ruff"]},
