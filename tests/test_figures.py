@@ -263,6 +263,41 @@ def test_forgetting_figure_shows_each_steps_model_on_the_chosen_images(tiny_run,
 
 @requires_detectron2
 @pytest.mark.slow
+def test_each_column_is_its_steps_model_through_its_channel_layout(tiny_run, metadata, monkeypatch):
+    """Step t's model is marked to score its first new class high everywhere: column t must be
+    that class (read through step t's channels) and drawn in that class's colour."""
+    import torch
+
+    from eir.evaluation.prediction_figure import grid_panels, prediction_grid
+
+    runner, _, _ = tiny_run
+    task = runner.task
+    original = runner.trained_model
+
+    def marked(step, checkpoint=None):
+        model = original(step, checkpoint)
+        with torch.no_grad():
+            conv = model.head.cls[step]  # the classifier of the classes step t adds
+            conv.weight.zero_()
+            conv.bias.fill_(-20.0)
+            conv.bias[0] = 20.0
+        return model
+
+    monkeypatch.setattr(runner, "trained_model", marked)
+    grid = prediction_grid(runner, num_images=3, seed=1)
+    panels = grid_panels(grid, metadata)
+    for t in grid.steps:
+        first_new = task.new_classes(t)[0]
+        for r in range(3):
+            assert (grid.labels[r][1 + t] == first_new).all(), (t, np.unique(grid.labels[r][1 + t]))
+            panel = panels[r][2 + t]
+            inside = interior(np.ones(panel.shape[:2], bool))
+            colour = np.asarray(metadata.stuff_colors[first_new])
+            assert np.abs(panel[inside].astype(int) - colour).max() <= 2, (t, r)
+
+
+@requires_detectron2
+@pytest.mark.slow
 def test_visualize_run_tool_draws_the_figures_of_any_run_folder(tiny_run, tmp_path):
     import importlib.util
 

@@ -179,7 +179,10 @@ def render_prediction_figure(grid: PredictionGrid, panels: list[list[np.ndarray]
             if r == 0:
                 ax.set_title(grid.titles[j], fontsize=6.5)
         axes[r, 0].set_ylabel(grid.image_ids[r], fontsize=7)
-    fig.suptitle(f"{task}: every step's model on the same images; legend: class (step that learns it)", fontsize=8)
+    fig.suptitle(
+        f"{task}: every step's model on the same images; legend: class (step that learns it)",
+        fontsize=8,
+    )
     fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=6.5, frameon=False,
                handlelength=1.2, columnspacing=1.0)
     fig.tight_layout(rect=(0, legend_h / fig.get_figheight(), 1, 1), h_pad=0.3, w_pad=0.3)
@@ -198,5 +201,7 @@ def write_prediction_figure(runner, num_images: int = NUM_IMAGES, seed: int = 0)
     if not ok:
         raise RuntimeError("OpenCV could not encode the forgetting figure as PNG")
     path = atomic_write(runner.output_dir / "predictions.png", lambda f: f.write(png.tobytes()))
-    logger.info("Forgetting figure (%d images x %d steps) written to %s", len(grid.images), len(grid.steps), path)
+    logger.info(
+        "Forgetting figure (%d images x %d steps) written to %s", len(grid.images), len(grid.steps), path
+    )
     return path
