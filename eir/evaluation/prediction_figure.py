@@ -164,11 +164,11 @@ def render_prediction_figure(grid: PredictionGrid, panels: list[list[np.ndarray]
     if any((label == IGNORE_LABEL).any() for row in grid.labels for label in row):
         handles.append(Patch(facecolor=np.asarray(IGNORE_COLOR) / 255, edgecolor="0.5", label="ignored"))
     rows, cols = len(panels), len(grid.titles)
-    ncol = min(len(handles), 2 * cols)
+    width = PANEL_INCHES * cols
+    ncol = max(1, min(len(handles), int(width / 1.05)))  # legend entries that fit in a row
     legend_h = 0.2 * -(-len(handles) // ncol) + 0.15  # inches
     fig, axes = plt.subplots(
-        rows, cols, figsize=(PANEL_INCHES * cols, PANEL_INCHES * rows + 0.45 + legend_h), dpi=100,
-        squeeze=False,
+        rows, cols, figsize=(width, PANEL_INCHES * rows + 0.6 + legend_h), dpi=100, squeeze=False
     )
     for r, row in enumerate(panels):
         for j, panel in enumerate(row):
@@ -180,8 +180,8 @@ def render_prediction_figure(grid: PredictionGrid, panels: list[list[np.ndarray]
                 ax.set_title(grid.titles[j], fontsize=6.5)
         axes[r, 0].set_ylabel(grid.image_ids[r], fontsize=7)
     fig.suptitle(
-        f"{task}: every step's model on the same images; legend: class (step that learns it)",
-        fontsize=8,
+        f"{task}\nevery step's model on the same images; legend: class (step that learns it)",
+        fontsize=7.5,
     )
     fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=6.5, frameon=False,
                handlelength=1.2, columnspacing=1.0)
