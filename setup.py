@@ -22,6 +22,7 @@ setup(
         "Pillow",
         "fvcore",
         "matplotlib",
+        "tensorboard",  # Detectron2's TensorboardXWriter: each step's training and evaluation scalars
         "tqdm",
     ],
     extras_require={"dev": ["pytest", "ruff"]},

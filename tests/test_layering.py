@@ -16,6 +16,7 @@ CORE_MODULES = [
     "eir.data.synthetic",
     "eir.modeling.losses",
     "eir.evaluation.metrics",
+    "eir.evaluation.report",
 ]
 
 # A meta-path finder that refuses detectron2 and torchvision, installed before anything is imported.

@@ -12,6 +12,8 @@ For each step t (DESIGN.md, "Data flow of one incremental step"):
 
 Artifacts live in ``OUTPUT_DIR/step_t/``; a step is done when ``step_t/DONE`` exists. Rerunning
 the same command skips done steps and resumes an interrupted one from its last checkpoint.
+Each step folder also holds TensorBoard events (training scalars, the step's evaluation); the
+run ends with ``summary.*``, ``steps.png``, ``per_class.png`` and ``predictions.png``.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset
 from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
-from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 from fvcore.common.param_scheduler import (
     CompositeParamScheduler,
     LinearParamScheduler,
@@ -50,8 +52,9 @@ from eir.engine.checkpoint import StepCheckpointer, read_step_checkpoint
 from eir.engine.init_checkpoint import check_init_checkpoint
 from eir.engine.prepass import run_prepass
 from eir.engine.trainer import EIRTrainer
-from eir.evaluation.evaluator import ContinualSemSegEvaluator
+from eir.evaluation.evaluator import ContinualSemSegEvaluator, write_eval_events
 from eir.evaluation.metrics import format_table
+from eir.evaluation.prediction_figure import write_prediction_figure
 from eir.evaluation.report import write_summary
 from eir.fileio import atomic_write_json, atomic_write_text
 from eir.modeling.head import NEW_HEAD_INITS
@@ -164,6 +167,7 @@ class ContinualRunner:
         if comm.is_main_process() and summaries:
             write_summary(self.output_dir, self.task, summaries)
             logger.info("Summary written to %s", self.output_dir / "summary.md")
+            write_prediction_figure(self, seed=self.cfg.train.seed)
         return summaries
 
     def finished_summaries(self) -> dict[int, dict]:
@@ -232,6 +236,7 @@ class ContinualRunner:
                 step_dir / "metrics.json",
                 {"task": task.to_dict(), "step": step, "summary": summary},
             )
+            write_eval_events(step_dir, summary, step)
             if step + 1 < task.num_steps and cfg.eir.memory > 0:
                 self.build_bank(step, train_dicts, bank).save(step_dir / "bank")
             atomic_write_text(
@@ -382,7 +387,11 @@ class ContinualRunner:
                 hooks.LRScheduler(scheduler=self.build_lr_scheduler(optimizer, max_iter)),
                 hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
                 hooks.PeriodicWriter(
-                    [CommonMetricPrinter(max_iter), JSONWriter(str(step_dir / "training_log.json"))],
+                    [
+                        CommonMetricPrinter(max_iter),
+                        JSONWriter(str(step_dir / "training_log.json")),
+                        TensorboardXWriter(str(step_dir)),
+                    ],
                     period=cfg.train.log_period,
                 )
                 if main
