@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -36,3 +37,28 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a temporary name of an interrupted write: :func:`atomic_write`'s
+    ``.NAME.*.tmp`` files, and the bank's ``.NAME.tmp-*`` / ``.NAME.old-*`` folders."""
+    return name.startswith(".") and (name.endswith(".tmp") or ".tmp-" in name or ".old-" in name)
+
+
+def remove_temp_files(root: str | os.PathLike, keep_prefix: str | None = None) -> list[Path]:
+    """Delete what killed writes left under ``root`` (see :func:`is_temp_name`); returns the
+    paths removed. Call it only while no other process writes there. Names starting with
+    ``keep_prefix`` are left alone."""
+    removed = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in list(dirnames) + filenames:
+            if not is_temp_name(name) or (keep_prefix and name.startswith(keep_prefix)):
+                continue
+            path = Path(dirpath) / name
+            if name in dirnames:
+                dirnames.remove(name)
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
