@@ -29,8 +29,10 @@ bank's entries to the training set.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -81,10 +83,26 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     EXIF orientation is ignored on purpose: label PNGs carry no orientation, so the
     image must keep its stored pixel grid to line up with its label.
     """
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        data = b""
+    if truncated_image(data):
+        raise ValueError(f"image {path} is truncated (its end is missing): restore the file or remove it from the dataset")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if bgr is None:
         raise FileNotFoundError(f"cannot read image {path}: missing or not an image file ({LAYOUT_HELP})")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def truncated_image(data: bytes) -> bool:
+    """Whether a JPEG or PNG file's bytes lack their end marker (OpenCV decodes such a file,
+    filling the missing part with grey, with only a warning that names no file)."""
+    if data[:2] == b"\xff\xd8":  # JPEG: ends with EOI (FFD9), possibly followed by padding
+        return not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
+    if data[:8] == b"\x89PNG\r\n\x1a\n":  # PNG: ends with the IEND chunk
+        return b"IEND" not in data[-12:]
+    return False
 
 
 def read_label(path: str | os.PathLike) -> np.ndarray:
@@ -93,15 +111,21 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     Read with PIL so palette PNGs (VOC's SegmentationClass) give their indices, not colours.
     """
     try:
-        with Image.open(path) as im:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"label file {path} not found ({LAYOUT_HELP})") from None
+    if truncated_image(data):
+        raise ValueError(f"label {path} is truncated (its end is missing): restore the file")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
             if im.mode not in ("P", "L", "I", "I;16"):
                 raise ValueError(
                     f"label {path} has image mode {im.mode}; labels must be single-channel PNGs "
                     "of class ids (grayscale or palette)"
                 )
             label = np.asarray(im)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"label file {path} not found ({LAYOUT_HELP})") from None
+    except (OSError, SyntaxError) as e:  # PIL: "image file is truncated", "broken PNG file", ...
+        raise ValueError(f"label {path} cannot be decoded ({e}): the file is damaged; restore it") from e
     if label.dtype != np.uint8:
         if label.size and (label.min() < 0 or label.max() > 255):
             raise ValueError(f"label {path} holds values outside 0..255; class ids must fit uint8")
@@ -340,9 +364,9 @@ def class_presence(
                         table = z["presence"].astype(bool)
                         if table.shape == (len(files), num_classes + 1):
                             return table
-            except (KeyError, ValueError, OSError):
+            except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile):
                 pass
-            logger.info("class-presence cache %s does not match the dataset; recomputing", cache_file)
+            logger.info("class-presence cache %s does not match the dataset or is damaged; recomputing", cache_file)
 
     def row(path: str) -> np.ndarray:
         return _presence_row(path, num_classes)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -248,7 +249,7 @@ class PrepassStore:
             with np.load(path, allow_pickle=False) as z:
                 header = json.loads(z["header"].tobytes().decode("utf-8"))
                 arrays = {k: z[k] for k in ("data", "offsets", "shapes", "ids")}
-        except (KeyError, ValueError, OSError, json.JSONDecodeError) as e:
+        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
             raise ValueError(
                 f"{path} is not a prepass file written by PrepassStore.save ({e}); delete it to "
                 "have the prepass recomputed"
