@@ -62,3 +62,14 @@ def train_net_command(output_dir, *overrides):
     return [
         sys.executable, str(root / "tools/train_net.py"), *TINY_RUN, f"train.output_dir={output_dir}", *overrides,
     ]
+
+
+def tiny_cfg(output_dir, *overrides):
+    """The LazyConfig of the :data:`TINY_RUN` into ``output_dir`` (for in-process runs)."""
+    from pathlib import Path
+
+    from detectron2.config import LazyConfig
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = LazyConfig.load(str(root / "projects/EIR/configs/synthetic/4-2_overlap.py"))
+    return LazyConfig.apply_overrides(cfg, [*TINY_RUN, f"train.output_dir={output_dir}", *overrides])
