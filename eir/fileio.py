@@ -1,7 +1,10 @@
 """Atomic file writes: every artifact goes to a temporary name and is renamed into place.
 
 A crash (or a killed job) therefore leaves either the previous file or the new one, never a
-truncated file that a rerun would mistake for a finished artifact.
+truncated file that a rerun would mistake for a finished artifact; what a killed write leaves
+under a temporary name is removed by :func:`remove_temp_files` when the next run starts.
+Files get the permissions ``open()`` would give them (0o666 less the umask), not the
+owner-only ones of :func:`tempfile.mkstemp`.
 """
 from __future__ import annotations
 
@@ -12,6 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``."""
@@ -19,6 +25,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()

@@ -16,13 +16,17 @@ import time
 import pytest
 from conftest import requires_detectron2, tiny_cfg, tiny_datasets, train_net_command
 
-from eir.engine import run_folder
-from eir.engine.run_folder import RunFolderError, RunLock, check_override_keys
+
+def run_folder():
+    from eir.engine import run_folder
+
+    return run_folder
 
 # --------------------------------------------------------------------------- lock (no Detectron2)
 
 
 def test_lock_refuses_a_second_claim_naming_the_holder(tmp_path):
+    RunLock, RunFolderError = run_folder().RunLock, run_folder().RunFolderError
     first = RunLock(tmp_path)
     first.acquire()
     held = json.loads((tmp_path / "run.lock").read_text())
@@ -37,10 +41,11 @@ def test_lock_refuses_a_second_claim_naming_the_holder(tmp_path):
 
 
 def test_lock_of_a_dead_process_is_taken_over(tmp_path):
+    RunLock, RunFolderError = run_folder().RunLock, run_folder().RunFolderError
     gone = subprocess.Popen(["true"])
     gone.wait()  # its pid no longer runs
     dead = {"pid": gone.pid, "host": socket.gethostname(), "started": "x"}
-    assert not run_folder._pid_alive(dead["pid"])
+    assert not run_folder()._pid_alive(dead["pid"])
     (tmp_path / "run.lock").write_text(json.dumps(dead))
     lock = RunLock(tmp_path)
     lock.acquire()
@@ -57,6 +62,7 @@ def test_lock_of_a_dead_process_is_taken_over(tmp_path):
 
 
 def test_unknown_override_keys_name_the_nearest_known_key():
+    check_override_keys = run_folder().check_override_keys
     cfg = {"eir": {"memory": 100, "paste": {"mode": "mixup"}}, "train": {"seed": 0}}
     check_override_keys(cfg, ["eir.memory=5", "eir.paste.mode=copy", "eir.paste=null", "train.seed=1"])
     with pytest.raises(ValueError, match="'eir.memroy'.*did you mean eir.memory"):
@@ -68,7 +74,7 @@ def test_unknown_override_keys_name_the_nearest_known_key():
 def test_config_differences_list_changed_added_and_removed_keys():
     old = {"eir.memory": 6, "schedule.max_iter": 60, "eir.tau": 0.7}
     new = {"eir.memory": 10, "schedule.max_iter": 60, "eir.w_kd": 5.0}
-    assert run_folder.config_differences(old, new) == [
+    assert run_folder().config_differences(old, new) == [
         'eir.memory: 6 -> 10', 'eir.tau: 0.7 -> "(absent)"', 'eir.w_kd: "(absent)" -> 5.0',
     ]
 
