@@ -31,9 +31,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # e.g. a full disk: say which file
+            raise OSError(e.errno, f"{e.strerror or e}; {path} was not written (its previous version, if any, is kept)") from e
         raise
     return path
 

@@ -3,7 +3,7 @@ import os
 import subprocess
 import sys
 
-from eir.fileio import is_temp_name, remove_temp_files
+from eir.fileio import atomic_write_text, is_temp_name, remove_temp_files
 
 
 def test_atomic_write_gives_the_permissions_of_open(tmp_path):
@@ -34,3 +34,22 @@ def test_remove_temp_files_removes_only_what_killed_writes_leave(tmp_path):
                                                ".model_final.pth.ab12.tmp"]
     assert all(p.exists() for p in keep) and (tmp_path / ".run.lock.abc.tmp").exists()
     assert is_temp_name(".x.tmp") and not is_temp_name("x.tmp") and not is_temp_name(".hidden")
+
+
+def test_a_failed_write_names_the_file_and_keeps_the_previous_version(tmp_path):
+    import errno
+
+    import pytest
+
+    from eir.fileio import atomic_write
+
+    path = atomic_write_text(tmp_path / "model.pth", "old")
+
+    def full_disk(f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match=f"No space left on device; {path} was not written") as info:
+        atomic_write(path, full_disk)
+    assert info.value.errno == errno.ENOSPC
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["model.pth"]
