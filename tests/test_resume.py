@@ -72,14 +72,18 @@ def reference(datasets, tmp_path_factory):
 @pytest.mark.parametrize("step", [0, 1])
 def test_kill_in_the_middle_of_a_step_then_rerun_gives_the_uninterrupted_run(reference, tmp_path, step):
     run_and_kill_at(tmp_path, f"step_{step}/model_0000019.pth")
-    assert (tmp_path / "run.lock").is_file()  # left by the killed process: taken over by the rerun
+    lock_left = (tmp_path / "run.lock").is_file()  # by the killed process: taken over by the rerun
     run(tmp_path)
     assert_same_run(reference, tmp_path)
-    assert not (tmp_path / "run.lock").exists()
+    assert lock_left and not (tmp_path / "run.lock").exists()
     # The resumed step's log holds each logged iteration once, as the uninterrupted one does.
     log = logged_iterations(tmp_path / f"step_{step}/training_log.json")
     assert log == logged_iterations(reference / f"step_{step}/training_log.json")
     assert log == list(range(4, 60, 5))
+    # Checkpoints of the killed process count towards max_to_keep (2): the same files are kept.
+    names = sorted(p.name for p in (tmp_path / f"step_{step}").glob("model_*.pth"))
+    assert names == sorted(p.name for p in (reference / f"step_{step}").glob("model_*.pth"))
+    assert names == ["model_0000049.pth", "model_0000059.pth", "model_final.pth"]
 
 
 def test_one_command_per_step_gives_the_run_of_one_command(reference, tmp_path):

@@ -69,21 +69,26 @@ class StepCheckpointer(DetectionCheckpointer):
 _CHECKPOINT_NAME = re.compile(r"model_(\d+)\.pth")
 
 
+def periodic_checkpoints(step_dir) -> list[Path]:
+    """The periodic checkpoints (``model_<iteration>.pth``) in ``step_dir``, oldest first."""
+    found = []
+    for path in Path(step_dir).glob("model_*.pth"):
+        m = _CHECKPOINT_NAME.fullmatch(path.name)
+        if m:
+            found.append((int(m.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
 def latest_checkpoint(step_dir) -> tuple[Path, int] | None:
     """The periodic checkpoint of the latest iteration in ``step_dir`` and that iteration.
 
     Chosen by file name rather than Detectron2's ``last_checkpoint`` (which is written in
     place and names one file only), so deleting a damaged checkpoint falls back to the one
     before it."""
-    found = []
-    for path in Path(step_dir).glob("model_*.pth"):
-        m = _CHECKPOINT_NAME.fullmatch(path.name)
-        if m:
-            found.append((int(m.group(1)), path))
+    found = periodic_checkpoints(step_dir)
     if not found:
         return None
-    iteration, path = max(found)
-    return path, iteration
+    return found[-1], int(_CHECKPOINT_NAME.fullmatch(found[-1].name).group(1))
 
 
 def read_step_checkpoint(path, task: Task, step: int) -> dict:

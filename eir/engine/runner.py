@@ -51,7 +51,12 @@ from eir.data.datasets import register_eir_datasets, replay_dataset_dicts, step_
 from eir.data.mapper import EIRDatasetMapper
 from eir.data.prepass import PrepassStore
 from eir.engine import run_folder
-from eir.engine.checkpoint import StepCheckpointer, latest_checkpoint, read_step_checkpoint
+from eir.engine.checkpoint import (
+    StepCheckpointer,
+    latest_checkpoint,
+    periodic_checkpoints,
+    read_step_checkpoint,
+)
 from eir.engine.prepass import run_prepass
 from eir.engine.sampling import PositionedDataset, ResumableTrainingSampler, derived_seed
 from eir.engine.trainer import EIRTrainer
@@ -139,7 +144,6 @@ def step_seed(seed: int, step: int) -> int:
     return derived_seed(seed, step) % 2**31
 
 
-
 def trim_training_log(path: Path, start_iter: int) -> None:
     """Drop the rows of iterations >= ``start_iter`` (written before an interruption, about to
     be trained again), so the log of a resumed step has each iteration once."""
@@ -210,7 +214,7 @@ class ContinualRunner:
             if record is not None:
                 run_folder.write_config_record(self.output_dir, record)
         else:
-            self.lock = False
+            self.lock = False  # the main process holds the folder for every rank
         comm.synchronize()
 
     def check_output_dir(self) -> None:
@@ -517,13 +521,17 @@ class ContinualRunner:
         checkpointer = StepCheckpointer(model, step_dir, task=task, step=step, trainer=trainer)
         main = comm.is_main_process()
         log_file = step_dir / "training_log.json"
+        periodic = None
         if main:
             trim_training_log(log_file, start_iter)
+            periodic = hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+            # Checkpoints of an interrupted run count towards max_to_keep, oldest deleted first.
+            periodic.recent_checkpoints = [str(p) for p in periodic_checkpoints(step_dir)]
         trainer.register_hooks(
             [
                 hooks.IterationTimer(),
                 hooks.LRScheduler(scheduler=self.build_lr_scheduler(optimizer, max_iter)),
-                hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
+                periodic,
                 hooks.PeriodicWriter(
                     [CommonMetricPrinter(max_iter), JSONWriter(str(log_file))],
                     period=cfg.train.log_period,
