@@ -274,3 +274,16 @@ def test_temporary_files_of_killed_writes_are_removed_at_start_up(finished, tmp_
     rerun(out)
     assert not any(p.exists() for p in left + folders)
     assert summary(out) == summary(finished)
+
+
+@requires_detectron2
+@pytest.mark.slow
+def test_checkpoint_beyond_a_shortened_schedule_is_refused(finished, tmp_path):
+    """A rerun that shortens the schedule (opted in) must not mark a step done from the
+    checkpoint of a later iteration, nor train nothing and skip model_final.pth."""
+    out = copy_of(finished, tmp_path)
+    for name in ("model_final.pth", "DONE", "metrics.json"):
+        (out / "step_1" / name).unlink()
+    with pytest.raises(ValueError, match="model_0000059.pth is of iteration 59, beyond this schedule's 30"):
+        rerun(out, "schedule.max_iter=30", "train.allow_config_change=True")
+    assert not (out / "step_1" / "DONE").exists()

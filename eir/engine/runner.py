@@ -499,6 +499,12 @@ class ContinualRunner:
             num_workers=cfg.dataloader.train.num_workers,
         )
         max_iter = self.max_iter(step, len(dicts))
+        if start_iter > max_iter:
+            raise ValueError(
+                f"{checkpoint[0]} is of iteration {start_iter - 1}, beyond this schedule's {max_iter} "
+                f"iterations of step {step}: delete the model_*.pth files of {step_dir} to train the "
+                "step again under this schedule"
+            )
         optimizer = self.build_optimizer(model, step)
         ddp = cfg.train.ddp
         kwargs = {} if self.device.type == "cuda" else {"device_ids": None}
