@@ -91,3 +91,10 @@ def test_one_command_per_step_gives_the_run_of_one_command(reference, tmp_path):
     assert not (tmp_path / "step_1").exists()
     run(tmp_path, "train.step=1")
     assert_same_run(reference, tmp_path)
+
+
+def test_number_of_workers_does_not_change_the_run(reference, tmp_path):
+    """The sample stream and the mapper's draws depend on the stream position, not on which
+    data-loader worker maps a sample: so num_workers is not among the keys a rerun compares."""
+    run(tmp_path, "dataloader.train.num_workers=2")
+    assert_same_run(reference, tmp_path)
