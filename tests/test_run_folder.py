@@ -287,3 +287,19 @@ def test_checkpoint_beyond_a_shortened_schedule_is_refused(finished, tmp_path):
     with pytest.raises(ValueError, match="model_0000059.pth is of iteration 59, beyond this schedule's 30"):
         rerun(out, "schedule.max_iter=30", "train.allow_config_change=True")
     assert not (out / "step_1" / "DONE").exists()
+
+
+@requires_detectron2
+@pytest.mark.slow
+def test_damaged_presence_cache_is_recomputed(finished, tmp_path):
+    import numpy as np
+
+    out = copy_of(finished, tmp_path)
+    (out / "step_1" / "DONE").unlink()  # step 1 is evaluated again: it reads both caches
+    caches = [out / f"presence_eir_synthetic_{split}.npz" for split in ("train", "val")]
+    whole = [np.load(c)["presence"] for c in caches]
+    for cache in caches:
+        cache.write_bytes(cache.read_bytes()[:50])  # np.load would raise BadZipFile
+    rerun(out)
+    assert all(np.array_equal(np.load(c)["presence"], w) for c, w in zip(caches, whole))
+    assert summary(out) == summary(finished)
