@@ -73,7 +73,7 @@ older ``FORMAT_VERSION`` found by :func:`ensure_synthetic` is regenerated.
 
 Usage::
 
-    python -m eir.data.synthetic --out datasets/eir_synthetic --num-train 1000 --num-val 200 --size 128
+    python -m eir.data.synthetic --out datasets/eir_synthetic --num-train 1000 --num-val 500 --size 128
 
 or ``generate(root, ...)`` / ``ensure_synthetic(root, ...)`` from Python.
 """
@@ -124,7 +124,7 @@ SYNTHETIC_CLASSES = (
 )  # fmt: skip
 NUM_CLASSES = len(SYNTHETIC_CLASSES) - 1
 
-DEFAULTS = {"num_train": 1000, "num_val": 200, "size": 128, "seed": 0}
+DEFAULTS = {"num_train": 1000, "num_val": 500, "size": 128, "seed": 0}  # 500: rare classes in 40+ val images
 SPLITS = {"train": ("train_aug.txt", 0), "val": ("val.txt", 1)}  # list file, seed key
 MIN_SIZE = 32
 
