@@ -17,10 +17,12 @@ setup(
         "torch>=2.0,<2.15",
         "torchvision>=0.15,<0.30",
         "numpy",
+        "Pillow",
         "opencv-python-headless",
         "Pillow",
         "fvcore",
         "matplotlib",
+        "tensorboard",  # Detectron2's TensorboardXWriter: each step's training and evaluation scalars
         "tqdm",
     ],
     extras_require={"dev": ["pytest", "ruff"]},

@@ -415,7 +415,7 @@ def test_build_input_errors(task, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.png"):
         InstanceBank.build([{"file_name": "a.jpg", "sem_seg_file_name": str(tmp_path / "nope.png")}],
                            task, 1, budget=1, seed=0, verbose=False)
-    with pytest.raises(ValueError, match="differs from label size"):
+    with pytest.raises(ValueError, match=r"label of sample 0 is 8x8 but image of sample 0 \(img000\) is 9x8"):
         InstanceBank.build([dict(good, image=picture(9, 8, 0))], task, 1, budget=1, seed=0,
                            verbose=False)
 

@@ -148,6 +148,21 @@ def test_jobs_run_task_seed_groups_side_by_side_each_in_order(monkeypatch, tmp_p
     text = (tmp_path / "out" / "css_synthetic.md").read_text()
     assert "report only: the runs were made by earlier invocations" in text
     assert "runs at a time" not in text and "load average" not in text
+    # folders outside the repository are named by placeholders, never by the machine's paths
+    assert str(tmp_path) not in text
+    assert "| 6-1 / eir / seed 0 | `<work>/6-1/eir/seed_0` |" in text
+    assert "--jobs 2 --work <work> --out <out> --report-only`" in text
+
+
+def test_report_names_folders_relative_to_the_repository(tmp_path):
+    inside = bench.ROOT / "output" / "css_synthetic"
+    assert bench.shown_path(inside, "<work>") == "output/css_synthetic"
+    assert bench.shown_path(tmp_path / "w", "<work>") == "<work>"
+    assert bench.shown_command(["--work", str(inside), f"--datasets={tmp_path}", "--tasks", "6-1",
+                                "train.output_dir=a b"]) == (
+        "python benchmarks/css_synthetic.py --work output/css_synthetic --datasets=<datasets> "
+        "--tasks 6-1 'train.output_dir=a b'"
+    )
 
 
 def test_overrides_are_split_from_options():

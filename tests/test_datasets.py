@@ -12,6 +12,7 @@ pytest.importorskip("detectron2", reason=DETECTRON2_SKIP_REASON)
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
 from eir.data import datasets as D  # noqa: E402
+from eir.data.io import read_label  # noqa: E402
 from eir.data.synthetic import generate  # noqa: E402
 from eir.tasks import DATASETS, build_task  # noqa: E402
 
@@ -159,7 +160,7 @@ def test_voc_layouts(tmp_path, devkit):
     assert train[0]["sem_seg_file_name"] == str(base / "SegmentationClassAug" / "a.png")
     assert val[0]["sem_seg_file_name"] == str(base / "SegmentationClass" / "a.png")
     # the palette PNG reads as class ids, not colours
-    np.testing.assert_array_equal(D.read_label(val[2]["sem_seg_file_name"]), _label([15, 16]))
+    np.testing.assert_array_equal(read_label(val[2]["sem_seg_file_name"]), _label([15, 16]))
     assert MetadataCatalog.get("eir_voc_val").sem_seg_root == str(base / "SegmentationClass")
 
 

@@ -1,7 +1,7 @@
 """End-to-end tests of the Detectron2 layer: configs, a whole synthetic continual run,
 resumption, evaluation-only mode, bad input, and two-process training (gloo).
 
-They need Detectron2 and skip without it (CI has no Detectron2).
+They need Detectron2 and skip without it; the end-to-end runs are marked ``slow``.
 """
 import json
 import os
@@ -78,6 +78,7 @@ def test_every_config_loads_and_builds_its_model(path):
     assert cfg.dataloader.train.dataset.startswith(f"eir_{task.dataset}_")
 
 
+@pytest.mark.slow
 def test_full_run_writes_every_artifact(finished_run):
     cfg, runner, summaries = finished_run
     out = runner.output_dir
@@ -102,6 +103,7 @@ def test_full_run_writes_every_artifact(finished_run):
     assert "| 3 | 9-10 |" in md and "harmonic mean" in md
 
 
+@pytest.mark.slow
 def test_step0_learns_far_above_chance(finished_run):
     _, runner, summaries = finished_run
     s0 = summaries[0]
@@ -120,6 +122,7 @@ def _old_foreground(summary, task):
     return sum(summary["per_class"][n] for n in names) / len(names)
 
 
+@pytest.mark.slow
 def test_eir_keeps_old_classes_that_fine_tuning_forgets(finished_run, tmp_path):
     """Step 1 from the same step-0 weights: plain fine-tuning (no bank, no pseudo-labels,
     no distillation) loses the step-0 classes to background shift; EIR keeps most of them."""
@@ -139,6 +142,7 @@ def test_eir_keeps_old_classes_that_fine_tuning_forgets(finished_run, tmp_path):
     assert _old_foreground(ft, task) < 0.5 * eir, (before, eir, ft["per_class"])
 
 
+@pytest.mark.slow
 def test_rerun_skips_done_steps(finished_run, caplog):
     cfg, runner, summaries = finished_run
     stamps = {p: p.stat().st_mtime_ns for p in runner.output_dir.rglob("step_*/*.pth")}
@@ -147,6 +151,7 @@ def test_rerun_skips_done_steps(finished_run, caplog):
     assert {p: p.stat().st_mtime_ns for p in runner.output_dir.rglob("step_*/*.pth")} == stamps
 
 
+@pytest.mark.slow
 def test_eval_only_reproduces_final_metrics_exactly(finished_run, datasets_root):
     cfg, runner, summaries = finished_run
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root))
@@ -162,6 +167,7 @@ def test_eval_only_reproduces_final_metrics_exactly(finished_run, datasets_root)
     assert again == final
 
 
+@pytest.mark.slow
 def test_bad_requests_fail_with_clear_messages(finished_run, datasets_root, tmp_path):
     cfg, runner, _ = finished_run
     with pytest.raises(ValueError, match="step"):
@@ -186,6 +192,7 @@ def test_bad_config_fields_fail_at_start_up(override, field, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_output_dir_of_another_task_is_refused(finished_run, datasets_root):
     cfg, runner, _ = finished_run
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root))
@@ -200,6 +207,7 @@ def test_output_dir_of_another_task_is_refused(finished_run, datasets_root):
     assert not (runner.output_dir / "step_4").exists()
 
 
+@pytest.mark.slow
 def test_one_step_under_two_processes(datasets_root, tmp_path):
     """Step 0 with two gloo processes: both train, rank 0 writes the step's artifacts."""
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), OMP_NUM_THREADS="1")
@@ -214,6 +222,48 @@ def test_one_step_under_two_processes(datasets_root, tmp_path):
     metrics = json.loads((tmp_path / "step_0" / "metrics.json").read_text())
     assert metrics["step"] == 0 and metrics["summary"]["all"] is not None
     assert (tmp_path / "step_0" / "bank" / "manifest.json").is_file()
+
+
+def _r(a, b):
+    return list(range(a, b + 1))
+
+
+# Every task of the paper's protocol table (METHOD.md, "Protocols") has a config file per
+# setting; its steps' classes written out by hand.
+PAPER_TASKS = {
+    "voc/19-1": [_r(1, 19), [20]],
+    "voc/15-5": [_r(1, 15), _r(16, 20)],
+    "voc/15-1": [_r(1, 15), [16], [17], [18], [19], [20]],
+    "voc/10-1": [_r(1, 10)] + [[c] for c in _r(11, 20)],
+    "voc/5-3": [_r(1, 5), _r(6, 8), _r(9, 11), _r(12, 14), _r(15, 17), _r(18, 20)],
+    "voc/2-2": [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12], [13, 14], [15, 16], [17, 18],
+                [19, 20]],
+    "voc/10-5": [_r(1, 10), _r(11, 15), _r(16, 20)],
+    "voc/10-10": [_r(1, 10), _r(11, 20)],
+    "ade/100-50": [_r(1, 100), _r(101, 150)],
+    "ade/100-10": [_r(1, 100), _r(101, 110), _r(111, 120), _r(121, 130), _r(131, 140),
+                   _r(141, 150)],
+    "ade/100-5": [_r(1, 100)] + [_r(c, c + 4) for c in range(101, 150, 5)],
+    "ade/50-50": [_r(1, 50), _r(51, 100), _r(101, 150)],
+}  # fmt: skip
+PAPER_CONFIGS = {
+    f"{key}_{setting}.py" if key.startswith("voc/") else f"{key}.py": (key, setting)
+    for key in PAPER_TASKS
+    for setting in (("overlap", "disjoint") if key.startswith("voc/") else ("overlap",))
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_CONFIGS))
+def test_paper_task_configs_have_the_protocol_steps(name):
+    key, setting = PAPER_CONFIGS[name]
+    cfg = LazyConfig.load(str(ROOT / "projects/EIR/configs" / name))
+    task = build_task(**cfg.task)
+    assert (task.dataset, task.name, task.setting) == (key[:3], key[4:], setting)
+    assert task.steps == PAPER_TASKS[key]
+    assert [task.new_classes(t) for t in range(task.num_steps)] == PAPER_TASKS[key]
+    assert cfg.train.output_dir == f"output/eir/{key[:3]}_{key[4:]}" + (
+        f"_{setting}" if key.startswith("voc/") else ""
+    )
 
 
 def test_poly_schedule_with_linear_warm_up():

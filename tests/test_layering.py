@@ -10,11 +10,13 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE_MODULES = [
     "eir.tasks",
     "eir.data.bank",
+    "eir.data.io",
     "eir.data.paste",
     "eir.data.prepass",
     "eir.data.synthetic",
     "eir.modeling.losses",
     "eir.evaluation.metrics",
+    "eir.evaluation.report",
 ]
 
 # A meta-path finder that refuses detectron2 and torchvision, installed before anything is imported.

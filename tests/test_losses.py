@@ -36,10 +36,11 @@ def _ref_pseudo_labels(labels, old_logits, threshold, old_channels):
             for j in range(w):
                 if int(labels[b, i, j]) != 0:
                     continue
-                scores = [_sigmoid(float(old_logits[b, c, i, j])) for c in range(1, old_channels)]
+                scores = [_sigmoid(float(old_logits[b, c, i, j])) for c in range(old_channels)]
                 best = max(scores)
-                if best >= threshold:
-                    out[b, i, j] = scores.index(best) + 1
+                winner = scores.index(best)  # the first channel on a tie
+                if winner != 0 and best >= threshold:
+                    out[b, i, j] = winner
     return out
 
 
@@ -115,28 +116,39 @@ def _random_labels(gen, shape, num_channels, ignore_frac=0.2):
 # ------------------------------------------------------------- pseudo_labels
 
 
+def _logit(p):
+    return math.log(p / (1.0 - p))
+
+
 def test_pseudo_labels_hand_worked():
-    labels = torch.tensor([[[0, 0, 3, 255, 0]]])
+    labels = torch.tensor([[[0, 0, 3, 255, 0, 0]]])
     # Old model with 3 channels (background, old class 1, old class 2); logits per pixel:
     old = torch.tensor(
         [
-            [5.0, 2.0, 1.0],  # max class score sigmoid(2) = 0.881 >= 0.7 -> channel 1
-            [0.0, 0.5, 0.8],  # max class score sigmoid(0.8) = 0.690 < 0.7 -> stays 0
+            [1.0, 2.0, 1.5],  # argmax channel 1, sigmoid(2) = 0.881 >= 0.7 -> 1
+            [0.0, 0.5, 0.8],  # argmax channel 2, sigmoid(0.8) = 0.690 < 0.7 -> stays 0
             [0.0, 9.0, 9.0],  # label 3 is not background -> untouched
             [0.0, 9.0, 9.0],  # ignore -> untouched
-            [10.0, 1.0, -1.0],  # channel 0 highest, but not a candidate: sigmoid(1) = 0.731 -> 1
+            [10.0, 1.0, -1.0],  # channel 0 wins; class 1's sigmoid(1) = 0.731 >= 0.7 does not count
+            [_logit(0.95), _logit(0.75), _logit(0.20)],  # EIR_METHOD.md's example: stays 0
         ]
-    ).T.reshape(1, 3, 1, 5)
+    ).T.reshape(1, 3, 1, 6)
     out = pseudo_labels(labels, old, threshold=0.7)
-    assert out.tolist() == [[[1, 0, 3, 255, 1]]]
+    assert out.tolist() == [[[1, 0, 3, 255, 0, 0]]]
     assert out.dtype == labels.dtype
-    assert labels.tolist() == [[[0, 0, 3, 255, 0]]]  # input not modified
+    assert labels.tolist() == [[[0, 0, 3, 255, 0, 0]]]  # input not modified
+
+
+def test_pseudo_labels_channel_zero_wins_ties():
+    labels = torch.zeros(1, 1, 2, dtype=torch.long)
+    old = torch.tensor([[[[3.0, 3.0]], [[3.0, 3.0 + 1e-3]]]])  # a tie, then class 1 just above
+    assert pseudo_labels(labels, old, threshold=0.7).tolist() == [[[0, 1]]]
 
 
 def test_pseudo_labels_threshold_boundary_counts():
     labels = torch.zeros(1, 1, 3, dtype=torch.long)
-    # sigmoid(0) = 0.5 exactly; sigmoid(-1e-3) < 0.5.
-    old = torch.tensor([[[[0.0, -1e-3, 3.0]], [[0.0, -1e-3, -3.0]]]])
+    # Channel 0 low everywhere; sigmoid(0) = 0.5 exactly; sigmoid(-1e-3) < 0.5.
+    old = torch.tensor([[[[-5.0, -5.0, -5.0]], [[0.0, -1e-3, -3.0]]]])
     assert pseudo_labels(labels, old, threshold=0.5).tolist() == [[[1, 0, 0]]]
 
 

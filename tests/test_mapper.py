@@ -13,6 +13,8 @@ from eir.data import paste as eir_paste  # noqa: E402
 from eir.data.bank import BankEntry, InstanceBank  # noqa: E402
 from eir.data.mapper import (  # noqa: E402
     EIRDatasetMapper,
+    PadTransform,
+    RandomResizedCrop,
     RandomResizedCropPad,
     build_test_augmentations,
     build_train_augmentations,
@@ -131,8 +133,110 @@ def test_eval_transform_sizes(tmp_path):
     assert default["image"].shape == (3, 512, 512) and (default["height"], default["width"]) == (512, 512)
 
 
-def test_random_resized_crop_geometry():
-    """Output is always the crop; the window has U(scale) x the image area and aspect in ratio."""
+def _crop_window(tfm, h, w):
+    """(x0, y0, width, height) of the window a crop transform list takes from an h x w image."""
+    crops = [t for t in tfm.transforms if isinstance(t, T.CropTransform)]
+    if not crops:
+        return 0, 0, w, h
+    (c,) = crops
+    return c.x0, c.y0, c.w, c.h
+
+
+def test_default_crop_never_pads_voc_sized_images():
+    """500 x 375 (VOC's usual size): every window lies inside the image, nothing is padded."""
+    aug = T.AugmentationList(build_train_augmentations(512))
+    image = np.full((375, 500, 3), 7, np.uint8)  # not the padding colour
+    np.random.seed(0)
+    for _ in range(300):
+        inp = T.AugInput(image, sem_seg=np.ones((375, 500), np.uint8))
+        tfm = aug(inp)
+        assert inp.image.shape == (512, 512, 3) and inp.sem_seg.shape == (512, 512)
+        assert (inp.sem_seg == 1).all()  # no ignore fill
+        assert (inp.image == 7).all()  # no mean-colour fill
+        assert not any(isinstance(t, PadTransform) for t in tfm.transforms)
+        x0, y0, ww, wh = _crop_window(tfm, 375, 500)
+        assert 0 <= x0 and x0 + ww <= 500 and 0 <= y0 and y0 + wh <= 375
+
+
+def test_crop_falls_back_to_the_central_crop():
+    """When no draw can fit, torchvision's central crop (hand-computed windows)."""
+    # 10 x 100 (h x w): a window has area >= 0.5 x 1000 and aspect <= 4/3, so height >=
+    # sqrt(500 * 3/4) = 19.4 > 10: nothing fits. Aspect 10 > 4/3: full height, width
+    # round(10 * 4/3) = 13, centred: x0 = (100 - 13) // 2 = 43.
+    wide = RandomResizedCrop(crop_size=(20, 30))
+    np.random.seed(1)
+    for _ in range(20):
+        assert wide.window(10, 100) == (43, 0, 13, 10)
+        # 100 x 10: aspect 0.1 < 3/4: full width, height round(10 / (3/4)) = 13, y0 = 43
+        assert wide.window(100, 10) == (0, 43, 10, 13)
+    inp = T.AugInput(np.zeros((10, 100, 3), np.uint8), sem_seg=np.zeros((10, 100), np.uint8))
+    tfm = wide(inp)
+    assert _crop_window(tfm, 10, 100) == (43, 0, 13, 10) and inp.sem_seg.shape == (20, 30)
+    # aspect within the range but every area too large: the whole image, resized
+    whole = RandomResizedCrop(crop_size=16, scale=(1.5, 2.0))
+    assert whole.window(30, 40) == (0, 0, 40, 30)
+    tfm = whole.get_transform(np.zeros((30, 40, 3), np.uint8))
+    assert [type(t) for t in tfm.transforms] == [T.ResizeTransform]
+
+
+def test_crop_window_distribution():
+    """Seeded draws on 375 x 500 against hand-computed values and torchvision's own crop.
+
+    With s ~ U(0.5, 2) and log r ~ U(log 3/4, log 4/3), a window fits 500 x 375 iff
+    s r <= 4/3 and s / r <= 3/4, i.e. s <= 3r/4 (the tighter one over the whole range).
+    For log-uniform r: E[r] = (4/3 - 3/4) / ln(16/9) = 1.01385, E[r^2] = (16/9 - 9/16) /
+    (2 ln(16/9)) = 1.05609. So P(fit) = (3/4 E[r] - 1/2) / 1.5 = 0.17359 per draw,
+    P(all 10 draws fail: the whole image) = 0.82641^10 = 0.1487; for a fitting window
+    E[s] = (9/16 E[r^2] - 1/4) / 3 / P(fit) = 0.6607 and E[r] = (3/4 E[r^2] - 1/2 E[r]) /
+    1.5 / P(fit) = 1.0951.
+    """
+    tv = pytest.importorskip("torchvision.transforms")
+    n, h, w = 6000, 375, 500
+    aug = RandomResizedCrop(512)
+    np.random.seed(0)
+    ours = np.array([aug.window(h, w) for _ in range(n)], dtype=float)
+    torch.manual_seed(0)
+    image = torch.zeros(1, h, w)
+    theirs = np.array([tv.RandomResizedCrop.get_params(image, [0.5, 2.0], [3 / 4, 4 / 3])
+                       for _ in range(n)], dtype=float)[:, [1, 0, 3, 2]]  # (i, j, h, w) -> (x, y, w, h)
+
+    def stats(windows):
+        whole = (windows[:, 2] == w) & (windows[:, 3] == h)
+        fit = windows[~whole]
+        return whole.mean(), fit[:, 2] * fit[:, 3] / (h * w), fit[:, 2] / fit[:, 3]
+
+    fallback, area, aspect = stats(ours)
+    assert (ours[:, 2] <= w).all() and (ours[:, 3] <= h).all()
+    assert (ours[:, :2] >= 0).all() and (ours[:, 0] + ours[:, 2] <= w).all() and (ours[:, 1] + ours[:, 3] <= h).all()
+    assert abs(fallback - 0.1487) < 0.015  # 3 standard errors: 0.0046
+    assert 0.5 - 0.01 < area.min() and area.max() <= 1.0 + 1e-9
+    assert abs(area.mean() - 0.6607) < 0.006 and abs(aspect.mean() - 1.0951) < 0.008  # ~4 SE
+    assert 3 / 4 - 0.01 < aspect.min() and aspect.max() < 4 / 3 + 0.01
+
+    tv_fallback, tv_area, tv_aspect = stats(theirs)
+    assert abs(fallback - tv_fallback) < 0.02
+
+    def ks(a, b):  # two-sample Kolmogorov-Smirnov statistic
+        grid = np.sort(np.concatenate([a, b]))
+        return np.abs(np.searchsorted(np.sort(a), grid, "right") / a.size
+                      - np.searchsorted(np.sort(b), grid, "right") / b.size).max()
+
+    # critical value at the 0.1% level for ~5100 samples each: 1.95 * sqrt(2 / 5100) = 0.039
+    assert ks(area, tv_area) < 0.039 and ks(aspect, tv_aspect) < 0.039
+    # the window's position is uniform over the places it fits
+    x_frac = ours[:, 0] / np.maximum(w - ours[:, 2], 1)
+    assert abs(x_frac[ours[:, 2] < w - 50].mean() - 0.5) < 0.02
+
+
+def test_crop_mode_selects_the_variant():
+    assert isinstance(build_train_augmentations(32)[0], RandomResizedCrop)
+    assert isinstance(build_train_augmentations(32, crop_mode="pad")[0], RandomResizedCropPad)
+    with pytest.raises(ValueError, match="crop_mode must be one of"):
+        build_train_augmentations(32, crop_mode="letterbox")
+
+
+def test_padded_crop_variant_geometry():
+    """crop_mode="pad": windows of U(scale) x the image area are kept even when larger, and padded."""
     aug = RandomResizedCropPad(crop_size=(24, 32), scale=(0.5, 2.0), ratio=(3 / 4, 4 / 3))
     image = np.zeros((30, 45, 3), np.uint8)
     np.random.seed(0)
@@ -213,6 +317,21 @@ def test_prepass_map_follows_the_augmentation(tmp_path, monkeypatch):
     assert labels_with_16 > 3
 
 
+def test_an_image_missing_from_the_prepass_is_an_error(tmp_path):
+    """A training image the store has no map for must not silently get an empty map."""
+    d = _write_sample(tmp_path, "img1")
+    store = PrepassStore(TASK, 1, stride=4)
+    store.add("img0", np.zeros((H // 4, W // 4), np.uint8))
+    path = store.save(tmp_path / "step_1" / "prepass.npz")
+    for prepass, where in ((store, path), (PrepassStore.load(path), path)):
+        mapper = EIRDatasetMapper(is_train=True, task=TASK, step=1, augmentations=build_train_augmentations(32),
+                                  bank=_bank(), prepass=prepass, paste_cfg=PasteConfig(cell_size=12))
+        with pytest.raises(ValueError, match=rf"training image img1 \({d['file_name']}\) has no map in the "
+                                             rf"prepass store {where}"):
+            mapper(d)
+        assert mapper({"bank_index": 0, "image_id": "bank_0"})["bank_index"] == 0  # replay: needs no map
+
+
 def test_replay_entries(tmp_path):
     bank = _bank()
     render_image, render_label = bank.render_replay(0, (123.675, 116.28, 103.53))
@@ -284,7 +403,7 @@ def test_from_config_and_lazy_instantiation(tmp_path):
     # LazyConfig style: keyword arguments only, with a nested config for the task
     lazy = L(EIRDatasetMapper)(
         is_train=True, task=L(build_task)(dataset="voc", name="15-1"), step=1,
-        augmentations=[L(RandomResizedCropPad)(crop_size=16)],
+        augmentations=[L(RandomResizedCrop)(crop_size=16)],
         paste_cfg={"mode": "copy", "cell_size": 8},
     )
     with pytest.raises(ValueError, match="no bank"):

@@ -476,6 +476,7 @@ def _expected_name(key):
     return re.sub(r"\.bn([123])\.", r".conv\1.norm.", key)
 
 
+@pytest.mark.slow
 def test_convert_torchvision_r101(tmp_path):
     torchvision = pytest.importorskip("torchvision", reason="torchvision builds the reference ResNet")
     torch.manual_seed(0)
@@ -537,3 +538,81 @@ def test_converter_rejects_foreign_state_dicts():
         conv.torchvision_to_detectron2({"features.0.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="only a weight"):
         conv.torchvision_to_detectron2({"conv1.bias": torch.zeros(1)})
+
+
+# ---------------------------------------------------------------- BatchNorm across processes
+def _norm_kinds(model):
+    """How many BatchNorm layers of each class ``model`` has."""
+    kinds = {}
+    for m in model.modules():
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d)):
+            kinds[type(m).__name__] = kinds.get(type(m).__name__, 0) + 1
+    return kinds
+
+
+# BatchNorm layers: the stem, 3 per bottleneck block, 1 per stage's shortcut; in the head,
+# ASPP's 1x1 and three atrous branches and its projection (Detectron2's image pooling has
+# none), then the 3x3 conv. ResNet-101: 1 + 3 * (3 + 4 + 23 + 3) + 4 + 6 = 110; the synthetic
+# ResNet (one block per stage): 1 + 3 * 4 + 4 + 6 = 23.
+@pytest.mark.parametrize(
+    ("config", "num_norms", "sync_class"),
+    [("voc/15-1_overlap.py", 110, "SyncBatchNorm"), ("synthetic/4-2_overlap.py", 23, "NaiveSyncBatchNorm")],
+)
+def test_batchnorm_synchronised_at_step0_of_multi_process_runs(config, num_norms, sync_class, monkeypatch):
+    """Step 0 with 2 processes: every BatchNorm synchronised (the release's SyncBN); one process:
+    plain BatchNorm; step 1: frozen BatchNorm. The state dict keys stay the same."""
+    from detectron2.config import LazyConfig
+    from detectron2.utils import comm
+
+    from eir.engine.runner import build_step_model
+
+    cfg = LazyConfig.load(str(ROOT / "projects/EIR/configs" / config))
+    task = build_task(**cfg.task)
+
+    def build(step, world_size):
+        monkeypatch.setattr(comm, "get_world_size", lambda: world_size)
+        with torch.device("meta"):
+            return build_step_model(cfg, task, step, "meta")
+
+    one, two, later, later_one = build(0, 1), build(0, 2), build(1, 2), build(1, 1)
+    assert _norm_kinds(one) == {"BatchNorm2d": num_norms}
+    assert _norm_kinds(two) == {sync_class: num_norms}
+    assert _norm_kinds(later) == _norm_kinds(later_one) == {"FrozenBatchNorm2d": num_norms}
+    keys = set(one.state_dict())
+    assert set(two.state_dict()) == keys
+    new_head = {"head.cls.1.weight", "head.cls.1.bias"}
+    assert set(later.state_dict()) == keys | new_head
+
+
+def test_step0_syncbn_weights_load_into_the_frozen_step1_model(monkeypatch):
+    from detectron2.utils import comm
+
+    task = build_task("synthetic", "4-2")
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    torch.manual_seed(0)
+    step0 = EIRSegmentor(
+        backbone=build_resnet_deeplab(norm="SyncBN", **SMALL_RESNET),
+        head=IncrementalHead(in_channels=256, step_sizes=task.step_sizes(0), channels=16, norm="SyncBN"),
+        pixel_mean=MEAN,
+        pixel_std=STD,
+        channel_classes=task.channel_classes(0),
+        num_classes=10,
+    )
+    assert _norm_kinds(step0) == {"SyncBatchNorm": 23}
+    scramble(step0)
+    step1 = freeze_for_incremental(task_model(task, 1))
+    load_previous_step(step1, step0.state_dict())
+    sd1 = step1.state_dict()
+    for k, v in step0.state_dict().items():
+        assert torch.equal(sd1[k], v), k
+    frozen = step1.backbone.res4[0].conv2.norm
+    synced = step0.backbone.res4[0].conv2.norm
+    assert isinstance(frozen, FrozenBatchNorm2d)
+    assert torch.equal(frozen.running_var, synced.running_var) and torch.equal(frozen.weight, synced.weight)
+
+
+def test_resolve_norm():
+    from eir.modeling.norm import resolve_norm
+
+    assert [resolve_norm(n, 1) for n in ("SyncBN", "naiveSyncBN", "BN", "GN")] == ["BN", "BN", "BN", "GN"]
+    assert [resolve_norm(n, 8) for n in ("SyncBN", "naiveSyncBN", "BN")] == ["SyncBN", "naiveSyncBN", "BN"]

@@ -1,10 +1,14 @@
-"""PrepassStore: maps in and out, file round trip, validation, merging of rank parts."""
+"""PrepassStore: maps in and out, file round trip, validation, merging of rank parts, and the
+key that makes a rerun recompute maps made with other settings, weights or images."""
+import hashlib
+import json
 import pickle
 
 import numpy as np
 import pytest
+from conftest import requires_detectron2
 
-from eir.data.prepass import PrepassStore
+from eir.data.prepass import PrepassStore, StalePrepassError, prepass_key
 from eir.tasks import build_task
 
 TASK = build_task("voc", "15-1")
@@ -155,3 +159,116 @@ def test_pickle_is_compact():
     assert state["data"].nbytes == store.nbytes  # no spare buffer capacity travels
     clone = pickle.loads(pickle.dumps(store))
     assert clone.classes("img_a") == [7, 15] and len(clone) == 3
+
+
+# --------------------------------------------------------------------------- what produced the maps
+
+
+def _key(tmp_path, **change):
+    ckpt = tmp_path / "model_final.pth"
+    if not ckpt.exists():
+        ckpt.write_bytes(b"old weights")
+    args = dict(tau=0.7, stride=8, short_side=512, rule="argmax over all old channels",
+                old_checkpoint=ckpt, dataset_dicts=[{"image_id": "a", "file_name": "a.jpg",
+                                                     "sem_seg_file_name": "a.png"}])
+    return prepass_key(**{**args, **change})
+
+
+def test_prepass_key_records_every_input(tmp_path):
+    key = _key(tmp_path)
+    assert key["tau"] == 0.7 and key["stride"] == 8 and key["short_side"] == 512
+    assert key["pseudo_label_rule"] == "argmax over all old channels"
+    assert key["old_checkpoint_sha256"] == hashlib.sha256(b"old weights").hexdigest()
+    assert key["images_sha256"] == hashlib.sha256(b"a\ta.jpg\ta.png\n").hexdigest()
+    assert _key(tmp_path) == key  # deterministic
+    for change in ({"tau": 0.5}, {"stride": 4}, {"short_side": 256}, {"rule": "classes only"},
+                   {"dataset_dicts": [{"image_id": "b", "file_name": "a.jpg", "sem_seg_file_name": "a.png"}]}):
+        assert _key(tmp_path, **change) != key, change
+    (tmp_path / "model_final.pth").write_bytes(b"other weights")
+    assert _key(tmp_path)["old_checkpoint_sha256"] != key["old_checkpoint_sha256"]
+
+
+def test_load_compares_the_key(tmp_path):
+    key = _key(tmp_path)
+    store = PrepassStore(TASK, 1, 8, key)
+    for k, v in _maps().items():
+        store.add(k, v)
+    path = store.save(tmp_path / "prepass.npz")
+    assert store.path == path
+    loaded = PrepassStore.load(path, task=TASK, step=1, key=key)
+    assert loaded.key == key and loaded.path == path and len(loaded) == 3
+    assert PrepassStore.load(path).key == key  # no key given: not compared
+    with pytest.raises(StalePrepassError, match=r"other settings \(tau 0.7 -> 0.5\)"):
+        PrepassStore.load(path, task=TASK, step=1, key=dict(key, tau=0.5))
+    with pytest.raises(StalePrepassError, match="stride 8 -> 4, short_side 512 -> 128"):
+        PrepassStore.load(path, key=dict(key, stride=4, short_side=128))
+    with pytest.raises(ValueError, match="different runs"):
+        PrepassStore(TASK, 1, 8, key).merge(PrepassStore(TASK, 1, 8, dict(key, tau=0.5)))
+    # pickled parts keep their key
+    assert pickle.loads(pickle.dumps(store)).key == key
+
+
+def test_a_file_of_the_first_format_is_stale(tmp_path):
+    """Version 1 files recorded no key: they cannot be trusted, so they are recomputed."""
+    header = {"format": "eir-prepass", "version": 1, "task": TASK.to_dict(), "step": 1,
+              "stride": 8, "count": 0}
+    path = tmp_path / "prepass.npz"
+    np.savez(path, header=np.frombuffer(json.dumps(header).encode(), np.uint8),
+             data=np.zeros(0, np.uint8), offsets=np.zeros(0, np.int64),
+             shapes=np.zeros((0, 2), np.int32), ids=np.zeros(0, "<U1"))
+    with pytest.raises(StalePrepassError, match="version 1, not 2"):
+        PrepassStore.load(path, task=TASK, step=1)
+
+
+@requires_detectron2
+def test_runner_recomputes_a_stale_prepass(tmp_path, monkeypatch, caplog):
+    """The runner reuses step_t/prepass.npz only when what produced it is unchanged."""
+    from omegaconf import OmegaConf
+
+    from eir.engine import runner as runner_module
+
+    calls = []
+
+    def fake_run_prepass(old_model, dicts, task, step, *, tau, short_side, stride, num_workers, key=None):
+        calls.append((tau, short_side, stride))
+        store = PrepassStore(task.to_dict(), step, stride, key)
+        for d in dicts:
+            store.add(d["image_id"], np.full((2, 2), 3, np.uint8))
+        return store
+
+    monkeypatch.setattr(runner_module, "run_prepass", fake_run_prepass)
+    runner = runner_module.ContinualRunner.__new__(runner_module.ContinualRunner)
+    runner.task, runner.output_dir = TASK, tmp_path
+    runner.cfg = OmegaConf.create({"eir": {"tau": 0.7, "prepass": {"short_side": 512, "stride": 8}},
+                                   "dataloader": {"train": {"num_workers": 0}}})
+    (tmp_path / "step_0").mkdir()
+    (tmp_path / "step_0" / "model_final.pth").write_bytes(b"weights A")
+    (tmp_path / "step_1").mkdir()
+    dicts = [{"image_id": "a", "file_name": "a.jpg", "sem_seg_file_name": "a.png"}]
+
+    def run(expected_calls, why=None):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="eir.engine.runner"):
+            store = runner.prepass(1, dicts, old_model=None)
+        assert len(calls) == expected_calls
+        assert sorted(store.image_ids()) == sorted(d["image_id"] for d in dicts)
+        if why is not None:
+            assert f"Recomputing the prepass of step 1: prepass file {tmp_path / 'step_1' / 'prepass.npz'}" \
+                   f" was made with other settings ({why}" in caplog.text
+        return store
+
+    run(1)
+    run(1)  # the same settings: reused
+    runner.cfg.eir.tau = 0.5
+    run(2, "tau 0.7 -> 0.5")
+    run(2)
+    runner.cfg.eir.prepass.stride = 4
+    run(3, "stride 8 -> 4")
+    runner.cfg.eir.prepass.short_side = 256
+    run(4, "short_side 512 -> 256")
+    (tmp_path / "step_0" / "model_final.pth").write_bytes(b"weights B")
+    run(5, "old_checkpoint_sha256 " + hashlib.sha256(b"weights A").hexdigest())
+    dicts.append({"image_id": "b", "file_name": "b.jpg", "sem_seg_file_name": "b.png"})
+    store = run(6, "images_sha256")
+    assert store.key["tau"] == 0.5 and store.key["pseudo_label_rule"] == runner_module.PSEUDO_LABEL_RULE
+    run(6)

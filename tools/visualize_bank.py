@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from eir.data.bank import InstanceBank
+from eir.data.io import check_same_size, read_image, read_label
 from eir.data.paste import PasteConfig, paste_from_bank
 from eir.tasks import DATASETS, Task, voc_colormap
 
@@ -145,15 +146,12 @@ def render_bank(bank: InstanceBank, pal: np.ndarray, thumb: int, max_per_class: 
 
 
 def read_example(root: Path, image_id: str):
+    """An image of a VOC-like layout under ``root`` and its label, read as training reads them."""
     img_path = root / "JPEGImages" / f"{image_id}.jpg"
     lab_path = root / "SegmentationClassAug" / f"{image_id}.png"
-    bgr = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise FileNotFoundError(f"cannot read {img_path} (expected a VOC-like layout under {root})")
-    label = cv2.imread(str(lab_path), cv2.IMREAD_UNCHANGED)
-    if label is None or label.ndim != 2:
-        raise FileNotFoundError(f"cannot read {lab_path} as a single-channel label PNG")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), label
+    image, label = read_image(img_path), read_label(lab_path)
+    check_same_size(image, label, img_path, lab_path)
+    return image, label
 
 
 def step_luts(bank: InstanceBank):

@@ -3,6 +3,9 @@
 train = dict(
     output_dir="output/eir",  # every artifact of the run goes under this folder
     init_checkpoint="",  # step 0 only: ImageNet backbone (tools/convert_torchvision_r101.py)
+    # False: step 0 refuses to start unless init_checkpoint fills every backbone weight;
+    # True: the backbone starts from random weights on purpose (init_checkpoint must be "").
+    from_scratch=False,
     step=None,  # None: run every step; an int: run (or, with --eval-only, evaluate) that step
     eval_checkpoint="",  # --eval-only: checkpoint to evaluate (default: that step's model_final.pth)
     device="auto",  # "auto" (CUDA when available), "cuda" or "cpu"

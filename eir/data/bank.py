@@ -46,6 +46,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from eir.data.io import check_same_size, read_image, read_label
 from eir.data.paste import pack_instance, rescale_instance
 
 __all__ = [
@@ -79,8 +80,8 @@ def _check_label(label: Any, what: str = "label") -> np.ndarray:
     if label.ndim != 2 or label.dtype != np.uint8:
         raise ValueError(
             f"{what} must be an HxW uint8 array of class ids, got shape {label.shape} and dtype "
-            f"{label.dtype}; read label PNGs with cv2.IMREAD_UNCHANGED and use single-channel "
-            "index images (e.g. VOC SegmentationClassAug, not the palette-coloured files)"
+            f"{label.dtype}; read label files with eir.data.io.read_label (class ids, palette "
+            "indices for palette PNGs)"
         )
     return label
 
@@ -262,10 +263,7 @@ def _read_label(sample: dict, index: int) -> np.ndarray:
             f"sample {index} has neither a 'label' array nor a 'sem_seg_file_name' path: "
             "give one of them"
         )
-    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if label is None:
-        raise FileNotFoundError(f"cannot read label {path} (sample {index}): missing or not an image")
-    return _check_label(label, f"label {path}")
+    return read_label(path)
 
 
 def _read_image(sample: dict, index: int) -> np.ndarray:
@@ -277,10 +275,7 @@ def _read_image(sample: dict, index: int) -> np.ndarray:
             raise ValueError(
                 f"sample {index} has neither an 'image' array nor a 'file_name' path: give one of them"
             )
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise FileNotFoundError(f"cannot read image {path} (sample {index}): missing or not an image")
-        image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        image = read_image(path)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(
             f"image of sample {index} ({_source_of(sample, index)}) must be HxWx3 uint8 RGB, "
@@ -319,11 +314,10 @@ def _make_entry(item: tuple[int, dict, int], lut: np.ndarray, storage: str) -> B
     index, sample, credited = item
     label = lut[_read_label(sample, index)]
     image = _read_image(sample, index)
-    if image.shape[:2] != label.shape:
-        raise ValueError(
-            f"sample {index} ({_source_of(sample, index)}): image size {image.shape[:2]} differs "
-            f"from label size {label.shape}"
-        )
+    check_same_size(
+        image, label, sample.get("file_name", f"of sample {index} ({_source_of(sample, index)})"),
+        sample.get("sem_seg_file_name", f"of sample {index}"),
+    )
     classes = tuple(int(c) for c in present_classes(label))
     source = _source_of(sample, index)
     if storage == "image":
@@ -336,8 +330,8 @@ def _make_entry(item: tuple[int, dict, int], lut: np.ndarray, storage: str) -> B
 
 
 def _thread_pool(num_workers: int) -> ThreadPoolExecutor:
-    """Threads, not processes: PNG decoding and connected components run in OpenCV, which
-    releases the GIL. A forked process pool can deadlock on locks that OpenCV's or torch's
+    """Threads, not processes: image decoding (PIL) and connected components (OpenCV) release
+    the GIL. A forked process pool can deadlock on locks that OpenCV's or torch's
     thread pools held in the parent, and spawn would re-import the caller's ``__main__``."""
     return ThreadPoolExecutor(num_workers, thread_name_prefix="bank")
 

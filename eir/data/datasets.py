@@ -38,21 +38,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import cv2
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
-from PIL import Image
 from tqdm import tqdm
 
+from eir.data.io import read_label
 from eir.fileio import atomic_write
 from eir.tasks import DATASETS, Task
 
 __all__ = [
     "DATASET_NAMES",
     "class_presence",
-    "read_image_rgb",
-    "read_label",
     "register_eir_datasets",
     "replay_dataset_dicts",
     "step_dataset_dicts",
@@ -75,41 +72,7 @@ DATASET_NAMES = {
 _registered_root: dict[str, str] = {}
 
 
-# --------------------------------------------------------------------------- file reading
-
-
-def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
-    """An image file as HxWx3 uint8 RGB.
-
-    EXIF orientation is ignored on purpose: label PNGs carry no orientation, so the
-    image must keep its stored pixel grid to line up with its label.
-    """
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None:
-        raise FileNotFoundError(f"cannot read image {path}: missing or not an image file ({LAYOUT_HELP})")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def read_label(path: str | os.PathLike) -> np.ndarray:
-    """A label PNG as HxW uint8 class ids.
-
-    Read with PIL so palette PNGs (VOC's SegmentationClass) give their indices, not colours.
-    """
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("P", "L", "I", "I;16"):
-                raise ValueError(
-                    f"label {path} has image mode {im.mode}; labels must be single-channel PNGs "
-                    "of class ids (grayscale or palette)"
-                )
-            label = np.asarray(im)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"label file {path} not found ({LAYOUT_HELP})") from None
-    if label.dtype != np.uint8:
-        if label.size and (label.min() < 0 or label.max() > 255):
-            raise ValueError(f"label {path} holds values outside 0..255; class ids must fit uint8")
-        label = label.astype(np.uint8)
-    return label
+# --------------------------------------------------------------------------- label values
 
 
 def invalid_values(label: np.ndarray, num_classes: int) -> list[int]:

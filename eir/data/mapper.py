@@ -2,7 +2,7 @@
 
 Also the augmentations of EIR's recipe (EIR_METHOD.md section 8), as Detectron2
 ``Augmentation`` objects: :func:`build_train_augmentations` (random resized crop
-with padding, then horizontal flip) and :func:`build_test_augmentations`
+with torchvision's semantics, then horizontal flip) and :func:`build_test_augmentations`
 (shorter side 512, then a centre crop of 512, or full resolution).
 """
 from __future__ import annotations
@@ -25,13 +25,16 @@ from detectron2.utils import comm
 from fvcore.transforms.transform import CropTransform, Transform, TransformList
 
 from eir.data import paste as eir_paste
-from eir.data.datasets import invalid_values, read_image_rgb, read_label
+from eir.data.datasets import invalid_values
+from eir.data.io import check_same_size, read_image, read_label
 from eir.tasks import Task
 
 __all__ = [
     "EIRDatasetMapper",
     "CenterCrop",
+    "CROP_MODES",
     "PadTransform",
+    "RandomResizedCrop",
     "RandomResizedCropPad",
     "build_test_augmentations",
     "build_train_augmentations",
@@ -43,6 +46,9 @@ logger = logging.getLogger(__name__)
 #: Normalisation mean colour (RGB, pixel scale): the fill of padding and of replay canvases.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IGNORE_LABEL = 255
+#: Training-crop windows: "fit" (the recipe: inside the image) or "pad" (a variant, see
+#: :class:`RandomResizedCropPad`).
+CROP_MODES = ("fit", "pad")
 
 
 # --------------------------------------------------------------------------- augmentations
@@ -99,8 +105,80 @@ class PadTransform(Transform):
         return coords
 
 
+def _check_crop_args(crop_size, scale, ratio) -> tuple[tuple[int, int], tuple[float, float], tuple[float, float]]:
+    crop_size = _pair(crop_size)
+    scale = (float(scale[0]), float(scale[1]))
+    ratio = (float(ratio[0]), float(ratio[1]))
+    if min(crop_size) < 1:
+        raise ValueError(f"crop_size must be positive, got {crop_size}")
+    if not 0 < scale[0] <= scale[1]:
+        raise ValueError(f"scale must be (min, max) area factors with 0 < min <= max, got {scale}")
+    if not 0 < ratio[0] <= ratio[1]:
+        raise ValueError(f"ratio must be (min, max) aspect ratios with 0 < min <= max, got {ratio}")
+    return crop_size, scale, ratio
+
+
+class RandomResizedCrop(T.Augmentation):
+    """EIR's training crop: torchvision's RandomResizedCrop as a Detectron2 augmentation.
+
+    Up to 10 draws of a window with ``U(scale)`` times the image's area and an aspect
+    ratio (w/h) drawn log-uniformly from ``ratio``; the first window that fits inside
+    the image is taken, at a uniformly random position. When none fits, the central
+    crop: the whole image, or, when the image's aspect is outside ``ratio``, its central
+    part at the nearest allowed aspect. The window is resized to ``crop_size`` (image
+    bilinear, labels nearest); nothing is padded. A window fits only when its area
+    factor is at most 1, so the part of ``scale`` above 1 only makes the whole-image
+    fallback likelier (torchvision's behaviour, which the recipe keeps). Randomness from
+    ``numpy.random`` (Detectron2's convention; the mapper seeds it per sample).
+    """
+
+    ATTEMPTS = 10
+
+    def __init__(
+        self,
+        crop_size: int | Sequence[int] = 512,
+        scale: Sequence[float] = (0.5, 2.0),
+        ratio: Sequence[float] = (3 / 4, 4 / 3),
+    ):
+        super().__init__()
+        crop_size, scale, ratio = _check_crop_args(crop_size, scale, ratio)
+        self._init(locals())
+
+    def window(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """A random window ``(x0, y0, width, height)`` of an ``h`` x ``w`` image."""
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(self.ATTEMPTS):
+            area = h * w * np.random.uniform(*self.scale)
+            aspect = math.exp(np.random.uniform(*log_ratio))
+            win_w = int(round(math.sqrt(area * aspect)))
+            win_h = int(round(math.sqrt(area / aspect)))
+            if 0 < win_w <= w and 0 < win_h <= h:
+                y0 = int(np.random.randint(0, h - win_h + 1))
+                x0 = int(np.random.randint(0, w - win_w + 1))
+                return x0, y0, win_w, win_h
+        aspect = w / h
+        if aspect < self.ratio[0]:
+            win_w, win_h = w, int(round(w / self.ratio[0]))
+        elif aspect > self.ratio[1]:
+            win_w, win_h = int(round(h * self.ratio[1])), h
+        else:
+            win_w, win_h = w, h
+        return (w - win_w) // 2, (h - win_h) // 2, win_w, win_h
+
+    def get_transform(self, image: np.ndarray) -> Transform:
+        h, w = image.shape[:2]
+        x0, y0, win_w, win_h = self.window(h, w)
+        ch, cw = self.crop_size
+        tfms: list[Transform] = []
+        if (x0, y0, win_w, win_h) != (0, 0, w, h):
+            tfms.append(CropTransform(x0, y0, win_w, win_h, w, h))
+        if (win_h, win_w) != (ch, cw):
+            tfms.append(T.ResizeTransform(win_h, win_w, ch, cw))
+        return TransformList(tfms)
+
+
 class RandomResizedCropPad(T.Augmentation):
-    """EIR's training crop: a random window of the image, resized to ``crop_size``.
+    """A variant of the training crop (``crop_mode="pad"``) that keeps windows larger than the image.
 
     The window has ``U(scale)`` times the image's area and an aspect ratio (w/h)
     drawn log-uniformly from ``ratio``, as torchvision's RandomResizedCrop; unlike it,
@@ -109,7 +187,9 @@ class RandomResizedCropPad(T.Augmentation):
     the image is padded (image: ``pad_value``, label: ``seg_pad_value``). Equivalently,
     the image is resized to (crop area) / U(scale) and a random ``crop_size`` crop is
     taken, padded where the resized image is smaller; only the visible part is
-    resized, so the cost is that of a ``crop_size`` output. Randomness from
+    resized, so the cost is that of a ``crop_size`` output. Training then sees objects
+    smaller than evaluation does (on 500x375 images about 23% of a 512 crop is
+    padding); the recipe's crop is :class:`RandomResizedCrop`. Randomness from
     ``numpy.random`` (Detectron2's convention; the mapper seeds it per sample).
     """
 
@@ -122,15 +202,7 @@ class RandomResizedCropPad(T.Augmentation):
         seg_pad_value: int = IGNORE_LABEL,
     ):
         super().__init__()
-        crop_size = _pair(crop_size)
-        scale = (float(scale[0]), float(scale[1]))
-        ratio = (float(ratio[0]), float(ratio[1]))
-        if min(crop_size) < 1:
-            raise ValueError(f"crop_size must be positive, got {crop_size}")
-        if not 0 < scale[0] <= scale[1]:
-            raise ValueError(f"scale must be (min, max) area factors with 0 < min <= max, got {scale}")
-        if not 0 < ratio[0] <= ratio[1]:
-            raise ValueError(f"ratio must be (min, max) aspect ratios with 0 < min <= max, got {ratio}")
+        crop_size, scale, ratio = _check_crop_args(crop_size, scale, ratio)
         self._init(locals())
 
     @staticmethod
@@ -182,10 +254,21 @@ def build_train_augmentations(
     scale: Sequence[float] = (0.5, 2.0),
     ratio: Sequence[float] = (3 / 4, 4 / 3),
     flip: bool = True,
+    crop_mode: str = "fit",
     pad_value: Sequence[float] = IMAGENET_MEAN,
 ) -> list[T.Augmentation]:
-    """EIR's training augmentation: random resized crop (area x scale, aspect in ratio), then flip."""
-    augs: list[T.Augmentation] = [RandomResizedCropPad(crop_size, scale, ratio, pad_value)]
+    """EIR's training augmentation: random resized crop (area x scale, aspect in ratio), then flip.
+
+    ``crop_mode`` "fit" (the recipe) is :class:`RandomResizedCrop`; "pad" is the variant
+    :class:`RandomResizedCropPad`, whose padding has the colour ``pad_value``.
+    """
+    if crop_mode == "fit":
+        crop: T.Augmentation = RandomResizedCrop(crop_size, scale, ratio)
+    elif crop_mode == "pad":
+        crop = RandomResizedCropPad(crop_size, scale, ratio, pad_value)
+    else:
+        raise ValueError(f"crop_mode must be one of {list(CROP_MODES)}, got {crop_mode!r}")
+    augs: list[T.Augmentation] = [crop]
     if flip:
         augs.append(T.RandomFlip(prob=0.5, horizontal=True, vertical=False))
     return augs
@@ -264,9 +347,10 @@ class EIRDatasetMapper:
        in evaluation. Replayed entries are not remapped: their stored old classes are
        their labels.
     3. Augment image and label together. For pasting, the image's prepass map (the old
-       model's low-resolution pseudo-labels) is resized to the image with nearest
-       interpolation and goes through the same transforms (nearest; padding reads 0);
-       a replayed entry's map is all 0.
+       model's low-resolution pseudo-labels; an image the store lacks is an error) is
+       resized to the image with nearest
+       interpolation and goes through the same transforms (nearest; the padding of
+       ``crop_mode="pad"`` reads 0); a replayed entry's map is all 0.
     4. In training at a step > 0 with a bank and a ``paste_cfg``: paste bank instances
        into the crop's free background (:func:`eir.data.paste.paste_from_bank`).
     5. Return ``image`` (3xHxW uint8 RGB tensor), ``sem_seg`` (HxW int64 class ids),
@@ -354,7 +438,7 @@ class EIRDatasetMapper:
 
         Keys read (defaults in brackets): ``eir.task`` (Task or its dict), ``eir.step``,
         ``eir.seed`` [``train.seed`` or 0], ``eir.crop_size`` [512], ``eir.scale``
-        [(0.5, 2.0)], ``eir.ratio`` [(3/4, 4/3)], ``eir.test_short_side`` [512],
+        [(0.5, 2.0)], ``eir.ratio`` [(3/4, 4/3)], ``eir.crop_mode`` ["fit"], ``eir.test_short_side`` [512],
         ``eir.test_crop`` [512; None = full resolution], ``eir.mean_color``. ``bank``,
         ``prepass`` and ``paste_cfg`` are run-time objects passed as keywords; keyword
         ``task`` / ``step`` override the config.
@@ -370,6 +454,7 @@ class EIRDatasetMapper:
                 crop_size=_cfg_get(cfg, "eir.crop_size", 512),
                 scale=tuple(_cfg_get(cfg, "eir.scale", (0.5, 2.0))),
                 ratio=tuple(_cfg_get(cfg, "eir.ratio", (3 / 4, 4 / 3))),
+                crop_mode=_cfg_get(cfg, "eir.crop_mode", "fit"),
             )
         else:
             augs = build_test_augmentations(
@@ -410,13 +495,9 @@ class EIRDatasetMapper:
             return image, label, f"bank:{index}"
         file_name = dataset_dict["file_name"]
         seg_file = dataset_dict["sem_seg_file_name"]
-        image = read_image_rgb(file_name)
+        image = read_image(file_name)
         label = read_label(seg_file)
-        if label.shape != image.shape[:2]:
-            raise ValueError(
-                f"label {seg_file} is {label.shape[0]}x{label.shape[1]} but image {file_name} is "
-                f"{image.shape[0]}x{image.shape[1]}; image and label must have the same size"
-            )
+        check_same_size(image, label, file_name, seg_file)
         bad = invalid_values(label, self.task.num_classes)
         if bad:
             raise ValueError(
@@ -427,11 +508,17 @@ class EIRDatasetMapper:
 
     def _pseudo_map(self, dataset_dict: dict, shape: tuple[int, int]) -> np.ndarray:
         h, w = shape
-        low = None
-        if self.prepass is not None and "bank_index" not in dataset_dict:
-            low = self.prepass.lookup(str(dataset_dict.get("image_id")))
-        if low is None:
+        if self.prepass is None or "bank_index" in dataset_dict:
             return np.zeros((h, w), dtype=np.uint8)
+        image_id = str(dataset_dict.get("image_id"))
+        low = self.prepass.lookup(image_id)
+        if low is None:
+            where = self.prepass.path or "(a store not saved to a file)"
+            raise ValueError(
+                f"training image {image_id} ({dataset_dict.get('file_name')}) has no map in the "
+                f"prepass store {where}, which was made for other images; delete that file to "
+                "have the prepass recomputed"
+            )
         return cv2.resize(np.ascontiguousarray(low), (w, h), interpolation=cv2.INTER_NEAREST)
 
     # ----------------------------------------------------------------- call

@@ -2,20 +2,26 @@
 
 At the start of an incremental step t the frozen old model (step t-1) runs once
 over step t's training images (EIR_METHOD.md section 6, implementation choice).
-Per image it leaves a low-resolution pseudo-label map: uint8 class ids, the old
-class whose sigmoid score is highest and at least tau where the step label is 0,
-and 0 (nothing detected) elsewhere. The data loader then transforms that map
+Per image it leaves a low-resolution pseudo-label map: uint8 class ids, where the
+step label is 0 the old class whose sigmoid score is the highest of all old channels
+(the background channel included) and at least tau, and 0 (nothing detected)
+elsewhere (the rule of ``eir.modeling.losses.pseudo_labels``). The data loader then transforms that map
 with the image's augmentation and passes it to pasting, so pasting runs on CPU
 workers without the old model.
 
 :class:`PrepassStore` holds the maps of one step in a single concatenated uint8
 buffer (an index of offsets and shapes beside it), merges the parts that
 distributed ranks contribute, and saves to / loads from one ``.npz`` file whose
-JSON header names the task and step, so a store from another run is rejected.
+JSON header names the task and step, so a store from another run is rejected, and
+the store's *key*: everything else the maps depend on (:func:`prepass_key`: tau,
+stride, the old model's input short side, the pseudo-label rule, the old checkpoint's
+SHA-256, the image list). Loading with another key raises :class:`StalePrepassError`,
+on which the runner recomputes the maps rather than reuse ones that no longer match.
 Core layer: NumPy only.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -26,10 +32,56 @@ import numpy as np
 
 from eir.fileio import atomic_write
 
-__all__ = ["PrepassStore", "FORMAT", "VERSION"]
+__all__ = ["PrepassStore", "StalePrepassError", "prepass_key", "FORMAT", "VERSION"]
 
 FORMAT = "eir-prepass"
-VERSION = 1
+VERSION = 2  # 2: the header holds the key
+
+
+class StalePrepassError(ValueError):
+    """A prepass file that another configuration, old model or image list produced."""
+
+
+def _sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def prepass_key(
+    *, tau: float, stride: int, short_side: int, rule: str, old_checkpoint: str | os.PathLike,
+    dataset_dicts: Any,
+) -> dict[str, Any]:
+    """What a step's prepass maps depend on besides the task and step (stored in the file).
+
+    ``rule`` names the pseudo-label rule (``eir.modeling.losses.PSEUDO_LABEL_RULE``);
+    ``old_checkpoint`` is the old model's weights file, hashed (SHA-256); the image list
+    is hashed from each dict's ``image_id``, ``file_name`` and ``sem_seg_file_name``.
+    """
+    images = hashlib.sha256()
+    for d in dataset_dicts:
+        line = "\t".join(str(d.get(k, "")) for k in ("image_id", "file_name", "sem_seg_file_name"))
+        images.update(line.encode("utf-8", "surrogateescape") + b"\n")
+    return {
+        "tau": float(tau),
+        "stride": int(stride),
+        "short_side": int(short_side),
+        "pseudo_label_rule": str(rule),
+        "old_checkpoint_sha256": _sha256_file(old_checkpoint),
+        "images_sha256": images.hexdigest(),
+    }
+
+
+def _key_changes(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
+    """The fields in which two keys differ, as 'field stored -> wanted'."""
+    fields = list(wanted) + [k for k in stored if k not in wanted]
+    return ", ".join(
+        f"{k} {stored.get(k, '(none)')} -> {wanted.get(k, '(none)')}"
+        for k in fields
+        if stored.get(k) != wanted.get(k)
+    )
 
 
 def _task_dict(task: Any) -> dict[str, Any]:
@@ -55,13 +107,17 @@ class PrepassStore:
         step: the step whose training images the maps describe (the old model is step - 1).
         stride: how many input pixels one map pixel spans (informative; the mapper
             resizes each map to its image with nearest interpolation anyway).
+        key: what produced the maps (:func:`prepass_key`), a JSON-able dict; saved with
+            the store and compared by :meth:`load`.
 
     Maps are stored back to back in one growing uint8 buffer; :meth:`lookup` returns
     a read-only view into it.
     """
 
-    def __init__(self, task_dict: Any, step: int, stride: int):
+    def __init__(self, task_dict: Any, step: int, stride: int, key: Mapping[str, Any] | None = None):
         self.task = _task_dict(task_dict)
+        self.key = json.loads(json.dumps(dict(key or {})))  # JSON-normalised, as when loaded
+        self.path: Path | None = None  # the file it was saved to or loaded from
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"step must be an integer >= 0, got {step!r}")
         if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
@@ -120,10 +176,10 @@ class PrepassStore:
         self._used = need
 
     def merge(self, other: PrepassStore) -> PrepassStore:
-        """Add every map of ``other`` (same task, step and stride) to this store; returns self."""
+        """Add every map of ``other`` (same task, step, stride and key) to this store; returns self."""
         if not isinstance(other, PrepassStore):
             raise ValueError(f"can only merge a PrepassStore, got {type(other).__name__}")
-        if other.task != self.task or other.step != self.step or other.stride != self.stride:
+        if (other.task, other.step, other.stride, other.key) != (self.task, self.step, self.stride, self.key):
             raise ValueError(
                 f"cannot merge prepass parts of different runs: this store is "
                 f"{_task_text(self.task)} step {self.step} stride {self.stride}, the other is "
@@ -202,6 +258,7 @@ class PrepassStore:
             "task": self.task,
             "step": self.step,
             "stride": self.stride,
+            "key": self.key,
             "count": len(self),
         }
 
@@ -214,6 +271,8 @@ class PrepassStore:
         self.task = header["task"]
         self.step = header["step"]
         self.stride = header["stride"]
+        self.key = header["key"]
+        self.path = None
         self._fill(state["data"], state["offsets"], state["shapes"], state["ids"])
 
     def _fill(self, data, offsets, shapes, ids) -> None:
@@ -233,11 +292,19 @@ class PrepassStore:
             np.savez_compressed(buf, header=header, **arrays)
             f.write(buf.getvalue())
 
-        return atomic_write(path, write)
+        self.path = atomic_write(path, write)
+        return self.path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, task: Any = None, step: int | None = None) -> PrepassStore:
-        """Read a store written by :meth:`save`; checks it belongs to ``task`` and ``step`` if given."""
+    def load(
+        cls, path: str | os.PathLike, task: Any = None, step: int | None = None,
+        key: Mapping[str, Any] | None = None,
+    ) -> PrepassStore:
+        """Read a store written by :meth:`save`; checks it belongs to ``task`` and ``step`` if given.
+
+        A file of an older format version, or (with ``key``) written with another key,
+        raises :class:`StalePrepassError` saying what differs: recompute it then.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(
@@ -253,10 +320,15 @@ class PrepassStore:
                 f"{path} is not a prepass file written by PrepassStore.save ({e}); delete it to "
                 "have the prepass recomputed"
             ) from None
-        if header.get("format") != FORMAT or header.get("version") != VERSION:
+        if header.get("format") != FORMAT:
             raise ValueError(
-                f"{path} has format {header.get('format')!r} version {header.get('version')!r}; "
-                f"expected {FORMAT!r} version {VERSION}: delete it to have the prepass recomputed"
+                f"{path} is not a prepass file (format {header.get('format')!r}); delete it to "
+                "have the prepass recomputed"
+            )
+        if header.get("version") != VERSION:
+            raise StalePrepassError(
+                f"{path} has prepass format version {header.get('version')!r}, not {VERSION} "
+                "(version 2 records what produced the maps); it must be recomputed"
             )
         if task is not None:
             expected = _task_dict(task)
@@ -272,6 +344,10 @@ class PrepassStore:
                 f"prepass file {path} was made for step {header['step']}, but step {step} is "
                 "running; each step writes its own prepass file (step_<t>/prepass.npz)"
             )
+        if key is not None and header["key"] != json.loads(json.dumps(dict(key))):
+            raise StalePrepassError(
+                f"prepass file {path} was made with other settings ({_key_changes(header['key'], key)})"
+            )
         n = len(arrays["ids"])
         if not (len(arrays["offsets"]) == len(arrays["shapes"]) == n == header.get("count")):
             raise ValueError(f"prepass file {path} is inconsistent (index lengths differ); delete it")
@@ -279,5 +355,7 @@ class PrepassStore:
         store.task = header["task"]
         store.step = int(header["step"])
         store.stride = int(header["stride"])
+        store.key = header["key"]
+        store.path = path
         store._fill(arrays["data"], arrays["offsets"], arrays["shapes"], arrays["ids"])
         return store

@@ -20,6 +20,7 @@ from detectron2.utils import comm
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from eir.data.io import check_same_size, read_image, read_label
 from eir.data.prepass import PrepassStore
 from eir.modeling.losses import pseudo_labels
 from eir.tasks import Task
@@ -41,15 +42,13 @@ class _PrepassImages(Dataset):
 
     def __getitem__(self, i):
         d = self.dicts[i]
-        image = cv2.imread(d["file_name"], cv2.IMREAD_COLOR)
-        label = cv2.imread(d["sem_seg_file_name"], cv2.IMREAD_UNCHANGED)
-        if image is None or label is None:
-            bad = d["file_name"] if image is None else d["sem_seg_file_name"]
-            raise FileNotFoundError(f"cannot read {bad}")
+        image = read_image(d["file_name"])
+        label = read_label(d["sem_seg_file_name"])
+        check_same_size(image, label, d["file_name"], d["sem_seg_file_name"])
         h, w = label.shape
         scale = self.short_side / min(h, w)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        image = cv2.cvtColor(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
+        image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
         low = (max(1, -(-w // self.stride)), max(1, -(-h // self.stride)))
         label = cv2.resize(self.lut[label], low, interpolation=cv2.INTER_NEAREST)
         return {
@@ -61,7 +60,8 @@ class _PrepassImages(Dataset):
 
 @torch.no_grad()
 def pseudo_label_map(old_model, image: torch.Tensor, label: torch.Tensor, tau: float, channel_to_class):
-    """Class ids the old model is sure of (score >= tau) where the step label is background.
+    """Class ids the old model is sure of where the step label is background (the rule of
+    :func:`eir.modeling.losses.pseudo_labels`: top channel of all, background included, >= tau).
 
     ``image`` is a CHW uint8 tensor, ``label`` the step label at the map's resolution;
     returns a uint8 map of the label's size (0 where nothing is detected).
@@ -79,8 +79,11 @@ def pseudo_label_map(old_model, image: torch.Tensor, label: torch.Tensor, tau: f
     return channel_to_class[detected][0].to(torch.uint8).cpu().numpy()
 
 
-def run_prepass(old_model, dicts, task: Task, step: int, *, tau, short_side, stride, num_workers=0):
-    """Run the old model over ``dicts`` (sharded over ranks); every rank gets the full store."""
+def run_prepass(old_model, dicts, task: Task, step: int, *, tau, short_side, stride, num_workers=0, key=None):
+    """Run the old model over ``dicts`` (sharded over ranks); every rank gets the full store.
+
+    ``key`` (:func:`eir.data.prepass.prepass_key`) is recorded in the store.
+    """
     rank, world = comm.get_rank(), comm.get_world_size()
     shard = dicts[rank::world]
     lut = task.train_label_lut(step)
@@ -91,7 +94,7 @@ def run_prepass(old_model, dicts, task: Task, step: int, *, tau, short_side, str
     )
     device = old_model.device
     channel_to_class = torch.as_tensor(task.channel_classes(step - 1), device=device)
-    store = PrepassStore(task.to_dict(), step, stride)
+    store = PrepassStore(task.to_dict(), step, stride, key)
     amp = device.type == "cuda"
     with torch.autocast(device.type, enabled=amp):
         for item in tqdm(loader, desc=f"prepass step {step}", disable=not comm.is_main_process()):
@@ -101,7 +104,7 @@ def run_prepass(old_model, dicts, task: Task, step: int, *, tau, short_side, str
             )
     if world > 1:
         parts = comm.all_gather(store)
-        store = PrepassStore(task.to_dict(), step, stride)
+        store = PrepassStore(task.to_dict(), step, stride, key)
         for part in parts:
             store.merge(part)
     logger.info("Prepass of step %d: %d images", step, len(store))

@@ -12,6 +12,8 @@ For each step t (DESIGN.md, "Data flow of one incremental step"):
 
 Artifacts live in ``OUTPUT_DIR/step_t/``; a step is done when ``step_t/DONE`` exists. Rerunning
 the same command skips done steps and resumes an interrupted one from its last checkpoint.
+Each step folder also holds TensorBoard events (training scalars, the step's evaluation); the
+run ends with ``summary.*``, ``steps.png``, ``per_class.png`` and ``predictions.png``.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset
 from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
-from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 from fvcore.common.param_scheduler import (
     CompositeParamScheduler,
     LinearParamScheduler,
@@ -45,16 +47,18 @@ from fvcore.common.param_scheduler import (
 from eir.data.bank import STORAGE_MODES, InstanceBank
 from eir.data.datasets import register_eir_datasets, replay_dataset_dicts, step_dataset_dicts
 from eir.data.mapper import EIRDatasetMapper
-from eir.data.prepass import PrepassStore
+from eir.data.prepass import PrepassStore, StalePrepassError, prepass_key
 from eir.engine.checkpoint import StepCheckpointer, read_step_checkpoint
+from eir.engine.init_checkpoint import check_init_checkpoint
 from eir.engine.prepass import run_prepass
 from eir.engine.trainer import EIRTrainer
-from eir.evaluation.evaluator import ContinualSemSegEvaluator
+from eir.evaluation.evaluator import ContinualSemSegEvaluator, write_eval_events
 from eir.evaluation.metrics import format_table
+from eir.evaluation.prediction_figure import write_prediction_figure
 from eir.evaluation.report import write_summary
 from eir.fileio import atomic_write_json, atomic_write_text
 from eir.modeling.head import NEW_HEAD_INITS
-from eir.modeling.losses import DISTILLATION_RULES, RSKD_NORMALIZATIONS
+from eir.modeling.losses import DISTILLATION_RULES, PSEUDO_LABEL_RULE, RSKD_NORMALIZATIONS
 from eir.modeling.meta_arch import freeze_for_incremental, load_previous_step, load_step_weights
 from eir.tasks import Task, build_task
 
@@ -151,6 +155,8 @@ class ContinualRunner:
         """Train every requested step that is not done; write the run's summary."""
         logger.info("Continual run of %s into %s", self.task, self.output_dir)
         steps = self.steps_to_run()
+        if 0 in steps and not self.is_done(0):
+            check_init_checkpoint(self.cfg)  # before anything is written into the output folder
         self.claim_output_dir()
         for step in steps:
             if self.is_done(step):
@@ -161,6 +167,7 @@ class ContinualRunner:
         if comm.is_main_process() and summaries:
             write_summary(self.output_dir, self.task, summaries)
             logger.info("Summary written to %s", self.output_dir / "summary.md")
+            write_prediction_figure(self, seed=self.cfg.train.seed)
         return summaries
 
     def finished_summaries(self) -> dict[int, dict]:
@@ -229,6 +236,7 @@ class ContinualRunner:
                 step_dir / "metrics.json",
                 {"task": task.to_dict(), "step": step, "summary": summary},
             )
+            write_eval_events(step_dir, summary, step)
             if step + 1 < task.num_steps and cfg.eir.memory > 0:
                 self.build_bank(step, train_dicts, bank).save(step_dir / "bank")
             atomic_write_text(
@@ -260,10 +268,27 @@ class ContinualRunner:
             num_workers=cfg.dataloader.train.num_workers,
         )
 
+    def prepass_key(self, step: int, dicts) -> dict:
+        """What step ``step``'s prepass maps depend on (settings, old weights, images)."""
+        p = self.cfg.eir.prepass
+        return prepass_key(
+            tau=self.cfg.eir.tau,
+            stride=p.stride,
+            short_side=p.short_side,
+            rule=PSEUDO_LABEL_RULE,
+            old_checkpoint=self.step_dir(step - 1) / "model_final.pth",
+            dataset_dicts=dicts,
+        )
+
     def prepass(self, step: int, dicts, old_model) -> PrepassStore:
+        """The step's prepass maps: ``step_t/prepass.npz`` when its key matches, else computed."""
         path = self.step_dir(step) / "prepass.npz"
+        key = self.prepass_key(step, dicts)
         if path.is_file():
-            return PrepassStore.load(path, task=self.task, step=step)
+            try:
+                return PrepassStore.load(path, task=self.task, step=step, key=key)
+            except StalePrepassError as e:
+                logger.info("Recomputing the prepass of step %d: %s", step, e)
         p = self.cfg.eir.prepass
         store = run_prepass(
             old_model,
@@ -274,6 +299,7 @@ class ContinualRunner:
             short_side=p.short_side,
             stride=p.stride,
             num_workers=self.cfg.dataloader.train.num_workers,
+            key=key,
         )
         if comm.is_main_process():
             store.save(path)
@@ -361,7 +387,11 @@ class ContinualRunner:
                 hooks.LRScheduler(scheduler=self.build_lr_scheduler(optimizer, max_iter)),
                 hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
                 hooks.PeriodicWriter(
-                    [CommonMetricPrinter(max_iter), JSONWriter(str(step_dir / "training_log.json"))],
+                    [
+                        CommonMetricPrinter(max_iter),
+                        JSONWriter(str(step_dir / "training_log.json")),
+                        TensorboardXWriter(str(step_dir)),
+                    ],
                     period=cfg.train.log_period,
                 )
                 if main

@@ -16,6 +16,7 @@ from collections import OrderedDict
 
 import torch
 from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils.events import EventStorage, TensorboardXWriter
 
 from eir.evaluation.metrics import ConfusionMatrix, format_table, summarize
 from eir.tasks import Task
@@ -99,3 +100,24 @@ def detectron2_results(summary: dict) -> dict:
     for name, iou in summary["per_class"].items():
         res[f"IoU-{name}"] = num(iou)
     return {k: v for k, v in res.items() if not (k in ("mIoU_new", "hIoU") and math.isnan(v))}
+
+
+def write_eval_events(log_dir, summary: dict, step: int) -> None:
+    """Write a step's evaluation as TensorBoard scalars into ``log_dir`` (the step's folder).
+
+    Tags ``eval/{mIoU, mIoU_old, mIoU_new, hIoU, pACC}`` and ``eval_per_class/<class>``, at
+    x = the continual step, so with ``tensorboard --logdir OUTPUT_DIR`` the step folders'
+    points line up as the sequence. n/a values are left out.
+    """
+    scalars = {
+        (f"eval_per_class/{k[4:]}" if k.startswith("IoU-") else f"eval/{k}"): v
+        for k, v in detectron2_results(summary).items()
+        if not math.isnan(v)
+    }
+    writer = TensorboardXWriter(str(log_dir))
+    try:
+        with EventStorage(step) as storage:
+            storage.put_scalars(**scalars, smoothing_hint=False)
+            writer.write()
+    finally:
+        writer.close()

@@ -1,4 +1,5 @@
-"""The run's summary: old / new / all / hIoU of every step as JSON, a Markdown table and a plot.
+"""The run's summary: old / new / all / hIoU of every step as JSON, a Markdown table and a plot,
+and the per-class map (every class's IoU after every step).
 
 Definitions (the same as in :func:`eir.evaluation.metrics.summarize`, in percent):
 old = mean IoU over background and the step-0 classes; new = mean IoU over the classes
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
 
 from eir.fileio import atomic_write, atomic_write_json, atomic_write_text
 from eir.tasks import Task
@@ -74,8 +78,99 @@ def plot_steps(task: Task, step_summaries: dict[int, dict]) -> bytes:
     return buf.getvalue()
 
 
+class PerClassGrid(NamedTuple):
+    """The per-class map's numbers: one row per class, one column per finished step.
+
+    ``iou[r, j]`` is the IoU (percent) of class ``class_ids[r]`` after step ``steps[j]``, NaN
+    where there is no number; ``learnt[r, j]`` tells the two kinds of NaN apart: False before
+    the class is learnt (a blank cell), True where it was learnt but is absent from ground
+    truth and prediction (n/a).
+    """
+
+    class_ids: list[int]
+    names: list[str]
+    learnt_at: list[int]
+    steps: list[int]
+    iou: np.ndarray
+    learnt: np.ndarray
+
+
+def per_class_grid(task: Task, step_summaries: dict[int, dict]) -> PerClassGrid:
+    """Rows: background, then the task's classes in the order the steps learn them."""
+    steps = sorted(step_summaries)
+    class_ids = [0] + [c for s in task.steps for c in s]
+    names = [task.class_names[c] for c in class_ids]
+    learnt_at = [0] + [task.step_of(c) for c in class_ids[1:]]
+    iou = np.full((len(class_ids), len(steps)), np.nan)
+    learnt = np.zeros(iou.shape, dtype=bool)
+    for j, t in enumerate(steps):
+        per_class = step_summaries[t].get("per_class")
+        if per_class is None:
+            raise ValueError(f"the summary of step {t} has no per_class IoUs (metrics.json 'summary')")
+        for r, (name, first) in enumerate(zip(names, learnt_at)):
+            if first > t:
+                continue
+            if name not in per_class:
+                raise ValueError(
+                    f"the summary of step {t} has no IoU for class {name!r}, which {task} learns "
+                    f"at step {first}: is it a summary of another task?"
+                )
+            learnt[r, j] = True
+            if per_class[name] is not None:
+                iou[r, j] = float(per_class[name])
+    return PerClassGrid(class_ids, names, learnt_at, steps, iou, learnt)
+
+
+def plot_per_class(task: Task, step_summaries: dict[int, dict]) -> bytes:
+    """PNG bytes of the per-class map: IoU colour-coded, blank before a class is learnt."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = per_class_grid(task, step_summaries)
+    rows, cols = grid.iou.shape
+    numbers = rows <= 40  # cell text stays legible up to VOC's 21 rows and a bit beyond
+    fig, ax = plt.subplots(figsize=(2.2 + 0.95 * cols, 1.2 + 0.28 * rows), dpi=120)
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
+    image = ax.imshow(np.ma.masked_invalid(grid.iou), cmap=cmap, vmin=0, vmax=100, aspect="auto")
+    for r, j in zip(*np.nonzero(grid.learnt)):
+        value = grid.iou[r, j]
+        if np.isnan(value):
+            ax.add_patch(plt.Rectangle((j - 0.5, r - 0.5), 1, 1, color="0.85"))
+            label, colour = "n/a", "0.3"
+        else:
+            label, colour = f"{value:.1f}", "black" if value > 60 else "white"
+        if numbers:
+            ax.text(j, r, label, ha="center", va="center", fontsize=7, color=colour)
+    for r in range(1, rows):  # a line where the classes of the next step begin
+        if grid.learnt_at[r] != grid.learnt_at[r - 1]:
+            ax.axhline(r - 0.5, color="0.4", linewidth=0.8)
+    ax.set_xticks(range(cols), [f"step {t}" for t in grid.steps], fontsize=8)
+    ax.set_yticks(
+        range(rows), [f"{n} ({t})" for n, t in zip(grid.names, grid.learnt_at)], fontsize=7
+    )
+    ax.tick_params(length=0)
+    ax.set_ylabel("class (step that learns it)", fontsize=8)
+    ax.set_title(f"{task}: IoU per class after each step", fontsize=9)
+    bar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
+    bar.set_label("IoU (%)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_per_class(output_dir, task: Task, step_summaries: dict[int, dict]) -> Path:
+    """Write the per-class map ``output_dir/per_class.png`` (atomically)."""
+    png = plot_per_class(task, step_summaries)
+    return atomic_write(Path(output_dir) / "per_class.png", lambda f: f.write(png))
+
+
 def write_summary(output_dir, task: Task, step_summaries: dict[int, dict]) -> None:
-    """Write summary.json, summary.md and steps.png into ``output_dir`` (atomically)."""
+    """Write summary.json, summary.md, steps.png and per_class.png into ``output_dir`` (atomically)."""
     output_dir = Path(output_dir)
     data = {
         "task": task.to_dict(),
@@ -87,3 +182,4 @@ def write_summary(output_dir, task: Task, step_summaries: dict[int, dict]) -> No
     if step_summaries:
         png = plot_steps(task, step_summaries)
         atomic_write(output_dir / "steps.png", lambda f: f.write(png))
+        write_per_class(output_dir, task, step_summaries)

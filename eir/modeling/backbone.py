@@ -20,6 +20,8 @@ from typing import Sequence
 
 from detectron2.modeling.backbone import BasicStem, BottleneckBlock, ResNet
 
+from eir.modeling.norm import resolve_norm
+
 __all__ = ["SMALL_RESNET", "build_resnet_deeplab", "resnet_out_channels"]
 
 _BLOCKS_PER_DEPTH = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -56,7 +58,9 @@ def build_resnet_deeplab(
     Args:
         depth: 50, 101 or 152 picks the standard number of blocks per stage; ignored
             when ``num_blocks`` is given.
-        norm: Detectron2 norm name for every conv ("BN", "SyncBN", "FrozenBN", "GN", ...).
+        norm: Detectron2 norm name for every conv ("BN", "SyncBN", "FrozenBN", "GN", ...);
+            a synchronised BatchNorm is plain "BN" in a one-process run
+            (:func:`eir.modeling.norm.resolve_norm`).
         output_stride: 16 (res5 keeps res4's resolution and dilates its 3x3 convs by 2),
             8 (res4 and res5 keep res3's resolution, dilated by 2 and 4) or 32 (plain).
         stem_out_channels, width_per_group, res2_out_channels: widths; the defaults are
@@ -82,6 +86,7 @@ def build_resnet_deeplab(
     if output_stride not in dilations:
         raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
 
+    norm = resolve_norm(norm)
     stem = BasicStem(in_channels=in_channels, out_channels=stem_out_channels, norm=norm)
     stages = []
     stage_in = stem_out_channels

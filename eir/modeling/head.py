@@ -25,6 +25,7 @@ from detectron2.config import configurable
 from detectron2.layers import ASPP, Conv2d, ShapeSpec, get_norm
 from torch import nn
 
+from eir.modeling.norm import resolve_norm
 from eir.tasks import Task, build_task
 
 __all__ = ["IncrementalHead", "NEW_HEAD_INITS", "task_from_cfg"]
@@ -74,7 +75,8 @@ class IncrementalHead(nn.Module):
                 (``task.step_sizes(t)``).
             channels: width of ASPP and of the 3x3 conv (256 in DeepLabV3).
             aspp_dilations: the three atrous rates (6, 12, 18 at output stride 16).
-            norm: Detectron2 norm name for ASPP and the 3x3 conv.
+            norm: Detectron2 norm name for ASPP and the 3x3 conv; a synchronised
+                BatchNorm is plain "BN" in a one-process run (:func:`~eir.modeling.norm.resolve_norm`).
             aspp_dropout: dropout on ASPP's output in training mode.
             pool_kernel_size: Detectron2 ASPP's image-pooling window; None = global
                 average pooling at any input size (the DeepLabV3 definition).
@@ -96,6 +98,7 @@ class IncrementalHead(nn.Module):
         if len(aspp_dilations) != 3:
             raise ValueError(f"aspp_dilations needs 3 rates, got {tuple(aspp_dilations)}")
         self.new_head_init = _check_init(new_head_init)
+        norm = resolve_norm(norm)
         if prior_prob is not None and not 0.0 < float(prior_prob) < 1.0:
             raise ValueError(f"prior_prob must be in (0, 1) or None, got {prior_prob!r}")
         self.prior_bias = (

@@ -14,6 +14,9 @@ import torch.nn.functional as F
 IGNORE_LABEL = 255
 
 DISTILLATION_RULES = ("not_new", "background", "all")
+#: Names the rule :func:`pseudo_labels` implements; stored artifacts made with another rule
+#: (the prepass maps) are recomputed. Change it whenever the rule changes.
+PSEUDO_LABEL_RULE = "argmax over all old channels, channel 0 included; class if >= tau"
 RSKD_NORMALIZATIONS = ("mask", "all")
 
 
@@ -46,11 +49,13 @@ def pseudo_labels(
 ) -> torch.Tensor:
     """Fill background pixels with the old model's confident class (a new tensor).
 
-    Where `labels` is 0 and the highest sigmoid score over the old class channels
-    1..old_channels-1 is >= `threshold`, the label becomes that channel (old
-    channels keep their index in the new model since heads are appended).
-    Channel 0, the auxiliary background, is never a candidate, as at inference.
-    Ignore (255) and non-zero labels are kept.
+    The argmax runs over all old channels 0..old_channels-1, channel 0 (the auxiliary
+    background) included (EIR_METHOD.md section 4, Decision): where `labels` is 0 and
+    that argmax is an old class channel (not 0) whose sigmoid score is >= `threshold`,
+    the label becomes that channel (old channels keep their index in the new model
+    since heads are appended). Where channel 0 scores highest (ties included) the pixel
+    stays background, however confident a class channel is. Ignore (255) and non-zero
+    labels are kept.
     """
     _check_labels(labels)
     _check_logits(old_logits, "old_logits")
@@ -65,10 +70,10 @@ def pseudo_labels(
         raise ValueError(f"threshold is a sigmoid score and must be in [0, 1], got {threshold}")
     if old_channels < 2:
         return labels.clone()
-    scores = torch.sigmoid(old_logits[:, 1:old_channels].detach().float())
+    scores = torch.sigmoid(old_logits[:, :old_channels].detach().float())
     best, index = scores.max(dim=1)
-    take = (labels == 0) & (best >= threshold)
-    return torch.where(take, (index + 1).to(labels.dtype), labels)
+    take = (labels == 0) & (index > 0) & (best >= threshold)
+    return torch.where(take, index.to(labels.dtype), labels)
 
 
 def soft_targets(

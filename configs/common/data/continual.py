@@ -12,8 +12,10 @@ dataloader = dict(
         dataset="eir_voc_train",  # a dataset registered by eir.data.datasets
         total_batch_size=32,  # over all GPUs
         num_workers=4,  # data-loader workers per process (also used for presence and bank scans)
-        # random resized crop: area x0.5-2.0 of the crop, aspect 3/4-4/3, then horizontal flip
-        augmentations=L(build_train_augmentations)(crop_size=512, scale=(0.5, 2.0)),
+        # random resized crop (torchvision's semantics): a window of area x0.5-2.0 of the image
+        # and aspect 3/4-4/3 that fits inside it (else the central crop), resized to crop_size,
+        # then horizontal flip; crop_mode="pad" keeps larger windows and pads them (a variant)
+        augmentations=L(build_train_augmentations)(crop_size=512, scale=(0.5, 2.0), crop_mode="fit"),
     ),
     test=dict(
         dataset="eir_voc_val",

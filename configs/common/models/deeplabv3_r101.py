@@ -1,4 +1,9 @@
-"""DeepLabV3 with a ResNet-101 at output stride 16 and EIR's incremental sigmoid head (section 3)."""
+"""DeepLabV3 with a ResNet-101 at output stride 16 and EIR's incremental sigmoid head (section 3).
+
+BatchNorm, as in the authors' release: synchronised across GPUs at step 0 ("SyncBN"; plain BN
+when the run has one process, see eir/modeling/norm.py), frozen at every later step, which
+therefore keeps the statistics of step 0's whole batch. norm="BN" gives per-GPU statistics.
+"""
 from detectron2.config import LazyCall as L
 
 from eir.modeling.backbone import build_resnet_deeplab
@@ -7,13 +12,13 @@ from eir.modeling.meta_arch import EIRSegmentor
 
 model = L(EIRSegmentor)(
     # ResNet-101, res5 dilated by 2 (output stride 16); ImageNet weights via train.init_checkpoint.
-    backbone=L(build_resnet_deeplab)(depth=101, norm="BN", output_stride=16),
+    backbone=L(build_resnet_deeplab)(depth=101, norm="SyncBN", output_stride=16),
     head=L(IncrementalHead)(
         in_channels=2048,  # res5 channels of the backbone
         step_sizes=None,  # classes per step up to the current one: set by the runner per step
         channels=256,  # ASPP and decoder width
         aspp_dilations=(6, 12, 18),  # ASPP rates at output stride 16
-        norm="BN",
+        norm="SyncBN",  # as the backbone: synchronised at step 0, frozen later
     ),
     pixel_mean=(123.675, 116.28, 103.53),  # ImageNet mean, RGB (inputs are RGB)
     pixel_std=(58.395, 57.12, 57.375),  # ImageNet std, RGB

@@ -25,10 +25,12 @@ task = dict(
 model.backbone = L(build_resnet_deeplab)(
     depth=None, num_blocks=(1, 1, 1, 1), stem_out_channels=16, width_per_group=8,
     res2_out_channels=32, output_stride=8,  # 128-pixel inputs give 16x16 features
+    norm="naiveSyncBN",  # synchronised at step 0 like the paper model's SyncBN, also in CPU processes
 )
 model.head.in_channels = 256
 model.head.channels = 64
 model.head.aspp_dilations = (2, 4, 6)  # rates for 16x16 features
+model.head.norm = "naiveSyncBN"  # torch's SyncBN needs CUDA; this one runs under gloo too
 model.head.prior_prob = 0.01  # from scratch, start class scores near 1% (see IncrementalHead)
 
 dataloader.train.dataset = "eir_synthetic_train"
@@ -52,6 +54,7 @@ eir.paste.cell_size = 62  # 250 / 512 of the 128-pixel crop
 eir.prepass.short_side = 128
 eir.prepass.stride = 4
 
+train.from_scratch = True  # no ImageNet weights: the tiny ResNet trains from random weights
 train.device = "auto"
 train.amp.enabled = False  # the tiny model gains nothing from bfloat16 on a CPU
 train.checkpointer.period = 200

@@ -1,0 +1,6 @@
+"""EIR, Pascal VOC 10-5 disjoint."""
+from ..base_voc import dataloader, eir, model, optimizer, schedule, task, train
+
+task.name = "10-5"
+task.setting = "disjoint"
+train.output_dir = "output/eir/voc_10-5_disjoint"
