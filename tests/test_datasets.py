@@ -1,4 +1,5 @@
 """Dataset registration, class presence and per-step views (Detectron2 layer)."""
+import json
 from pathlib import Path
 
 import cv2
@@ -131,6 +132,21 @@ def test_synthetic_generated_on_first_use(tmp_path, monkeypatch):
     assert calls == [(tmp_path / "eir_synthetic", {})]
     assert len(DatasetCatalog.get("eir_synthetic_val")) == 2
     assert len(calls) == 1  # present now: not generated again
+
+
+def test_synthetic_of_an_older_format_is_regenerated(tmp_path, monkeypatch):
+    """A cached dataset of an older generator is handed to ensure_synthetic (which regenerates it)."""
+    from eir.data import synthetic
+
+    base = tmp_path / "eir_synthetic"
+    generate(base, num_train=4, num_val=2, size=48, verbose=False)
+    meta = json.loads((base / "meta.json").read_text())
+    (base / "meta.json").write_text(json.dumps({**meta, "format_version": synthetic.FORMAT_VERSION - 1}))
+    calls = []
+    monkeypatch.setattr(synthetic, "ensure_synthetic", lambda root, **kw: calls.append(Path(root)))
+    D.register_eir_datasets(tmp_path)
+    assert len(DatasetCatalog.get("eir_synthetic_train")) == 4
+    assert calls == [base]
 
 
 @pytest.mark.parametrize("devkit", [False, True])

@@ -184,17 +184,49 @@ def test_images_do_not_depend_on_how_many_are_generated(dataset, tmp_path):
             assert (small / f).read_bytes() == (dataset / f).read_bytes()
 
 
-def test_every_class_appears_and_images_mix_classes(samples):
+def test_class_draws_follow_the_scene_groups():
+    """The class draw alone (no rendering), 6000 images: the common class in P_COMMON of them,
+    1.494 classes per image (0.32 * (1 + 0.8) + 0.68 * 1.35 from the draw tables), pairs of
+    scene classes mostly from one group (0.8 ** 2 = 0.64 both from the image's own scene; a
+    uniform draw would pair within a group 2 times in 8), and a long tail within each group."""
+    rng = np.random.default_rng(0)
+    draws = [synthetic._choose_classes(rng) for _ in range(6000)]
+    common = np.mean([synthetic.COMMON_CLASS in classes for _, classes in draws])
+    assert abs(common - 0.32) < 0.02, common
+    mean_classes = np.mean([len(classes) for _, classes in draws])
+    assert abs(mean_classes - 1.494) < 0.03, mean_classes
+    assert all(len(set(classes)) == len(classes) >= 1 for _, classes in draws)
+    group_of = {c: g for g, group in enumerate(synthetic.SCENE_GROUPS) for c in group}
+    pairs = [
+        [group_of[c] for c in classes if c != synthetic.COMMON_CLASS]
+        for _, classes in draws
+    ]
+    pairs = [g for g in pairs if len(g) == 2]
+    same = np.mean([a == b for a, b in pairs])
+    assert 0.6 < same < 0.72, same
+    in_scene = np.mean([group_of[c] == scene for scene, classes in draws for c in classes if c in group_of])
+    assert 0.75 < in_scene < 0.85, in_scene
+    counts = np.bincount([c for _, classes in draws for c in classes], minlength=11)
+    for first, _, last in synthetic.SCENE_GROUPS:  # weights 0.45 : 0.22
+        assert 1.6 < counts[first] / counts[last] < 2.6, counts
+
+
+def test_images_have_vocs_structure(samples):
+    """Rendered images: about a third hold the common class, ~1.5 classes and a little over two
+    objects per image, every class present, and late classes often (not always) beside early ones."""
     present = [_present(label) for _, label in samples]
+    assert all(present)  # every image has an object, as in VOC
     counts = np.bincount([c for p in present for c in p], minlength=11)
-    assert counts[0] == 0 and (counts[1:] >= 0.15 * len(samples)).all(), counts
-    # Roughly balanced: no class more than twice as frequent as another.
-    assert counts[1:].max() <= 2 * counts[1:].min(), counts
-    n = np.array([len(p) for p in present])
-    assert 2.0 <= n.mean() <= 3.5
-    assert (n >= 2).mean() >= 0.6 and (n >= 4).any() and (n >= 1).mean() >= 0.97
-    # Classes mix across the id range: low and high ids together (old classes in new images).
-    assert np.mean([min(p) <= 5 < max(p) for p in present if p]) >= 0.35
+    n = len(samples)
+    assert 0.25 * n <= counts[1] <= 0.42 * n, counts
+    assert (counts[2:] >= 0.04 * n).all() and counts[2:].max() < counts[1], counts
+    classes = np.array([len(p) for p in present])
+    assert 1.3 <= classes.mean() <= 1.75, classes.mean()
+    objects = [sum(_n_regions(label == c) for c in _present(label)) for _, label in samples]
+    assert 2.0 <= np.mean(objects) <= 3.0, np.mean(objects)
+    late = [p for p in present if set(p) & {9, 10}]  # step 3 of task 4-2
+    with_early = np.mean([bool(set(p) & {1, 2, 3, 4}) for p in late])
+    assert 0.4 <= with_early <= 0.9, with_early
 
 
 def test_candidate_fraction(samples):
@@ -257,8 +289,8 @@ def test_shapes_are_single_regions_with_their_geometry():
             assert np.median(solidity) > 0.9, name
         else:  # ring (its hole), cross, star and crescent are not convex
             assert np.median(solidity) < 0.8, name
-        if name == "bar":
-            assert np.median(aspects) > 4
+        if name == "bar":  # half-width 0.2-0.3 of the half-length: aspect 3.3-5
+            assert np.median(aspects) > 3.2
         elif name == "diamond":
             assert 1.4 < np.median(aspects) < 2.4
         elif name in ("disc", "ring", "square", "hexagon", "star", "cross"):
@@ -333,6 +365,47 @@ def test_ensure_synthetic(tmp_path, dataset):
         ensure_synthetic(root)
     with pytest.raises(FileNotFoundError, match="python -m eir.data.synthetic"):
         validate(tmp_path / "absent")
+
+
+def _set_format(root, version):
+    meta = json.loads((root / "meta.json").read_text())
+    (root / "meta.json").write_text(json.dumps({**meta, "format_version": version}))
+
+
+def test_ensure_synthetic_regenerates_an_older_format(tmp_path, capsys):
+    """A cache written by an older generator version is replaced by this version's dataset,
+    with the requested arguments (defaults for the rest), and nothing is left beside it."""
+    args = {"num_train": 4, "num_val": 2, "size": 40, "seed": 2}
+    root = generate(tmp_path / "e", verbose=False, **{**args, "num_train": 7})
+    _set_format(root, synthetic.FORMAT_VERSION - 1)
+    (root / "JPEGImages" / "train_000006.jpg").write_bytes(b"old")
+    assert synthetic.is_stale(root)
+    assert ensure_synthetic(root, **args) == root
+    assert "regenerating it" in capsys.readouterr().err
+    assert not synthetic.is_stale(root)
+    assert _files(root) == _files(generate(tmp_path / "fresh", verbose=False, **args))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e", "fresh"]
+    # A newer format is not this code's to overwrite: it is refused, as is a foreign meta.json.
+    _set_format(root, synthetic.FORMAT_VERSION + 1)
+    assert not synthetic.is_stale(root)
+    with pytest.raises(ValueError, match="format version"):
+        ensure_synthetic(root)
+    assert json.loads((root / "meta.json").read_text())["format_version"] == synthetic.FORMAT_VERSION + 1
+
+
+def test_failed_regeneration_keeps_the_old_dataset(tmp_path, monkeypatch):
+    root = generate(tmp_path / "e", verbose=False, num_train=3, num_val=1, size=40)
+    _set_format(root, synthetic.FORMAT_VERSION - 1)
+    before = _files(root)
+
+    def failing(job):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(synthetic, "_write_one", failing)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        ensure_synthetic(root, verbose=False)
+    assert _files(root) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["e"]
 
 
 def test_cli(tmp_path):

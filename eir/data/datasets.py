@@ -186,11 +186,11 @@ def _ade_dicts(base: Path, split: str, dataset: str) -> list[dict[str, Any]]:
 
 
 def _ensure_synthetic(base: Path) -> None:
-    if (base / "meta.json").is_file():
-        return
     from eir.data import synthetic
 
-    logger.info("Generating the synthetic dataset at %s (first use)", base)
+    if (base / "meta.json").is_file() and not synthetic.is_stale(base):
+        return
+    logger.info("Generating the synthetic dataset at %s (first use, or written by an older generator)", base)
     synthetic.ensure_synthetic(base)
 
 

@@ -1,31 +1,48 @@
 """A synthetic continual-segmentation dataset, written to disk in Pascal VOC's layout.
 
 Why: a whole continual run (every step, the bank, pasting, evaluation) must be
-runnable and testable in minutes on a CPU, with no download. The images are made
-so that the task is not trivial: a class is recognised by its *shape*, not by its
-colour or texture, and old classes really do appear, unlabelled, in the images of
-later steps (background shift).
+runnable and testable in minutes on a CPU, with no download, and it must show what
+continual segmentation is about on VOC: a model can learn the classes well (the
+images are clean enough for a small model trained from scratch to reach a high
+ceiling), and the steps' images share classes the way VOC's do, so that old
+classes appear, unlabelled, in new steps' images (background shift) and old images
+hold classes of later steps (which a replayed whole image carries as background).
+``python -m eir.data.synthetic_stats`` measures this per step of a task.
+
+How classes are drawn (VOC: a little over 2 objects and about 1.5 classes per image)
+    * The common class (disc, VOC's person) is in 32 % of the draws (about 31 % of
+      the images hold it: some end up hidden), whatever the scene.
+    * Every other class belongs to one of three scene groups, each spanning early
+      and late class ids: (square, cross, bar), (triangle, star, crescent),
+      (ring, hexagon, diamond). An image picks a scene, then 0-2 scene classes
+      beside the common class or 1-3 without it (mean 1.5 classes per image);
+      each draw comes from the image's own scene 80 % of the time, else from
+      another. Within a group the classes are drawn 0.45 : 0.33 : 0.22, so image
+      frequencies run from about 17 % down to 9 % (a long tail under the common
+      class).
+    * A present class has 1-3 instances (the common class more often several), so
+      an image holds 2.2 objects on average (2.43 visible regions: an occluder
+      can split one); about half of the images are bank candidates (every present
+      class one 4-connected region).
 
 What is in an image (``size`` x ``size``, RGB)
-    * A cluttered background that is no class (label 0): one or two textured
-      regions (solid, gradient, stripes, checker, low-frequency noise, dots,
-      speckle; lower contrast than objects), 1 to 6 distractors (blobs with
-      smooth irregular outlines, opaque or translucent; lines, curves,
-      scribbles, specks), a soft illumination gradient.
-    * 1 to 5 objects (mean 2.8 classes, 2.95 instances) of distinct classes
-      drawn uniformly from all 10, so every image mixes classes from across the
-      id range; about one image in seven has a second instance of one of its
-      classes. Object diameters range from 6 % (thin shapes: 10 %) to 50 % of
-      the image side (median 33 %), with a random rotation and a slight aspect
-      jitter; some objects are cut by the image border, some cast a soft shadow
-      or have an outline. Objects cover about 14 % of the pixels, void 4 %.
-    * Colour helps but does not decide: each class has its own hue (36 degrees
-      apart, jittered by a normal of 12 degrees; used 85 % of the time, a random
-      hue otherwise) and a preferred texture family (70 % of the time) that it
-      shares with another class; saturation and value vary widely, and the
-      background and distractors draw from every colour and texture.
+    * A muted background that is no class (label 0): a low-contrast, desaturated
+      texture (solid, gradient, stripes, checker, low-frequency noise, dots,
+      speckle), sometimes a second region, 0 to 2 distractors (blobs with smooth
+      irregular outlines, opaque or translucent; lines, curves, scribbles, specks),
+      a soft illumination gradient.
+    * Objects: diameters from 30 % (thin shapes: 40 %) to 80 % of the image side
+      for a lone object, scaled by n ** -0.3 for n objects (groups are smaller),
+      with a random rotation and a slight aspect jitter; some are cut by the image
+      border, some cast a soft shadow or have an outline. Objects cover about 23 %
+      of the pixels, void 4 %.
+    * Colour helps: each class has its own hue (36 degrees apart, jittered by a
+      normal of 8 degrees; used 95 % of the time, a random hue otherwise), a
+      saturated colour, and a preferred texture family (80 % of the time) that it
+      shares with another class; the background is desaturated, the distractors
+      draw from every colour and texture. Shape tells apart classes of similar hue.
     * Objects are drawn in turn, so later ones occlude earlier ones (placements
-      that would hide more than 60 % of an earlier object are redrawn); a thin
+      that would hide more than 40 % of an earlier object are redrawn); a thin
       line of background clutter sometimes crosses the objects. Labels follow the
       visible pixels.
     * Photometric noise: brightness / contrast jitter, Gaussian noise,
@@ -40,10 +57,6 @@ Classes (id: name, shape)
     6 star (five points), 7 hexagon, 8 crescent, 9 bar (long thin rectangle),
     10 diamond (elongated rhombus; a square turned by 45 degrees is still a square).
 
-About two thirds of the images are candidates of the EIR instance bank (every
-present class forms exactly one 4-connected region); the rest have a second
-instance of a class or an object split in two by an occluder.
-
 Layout (read by the VOC-style loader of ``eir.data.datasets``)::
 
     DIR/JPEGImages/<id>.jpg                      RGB content, JPEG quality 95
@@ -55,11 +68,12 @@ Layout (read by the VOC-style loader of ``eir.data.datasets``)::
 
 Generation is deterministic: image ``i`` of a split is drawn from its own seed
 (``numpy.random.SeedSequence(seed, spawn_key=(split, i))``), so the same arguments
-give byte-identical files whatever the number of worker processes.
+give byte-identical files whatever the number of worker processes. A dataset of an
+older ``FORMAT_VERSION`` found by :func:`ensure_synthetic` is regenerated.
 
 Usage::
 
-    python -m eir.data.synthetic --out datasets/synthetic --num-train 1000 --num-val 200 --size 128
+    python -m eir.data.synthetic --out datasets/eir_synthetic --num-train 1000 --num-val 500 --size 128
 
 or ``generate(root, ...)`` / ``ensure_synthetic(root, ...)`` from Python.
 """
@@ -90,6 +104,7 @@ __all__ = [
     "colorize",
     "ensure_synthetic",
     "generate",
+    "is_stale",
     "is_synthetic_dataset",
     "label_colors",
     "main",
@@ -98,7 +113,7 @@ __all__ = [
     "validate",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: scene groups, a common class, VOC's objects per image, cleaner images, bolder shapes
 GENERATOR = "eir.data.synthetic"
 IGNORE_LABEL = 255
 JPEG_QUALITY = 95
@@ -109,9 +124,23 @@ SYNTHETIC_CLASSES = (
 )  # fmt: skip
 NUM_CLASSES = len(SYNTHETIC_CLASSES) - 1
 
-DEFAULTS = {"num_train": 1000, "num_val": 200, "size": 128, "seed": 0}
+DEFAULTS = {"num_train": 1000, "num_val": 500, "size": 128, "seed": 0}  # 500: rare classes in 40+ val images
 SPLITS = {"train": ("train_aug.txt", 0), "val": ("val.txt", 1)}  # list file, seed key
 MIN_SIZE = 32
+
+# Co-occurrence. The common class (disc: VOC's person) is in about a third of the images,
+# whatever the scene; every other class belongs to one scene group, each group spanning
+# early and late class ids so that a step's images hold classes of other steps. Within a
+# group the classes are drawn with unequal weights (a long tail).
+COMMON_CLASS = 1
+P_COMMON = 0.32  # objects that end up hidden make the measured share a little lower
+SCENE_GROUPS = ((2, 5, 9), (3, 6, 8), (4, 7, 10))
+SCENE_WEIGHTS = (0.45, 0.33, 0.22)  # draw weights of a group's classes, in the order above
+P_IN_SCENE = 0.8  # a scene-class draw comes from the image's own scene, else from another
+# Number of scene-class draws (0, 1, 2, 3) with and without the common class: mean ~1.5 classes.
+SCENE_DRAWS_P = {True: (0.35, 0.5, 0.15, 0.0), False: (0.0, 0.7, 0.25, 0.05)}
+# Instances of a present class (1, 2, 3): people come in groups more often than things do.
+INSTANCES_P = {True: (0.5, 0.3, 0.2), False: (0.7, 0.2, 0.1)}
 
 # Each class has its own hue (degrees, 36 apart) and a preferred texture family; textures
 # are shared by pairs of classes, and any class sometimes takes a random colour.
@@ -123,13 +152,14 @@ CLASS_TEXTURES = {
 TEXTURES = ("solid", "gradient", "stripes", "checker", "noise", "dots", "speckle")
 THIN_CLASSES = (4, 5, 6, 8, 9)  # ring, cross, star, crescent, bar: need more pixels to be seen
 
-P_PREFERRED_HUE = 0.85
-P_PREFERRED_TEXTURE = 0.7
-OBJECT_COUNT_P = (0.15, 0.3, 0.3, 0.15, 0.1)  # 1..5 distinct classes
-P_DUPLICATE = 0.15  # a second instance of one of the image's classes
-MIN_VISIBLE_FRACTION = 0.4  # an earlier object keeps at least this share of its pixels
-SIZE_RANGE = (0.06, 0.5)  # object diameter / image side
-THIN_MIN_SIZE = 0.1
+P_PREFERRED_HUE = 0.95
+HUE_JITTER = 8.0  # degrees (normal sd) around a class's hue
+P_PREFERRED_TEXTURE = 0.8
+DISTRACTORS_P = (0.4, 0.4, 0.2)  # 0, 1, 2 distractors (blobs, strokes, specks) per image
+MIN_VISIBLE_FRACTION = 0.6  # an earlier object keeps at least this share of its pixels
+SIZE_RANGE = (0.3, 0.8)  # object diameter / image side, for an image's first object
+THIN_MIN_SIZE = 0.4
+GROUP_SHRINK = 0.3  # with n objects in an image, every diameter scales by n ** -GROUP_SHRINK
 _SHIFT = 4  # cv2 fixed-point bits: sub-pixel vertices
 _ONE = 1 << _SHIFT
 
@@ -161,21 +191,21 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
 
 def _object_colour(rng: np.random.Generator, cls: int) -> tuple[np.ndarray, tuple]:
     if rng.random() < P_PREFERRED_HUE:
-        hue = float(rng.choice(CLASS_HUES[cls])) + rng.normal(0.0, 12.0)
+        hue = float(rng.choice(CLASS_HUES[cls])) + rng.normal(0.0, HUE_JITTER)
     else:
         hue = rng.uniform(0.0, 360.0)
-    hsv = (hue, rng.uniform(0.3, 1.0), rng.uniform(0.35, 1.0))
+    hsv = (hue, rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0))
     return _hsv(*hsv), hsv
 
 
-def _clutter_colour(rng: np.random.Generator) -> tuple[np.ndarray, tuple]:
-    hsv = (rng.uniform(0.0, 360.0), rng.uniform(0.0, 0.75), rng.uniform(0.15, 0.95))
+def _clutter_colour(rng: np.random.Generator, max_saturation: float = 0.75) -> tuple[np.ndarray, tuple]:
+    hsv = (rng.uniform(0.0, 360.0), rng.uniform(0.0, max_saturation), rng.uniform(0.15, 0.95))
     return _hsv(*hsv), hsv
 
 
-def _second_colour(rng: np.random.Generator, hsv: tuple) -> np.ndarray:
-    """The other colour of a two-colour texture: a shade of the first, or any colour."""
-    if rng.random() < 0.5:
+def _second_colour(rng: np.random.Generator, hsv: tuple, p_shade: float = 0.5) -> np.ndarray:
+    """The other colour of a two-colour texture: a shade of the first (``p_shade``), or any colour."""
+    if rng.random() < p_shade:
         h, s, v = hsv
         dv = rng.uniform(0.2, 0.5) * (1 if v < 0.6 else -1)
         return _hsv(h + rng.normal(0, 10), float(np.clip(s + rng.normal(0, 0.15), 0, 1)), v + dv)
@@ -265,9 +295,11 @@ def _texture(rng: np.random.Generator, kind: str, c1: np.ndarray, c2: np.ndarray
     return cv2.merge([c1[i] + (c2[i] - c1[i]) * w for i in range(3)])
 
 
-def _clutter_texture(rng: np.random.Generator, size: int, box: Box, contrast=(0.5, 1.0)) -> np.ndarray:
+def _clutter_texture(
+    rng: np.random.Generator, size: int, box: Box, contrast=(0.5, 1.0), max_saturation: float = 0.75
+) -> np.ndarray:
     """A texture of background or distractors; ``contrast`` scales its two colours' difference."""
-    c1, hsv = _clutter_colour(rng)
+    c1, hsv = _clutter_colour(rng, max_saturation)
     kind = TEXTURES[int(rng.integers(len(TEXTURES)))]
     c2 = c1 + (_second_colour(rng, hsv) - c1) * np.float32(rng.uniform(*contrast))
     return _texture(rng, kind, c1, c2, size, box)
@@ -279,7 +311,7 @@ def _object_texture(rng: np.random.Generator, cls: int, size: int, box: Box) -> 
         kind = CLASS_TEXTURES[cls]
     else:
         kind = TEXTURES[int(rng.integers(len(TEXTURES)))]
-    tex = _texture(rng, kind, c1, _second_colour(rng, hsv), size, box)
+    tex = _texture(rng, kind, c1, _second_colour(rng, hsv, p_shade=0.8), size, box)
     shade = 1.0 + np.float32(rng.uniform(0.0, 0.4)) * (_ramp(_rotated(rng, size, box)[0]) - 0.5)
     return tex * shade[..., None]  # mild shading, as if lit from one side
 
@@ -329,13 +361,13 @@ def _unit_polygon(rng: np.random.Generator, cls: int) -> np.ndarray | None:
         ang = -np.pi / 2 + np.arange(3) * 2 * np.pi / 3 + rng.normal(0, 0.08, 3)
         return np.stack([np.cos(ang), np.sin(ang)], 1)
     if cls == 5:  # cross
-        w = rng.uniform(0.22, 0.34)
+        w = rng.uniform(0.28, 0.38)
         return np.array([
             (w, 1), (w, w), (1, w), (1, -w), (w, -w), (w, -1),
             (-w, -1), (-w, -w), (-1, -w), (-1, w), (-w, w), (-w, 1),
         ])  # fmt: skip
     if cls == 6:  # five-pointed star
-        inner = rng.uniform(0.42, 0.55)
+        inner = rng.uniform(0.5, 0.62)
         ang = -np.pi / 2 + np.arange(10) * np.pi / 5
         rad = np.where(np.arange(10) % 2 == 0, 1.0, inner)
         return np.stack([rad * np.cos(ang), rad * np.sin(ang)], 1)
@@ -343,10 +375,10 @@ def _unit_polygon(rng: np.random.Generator, cls: int) -> np.ndarray | None:
         ang = np.arange(6) * np.pi / 3
         return np.stack([np.cos(ang), np.sin(ang)], 1)
     if cls == 9:  # bar
-        w = rng.uniform(0.15, 0.24)
+        w = rng.uniform(0.2, 0.3)
         return np.array([(-1, -w), (1, -w), (1, w), (-1, w)])
     if cls == 10:  # diamond: an elongated rhombus
-        a = rng.uniform(0.45, 0.62)
+        a = rng.uniform(0.55, 0.7)
         return np.array([(0, -1), (a, 0), (0, 1), (-a, 0)])
     return None
 
@@ -367,11 +399,11 @@ def _shape_alpha(rng: np.random.Generator, cls: int, center: np.ndarray, radius:
     if cls in (1, 4, 8):  # disc, ring, crescent: circles
         _circle(canvas, center, radius)
         if cls == 4:
-            _circle(canvas, center, radius * rng.uniform(0.45, 0.65), 0)
+            _circle(canvas, center, radius * rng.uniform(0.4, 0.55), 0)
         elif cls == 8:
-            d = radius * rng.uniform(0.35, 0.55)
+            d = radius * rng.uniform(0.3, 0.45)
             off = np.array([np.cos(angle), np.sin(angle)]) * d
-            _circle(canvas, center + off, radius * rng.uniform(0.78, 0.9), 0)
+            _circle(canvas, center + off, radius * rng.uniform(0.7, 0.82), 0)
     else:
         pts = _unit_polygon(rng, cls) * np.array([1.0, rng.uniform(0.88, 1.0)])  # aspect jitter
         c, s = np.cos(angle), np.sin(angle)
@@ -416,21 +448,22 @@ def _stroke_alpha(rng: np.random.Generator, size: int, max_thickness: int = 3) -
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Background (no class): a muted texture, sometimes a second region, 0-2 distractors."""
     full = (0, size, 0, size)
-    img = _clutter_texture(rng, size, full, contrast=(0.2, 0.8))
-    if rng.random() < 0.6:  # a second region: half-plane or an irregular patch
+    img = _clutter_texture(rng, size, full, contrast=(0.1, 0.5), max_saturation=0.4)
+    if rng.random() < 0.4:  # a second region: half-plane or an irregular patch
         if rng.random() < 0.5:
             u, _ = _rotated(rng, size, full)
             region = u > rng.uniform(float(u.min()), float(u.max()))
         else:
             region = _smooth_noise(rng, (size, size), int(rng.integers(2, 6))) > rng.uniform(0.35, 0.65)
         alpha = cv2.GaussianBlur(region.astype(np.uint8) * 255, (0, 0), rng.uniform(0.5, 2.0))
-        _paint(img, alpha, lambda box: _clutter_texture(rng, size, box, contrast=(0.2, 0.8)))
-    for _ in range(int(rng.integers(1, 7))):  # distractors: blobs, strokes, specks
+        _paint(img, alpha, lambda box: _clutter_texture(rng, size, box, contrast=(0.1, 0.5), max_saturation=0.4))
+    for _ in range(int(rng.choice(len(DISTRACTORS_P), p=DISTRACTORS_P))):  # blobs, strokes, specks
         kind = rng.choice(("blob", "blob", "stroke", "stroke", "specks"))
         if kind == "blob":
             alpha = np.zeros((size, size), dtype=np.uint8)
-            radius = rng.uniform(0.04, 0.22) * size
+            radius = rng.uniform(0.04, 0.18) * size
             _poly(alpha, _blob_points(rng, rng.uniform(0, size, 2), radius))
             if rng.random() < 0.5:  # a translucent stain rather than a solid thing
                 alpha = (alpha * rng.uniform(0.3, 0.8)).astype(np.uint8)
@@ -444,19 +477,47 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return img
 
 
-def _choose_objects(rng: np.random.Generator, size: int) -> list[tuple[int, float]]:
-    """(class, radius) of each object, roughly largest first so small ones stay visible."""
-    n = int(rng.choice(len(OBJECT_COUNT_P), p=OBJECT_COUNT_P)) + 1
-    classes = [int(c) for c in rng.choice(np.arange(1, NUM_CLASSES + 1), size=n, replace=False)]
-    if rng.random() < P_DUPLICATE:
-        classes.append(classes[int(rng.integers(n))])
-    objects = []
+def _weighted_pick(rng: np.random.Generator, pool: list[tuple[int, float]]) -> int:
+    """One class of ``pool`` ((class, weight) pairs), drawn in proportion to its weight."""
+    w = np.array([wt for _, wt in pool])
+    return pool[int(rng.choice(len(pool), p=w / w.sum()))][0]
+
+
+def _choose_classes(rng: np.random.Generator) -> tuple[int, list[int]]:
+    """(scene, distinct classes) of one image: the common class or not, then scene classes."""
+    scene = int(rng.integers(len(SCENE_GROUPS)))
+    common = bool(rng.random() < P_COMMON)
+    classes = [COMMON_CLASS] if common else []
+    draws = int(rng.choice(4, p=SCENE_DRAWS_P[common]))
+    for _ in range(draws):
+        own = rng.random() < P_IN_SCENE
+        pool = [
+            (c, w)
+            for g, group in enumerate(SCENE_GROUPS)
+            if (g == scene) == own
+            for c, w in zip(group, SCENE_WEIGHTS)
+            if c not in classes
+        ]
+        if pool:
+            classes.append(_weighted_pick(rng, pool))
+    return scene, classes
+
+
+def _choose_objects(rng: np.random.Generator, size: int) -> tuple[int, list[tuple[int, float]]]:
+    """(scene, [(class, radius) of each object]), roughly largest first so small ones stay visible."""
+    scene, classes = _choose_classes(rng)
+    instances = []
     for cls in classes:
+        p = INSTANCES_P[cls == COMMON_CLASS]
+        instances += [cls] * (int(rng.choice(len(p), p=p)) + 1)
+    shrink = len(instances) ** -GROUP_SHRINK
+    objects = []
+    for cls in instances:
         lo = max(SIZE_RANGE[0], THIN_MIN_SIZE if cls in THIN_CLASSES else 0.0)
-        diameter = (lo + (SIZE_RANGE[1] - lo) * rng.random() ** 0.7) * size  # median ~33 %
+        diameter = (lo + (SIZE_RANGE[1] - lo) * rng.random() ** 0.8) * shrink * size
         objects.append((cls, diameter / 2))
     keys = [r * rng.uniform(0.6, 1.4) for _, r in objects]
-    return [objects[i] for i in np.argsort(keys, kind="stable")[::-1]]
+    return scene, [objects[i] for i in np.argsort(keys, kind="stable")[::-1]]
 
 
 def _render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -465,8 +526,9 @@ def _render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
     classes = [0]
     areas: list[int] = []
     min_pixels = max(6, int((0.03 * size) ** 2))
-    for cls, radius in _choose_objects(rng, size):
-        for _ in range(8):
+    scene, objects = _choose_objects(rng, size)
+    for cls, radius in objects:
+        for _ in range(10):
             margin = 0.4 * radius
             center = rng.uniform(margin, size - margin, 2)
             alpha = _shape_alpha(rng, cls, center, radius, size)
@@ -480,21 +542,21 @@ def _render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
             radius *= 0.85
         else:
             continue
-        if rng.random() < 0.3:  # soft drop shadow on whatever lies below
+        if rng.random() < 0.2:  # soft drop shadow on whatever lies below
             d = rng.uniform(0.05, 0.15) * radius  # light from the top left
             shift = np.float32([[1, 0, d], [0, 1, d]])
             shadow = cv2.warpAffine(alpha, shift, (size, size))
             shadow = cv2.GaussianBlur(shadow, (0, 0), max(0.8, 0.08 * radius))
             img *= (1.0 - shadow.astype(np.float32) * np.float32(rng.uniform(0.2, 0.5) / 255))[..., None]
         _paint(img, alpha, lambda box, cls=cls: _object_texture(rng, cls, size, box))
-        if rng.random() < 0.25:  # an outline in another colour
+        if rng.random() < 0.15:  # an outline in another colour
             edge = cv2.subtract(alpha, cv2.erode(alpha, np.ones((3, 3), np.uint8)))
             colour = _clutter_colour(rng)[0]
             _paint(img, edge, lambda box, c=colour: c)
         depth[mask] = len(classes)
         classes.append(cls)
         areas.append(int(np.count_nonzero(mask)))
-    if rng.random() < 0.2:  # background clutter crossing the objects (labelled 0)
+    if rng.random() < 0.1:  # background clutter crossing the objects (labelled 0)
         alpha = _stroke_alpha(rng, size, max_thickness=2)
         _paint(img, alpha, lambda box: _clutter_texture(rng, size, box))
         depth[alpha >= 128] = 0
@@ -507,14 +569,14 @@ def _render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
 
     # Photometric jitter: illumination gradient, contrast / brightness, blur, sensor noise.
     u = _ramp(_rotated(rng, size, (0, size, 0, size))[0]) - 0.5
-    img *= (1.0 + np.float32(rng.uniform(0.0, 0.5)) * u)[..., None]
+    img *= (1.0 + np.float32(rng.uniform(0.0, 0.3)) * u)[..., None]
     mean = img.mean()
-    img = (img - mean) * np.float32(rng.uniform(0.75, 1.2)) + mean + np.float32(rng.uniform(-20, 20))
-    if rng.random() < 0.3:
-        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 0.9))
-    img += rng.normal(0.0, rng.uniform(2.0, 8.0), img.shape).astype(np.float32)
+    img = (img - mean) * np.float32(rng.uniform(0.85, 1.15)) + mean + np.float32(rng.uniform(-12, 12))
+    if rng.random() < 0.2:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 0.8))
+    img += rng.normal(0.0, rng.uniform(1.0, 4.0), img.shape).astype(np.float32)
     image = np.clip(np.round(img), 0, 255).astype(np.uint8)
-    return image, label, {"instances": len(classes) - 1}
+    return image, label, {"instances": len(classes) - 1, "scene": scene}
 
 
 def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -650,6 +712,8 @@ def _build_meta(args: dict, stats: dict) -> dict:
         },
         "class_hues": {SYNTHETIC_CLASSES[c]: list(h) for c, h in CLASS_HUES.items()},
         "class_textures": {SYNTHETIC_CLASSES[c]: t for c, t in CLASS_TEXTURES.items()},
+        "common_class": SYNTHETIC_CLASSES[COMMON_CLASS],
+        "scene_groups": [[SYNTHETIC_CLASSES[c] for c in group] for group in SCENE_GROUPS],
         "stats": stats,
     }
 
@@ -774,13 +838,46 @@ def _write_dataset(out: Path, args: dict, verbose: bool, num_workers: int) -> No
     (out / "meta.json").write_text(json.dumps(_build_meta(args, stats), indent=2) + "\n")
 
 
+def _stale_version(root: Path) -> int | None:
+    """The format version of a synthetic dataset at root older than this code's, else None."""
+    meta = _read_meta(root)
+    version = None if meta is None else meta.get("format_version")
+    return version if isinstance(version, int) and version < FORMAT_VERSION else None
+
+
+def is_stale(root: str | os.PathLike) -> bool:
+    """Whether ``root`` holds a synthetic dataset of an older format version than this code's."""
+    return _stale_version(Path(root)) is not None
+
+
+def _replace_stale(root: Path, generate_kwargs: dict) -> Path:
+    """Regenerate a dataset of an older format in place: the old one is moved aside first and
+    deleted once the new one is there (restored if generating fails)."""
+    old = Path(tempfile.mkdtemp(prefix=f".{root.name}.stale-", dir=root.parent))
+    try:
+        os.replace(root, old / root.name)
+    except FileNotFoundError:  # another process moved it first; generate() copes with the race
+        pass
+    try:
+        generate(root, **generate_kwargs)
+    except BaseException:
+        if (old / root.name).exists() and not root.exists():
+            os.replace(old / root.name, root)
+        shutil.rmtree(old, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return root
+
+
 def ensure_synthetic(root: str | os.PathLike, **kwargs: Any) -> Path:
     """Generate the dataset at ``root`` if it is absent (or an empty directory), else validate it.
 
     ``kwargs`` are :func:`generate`'s (num_train, num_val, size, seed, verbose, num_workers).
     For an existing dataset, the arguments given must match its meta.json (those left out
     are not checked), so the Detectron2 layer can call ``ensure_synthetic(root)`` on
-    whatever the user generated.
+    whatever the user generated. A dataset written by an older format version of this
+    generator (a cache from an earlier checkout) is regenerated in place, with the arguments
+    given and the defaults for the rest: its old arguments described another generator.
     """
     allowed = set(DEFAULTS) | {"verbose", "num_workers"}
     unknown = sorted(set(kwargs) - allowed)
@@ -789,6 +886,11 @@ def ensure_synthetic(root: str | os.PathLike, **kwargs: Any) -> Path:
     root = Path(root)
     if not root.exists() or _is_empty_dir(root):
         return generate(root, **kwargs)
+    version = _stale_version(root)
+    if version is not None:
+        if kwargs.get("verbose", True):
+            print(f"{root} holds synthetic format {version}; regenerating it as format {FORMAT_VERSION}", file=sys.stderr)
+        return _replace_stale(root, kwargs)
     meta = validate(root)
     wanted = {k: kwargs[k] for k in DEFAULTS if k in kwargs}
     differ = {k: (meta["args"].get(k), v) for k, v in wanted.items() if meta["args"].get(k) != v}
