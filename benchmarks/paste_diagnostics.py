@@ -17,7 +17,7 @@ bank entries drawn with ``--seed``) and reports:
   labelled with a class of step t (and not pasted over) predicted as that class, and the
   mean per-pixel BCE (summed over channels) on pasted and on unpasted pixels.
 
-Predictions follow EIR_METHOD.md section 3: the best class score, or background when no
+Predictions follow METHOD.md section 3: the best class score, or background when no
 class score reaches 0.5. Core numbers, CPU, a minute for the defaults:
 
     python benchmarks/paste_diagnostics.py output/css_synthetic/4-2/eir/seed_0 --step 1 \\

@@ -1,7 +1,7 @@
 """Continual segmentation protocols: which classes each step learns, and label remapping.
 
 A task ``B-I`` puts the first B classes of the class order in step 0 and then I
-classes per step (EIR_METHOD.md, section 2); ``joint`` is one step with every
+classes per step (METHOD.md, section 2); ``joint`` is one step with every
 class. Everything else in the project asks the :class:`Task` which classes are
 new, old or seen at a step, which model channel holds a class, and how a
 dataset label is rewritten for training or testing at that step.

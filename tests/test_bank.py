@@ -1,4 +1,4 @@
-"""Tests of the instance bank: candidates, selection, entries, save / load (EIR_METHOD.md, section 5)."""
+"""Tests of the instance bank: candidates, selection, entries, save / load (METHOD.md, section 5)."""
 import json
 import zlib
 from collections import Counter, deque

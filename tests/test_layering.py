@@ -1,4 +1,4 @@
-"""The core layer must import with detectron2 and torchvision unavailable (DESIGN.md, Layers)."""
+"""The core layer must import with detectron2 and torchvision unavailable (README.md, Layout: core modules import neither)."""
 import subprocess
 import sys
 from pathlib import Path

@@ -25,7 +25,7 @@ def _logsumexp(values):
 
 
 # ---------------------------------------------------------------- references
-# Straightforward per-pixel loops in float64, written from EIR_METHOD.md section 4.
+# Straightforward per-pixel loops in float64, written from METHOD.md section 4.
 
 
 def _ref_pseudo_labels(labels, old_logits, threshold, old_channels):
@@ -130,7 +130,7 @@ def test_pseudo_labels_hand_worked():
             [0.0, 9.0, 9.0],  # label 3 is not background -> untouched
             [0.0, 9.0, 9.0],  # ignore -> untouched
             [10.0, 1.0, -1.0],  # channel 0 wins; class 1's sigmoid(1) = 0.731 >= 0.7 does not count
-            [_logit(0.95), _logit(0.75), _logit(0.20)],  # EIR_METHOD.md's example: stays 0
+            [_logit(0.95), _logit(0.75), _logit(0.20)],  # METHOD.md's example: stays 0
         ]
     ).T.reshape(1, 3, 1, 6)
     out = pseudo_labels(labels, old, threshold=0.7)

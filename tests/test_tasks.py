@@ -1,4 +1,4 @@
-"""Tests of eir.tasks against the protocol table of EIR_METHOD.md section 2, written out by hand."""
+"""Tests of eir.tasks against the protocol table of METHOD.md section 2, written out by hand."""
 import json
 import pickle
 

@@ -1,4 +1,4 @@
-"""EIR's own knobs (EIR_METHOD.md sections 4-6), with the paper's defaults."""
+"""EIR's own knobs (METHOD.md sections 4-6), with the paper's defaults."""
 from detectron2.config import LazyCall as L
 
 from eir.data.paste import PasteConfig

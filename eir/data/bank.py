@@ -1,4 +1,4 @@
-"""The instance bank: EIR's replay memory (EIR_METHOD.md, section 5).
+"""The instance bank: EIR's replay memory (METHOD.md, section 5).
 
 When step t ends, the bank is rebuilt from the previous bank's entries and the
 step's *candidates* (training images whose every present class forms exactly

@@ -23,7 +23,7 @@ costs more than it helps, and the mapper reports sizes of what it returns.
 Labels are class ids as in the rest of the project (0 background, 255 ignore).
 :func:`class_presence` reads every label once (cached) to know which classes an
 image has; :func:`step_dataset_dicts` then selects a step's training or test
-images (EIR_METHOD.md section 2) and :func:`replay_dataset_dicts` joins the
+images (METHOD.md section 2) and :func:`replay_dataset_dicts` joins the
 bank's entries to the training set.
 """
 from __future__ import annotations

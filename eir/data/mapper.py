@@ -1,6 +1,6 @@
 """EIRDatasetMapper: a dataset dict -> the tensors one training or evaluation sample needs.
 
-Also the augmentations of EIR's recipe (EIR_METHOD.md section 8), as Detectron2
+Also the augmentations of EIR's recipe (METHOD.md section 8), as Detectron2
 ``Augmentation`` objects: :func:`build_train_augmentations` (random resized crop
 with torchvision's semantics, then horizontal flip) and :func:`build_test_augmentations`
 (shorter side 512, then a centre crop of 512, or full resolution).

@@ -1,4 +1,4 @@
-"""Instance pasting: EIR's step-6 augmentation (EIR_METHOD.md section 6).
+"""Instance pasting: EIR's step-6 augmentation (METHOD.md section 6).
 
 Old-class instances from the bank are pasted into the free background of a
 training crop, so old classes keep real labels in new images. The five steps:
@@ -54,7 +54,7 @@ _FEW_CELLS = 64
 
 @dataclass
 class PasteConfig:
-    """Pasting hyperparameters, defaults from the paper (EIR_METHOD.md sections 6 and 8).
+    """Pasting hyperparameters, defaults from the paper (METHOD.md sections 6 and 8).
 
     ``cell_size`` is S for a 512 x 512 crop; it scales with the crop (use
     :meth:`scaled_to` for another crop size, e.g. S = 125 for 256 crops), so a
@@ -255,7 +255,7 @@ def choose_classes(
     The found classes that have bank entries (in ``available``) come first.
     When fewer than ``cfg.min_found`` remain, random old classes are drawn
     uniformly, with replacement, over all old classes with bank entries, until
-    ``cfg.fallback_total`` instances in total. Decision (EIR_METHOD.md section 6):
+    ``cfg.fallback_total`` instances in total. Decision (METHOD.md section 6):
     every old class can be drawn, the last one included.
     """
     avail = {int(c) for c in available}

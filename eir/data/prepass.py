@@ -1,7 +1,7 @@
 """The prepass artifact: what the old model sees in each training image of a step.
 
 At the start of an incremental step t the frozen old model (step t-1) runs once
-over step t's training images (EIR_METHOD.md section 6, implementation choice).
+over step t's training images (METHOD.md section 6, implementation choice).
 Per image it leaves a low-resolution pseudo-label map: uint8 class ids, where the
 step label is 0 the old class whose sigmoid score is the highest of all old channels
 (the background channel included) and at least tau, and 0 (nothing detected)

@@ -1,6 +1,6 @@
 """The prepass: the old model's pseudo-labels over a step's training images, once per step.
 
-Pasting (EIR_METHOD.md section 6) needs, for every training image, the old classes the old
+Pasting (METHOD.md section 6) needs, for every training image, the old classes the old
 model finds in the image's background. Running the old model once at the start of the step
 and storing a low-resolution map lets the data loader paste on the CPU; the map is
 transformed with the same augmentation as the image.

@@ -1,6 +1,6 @@
 """ContinualRunner: every step of a continual task, from one config, resumable.
 
-For each step t (DESIGN.md, "Data flow of one incremental step"):
+For each step t:
 
 1. build the step-t model; at t > 0 load step t-1's weights, add the new classifier, freeze
    BatchNorm; build the frozen old model from the same config at step t-1;
@@ -89,7 +89,7 @@ def resolve_device(name: str) -> torch.device:
 def build_step_model(cfg, task: Task, step: int, device) -> torch.nn.Module:
     """Instantiate ``cfg.model`` with the head and channel layout of ``step``.
 
-    At steps after the first, BatchNorm is frozen (EIR_METHOD.md section 3) so that a step's
+    At steps after the first, BatchNorm is frozen (METHOD.md section 3) so that a step's
     checkpoint loads into a model built here without key mismatches.
     """
     task.check_step(step)

@@ -1,6 +1,6 @@
 """EIRTrainer: Detectron2's AMPTrainer whose step trains with the frozen old model.
 
-One iteration (EIR_METHOD.md section 4):
+One iteration (METHOD.md section 4):
 
 1. take a batch from the mapper (images with pasted old-class instances, labels, paste maps);
 2. forward the new model (through DDP when distributed) to logits in channel space;

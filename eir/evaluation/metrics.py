@@ -1,4 +1,4 @@
-"""Confusion matrix and the continual-segmentation summary (EIR_METHOD.md, section 7).
+"""Confusion matrix and the continual-segmentation summary (projects/EIR/METHOD.md, section 7).
 
 Core module: torch and numpy only. Class ids, not model channels: 0 = background,
 255 = ignore, 1..K-1 dataset classes.

@@ -1,6 +1,6 @@
 """The DeepLabV3 ResNet body, built from Detectron2's ResNet pieces (Detectron2 layer).
 
-EIR (EIR_METHOD.md section 3) uses a ResNet-101 at output stride 16: res5 is not
+EIR (METHOD.md section 3) uses a ResNet-101 at output stride 16: res5 is not
 strided but dilated by 2. Output stride 8 (res4 dilated by 2, res5 by 4, as in DeepLab)
 suits small inputs such as the synthetic dataset's 128-pixel images. The blocks are Detectron2's ``BottleneckBlock`` (it takes a
 dilation; the R18/R34 ``BasicBlock`` does not), with the stride in the 3x3 conv

@@ -1,6 +1,6 @@
 """Incremental DeepLabV3 head: ASPP, one 3x3 conv, and one 1x1 classifier per step (Detectron2 layer).
 
-EIR_METHOD.md section 3. Output channel 0 is an auxiliary background classifier fed
+METHOD.md section 3. Output channel 0 is an auxiliary background classifier fed
 the *detached* feature (its BCE term trains only itself, never the body); then one
 block of channels per step, in task order. All outputs are sigmoid logits.
 

@@ -1,4 +1,4 @@
-"""EIR's training targets and losses (EIR_METHOD.md, section 4), in channel space.
+"""EIR's training targets and losses (METHOD.md, section 4), in channel space.
 
 Core module: torch only. Logits are [N, C, H, W] with channel 0 the auxiliary
 background and the classes in task order after it; labels are [N, H, W] long
@@ -50,7 +50,7 @@ def pseudo_labels(
     """Fill background pixels with the old model's confident class (a new tensor).
 
     The argmax runs over all old channels 0..old_channels-1, channel 0 (the auxiliary
-    background) included (EIR_METHOD.md section 4, Decision): where `labels` is 0 and
+    background) included (METHOD.md section 4, Decision): where `labels` is 0 and
     that argmax is an old class channel (not 0) whose sigmoid score is >= `threshold`,
     the label becomes that channel (old channels keep their index in the new model
     since heads are appended). Where channel 0 scores highest (ties included) the pixel

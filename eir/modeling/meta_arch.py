@@ -1,6 +1,6 @@
 """EIR segmentor (Detectron2 meta-architecture) and the helpers that grow it step by step.
 
-EIR_METHOD.md section 3. The model holds no loss: in training mode it returns the
+METHOD.md section 3. The model holds no loss: in training mode it returns the
 channel-space logits and the trainer (eir/engine) builds targets and losses from the
 batch. In eval mode it follows Detectron2's ``[{"sem_seg": scores}]`` convention with
 scores in class-id order arranged so that ``argmax`` is EIR's sigmoid rule, so
@@ -380,7 +380,7 @@ def build_param_groups(
     step: int,
     head_lr_mult: float = 10.0,
 ) -> List[Dict[str, Any]]:
-    """Parameter groups for ``torch.optim.SGD`` (EIR_METHOD.md section 3).
+    """Parameter groups for ``torch.optim.SGD`` (METHOD.md section 3).
 
     Groups (empty ones dropped; each parameter once; ``requires_grad=False`` excluded):
     "backbone" at ``base_lr``; "head" (ASPP, 3x3 conv, aux and older classifiers) and

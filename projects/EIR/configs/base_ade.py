@@ -1,4 +1,4 @@
-"""EIR on ADE20K: the paper's recipe (EIR_METHOD.md section 8).
+"""EIR on ADE20K: the paper's recipe (METHOD.md section 8).
 
 Task files in ade/ import this and set ``task.name``.
 """

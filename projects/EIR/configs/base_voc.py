@@ -1,4 +1,4 @@
-"""EIR on Pascal VOC 2012 (augmented): the paper's recipe (EIR_METHOD.md section 8).
+"""EIR on Pascal VOC 2012 (augmented): the paper's recipe (METHOD.md section 8).
 
 Task files in voc/ import this and set ``task.name`` / ``task.setting``.
 """
@@ -12,7 +12,7 @@ from ....configs.common.train import train
 task = dict(
     dataset="voc",  # "voc", "ade" or "synthetic" (eir.tasks.DATASETS)
     name="15-1",  # "B-I" (B classes first, then steps of I) or "joint"
-    setting="overlap",  # "overlap" or "disjoint" (EIR_METHOD.md section 2)
+    setting="overlap",  # "overlap" or "disjoint" (METHOD.md section 2)
     order=None,  # None (class-id order) or a permutation of the class ids
 )
 
