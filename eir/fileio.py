@@ -8,6 +8,7 @@ owner-only ones of :func:`tempfile.mkstemp`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -71,3 +72,12 @@ def remove_temp_files(root: str | os.PathLike, keep_prefix: str | None = None) -
                 path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -31,7 +31,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from eir.fileio import atomic_write
+from eir.fileio import atomic_write, sha256_file
 
 __all__ = ["PrepassStore", "StalePrepassError", "prepass_key", "FORMAT", "VERSION"]
 
@@ -41,14 +41,6 @@ VERSION = 2  # 2: the header holds the key
 
 class StalePrepassError(ValueError):
     """A prepass file that another configuration, old model or image list produced."""
-
-
-def _sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def prepass_key(
@@ -70,7 +62,7 @@ def prepass_key(
         "stride": int(stride),
         "short_side": int(short_side),
         "pseudo_label_rule": str(rule),
-        "old_checkpoint_sha256": _sha256_file(old_checkpoint),
+        "old_checkpoint_sha256": sha256_file(old_checkpoint),
         "images_sha256": images.hexdigest(),
     }
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime
 import difflib
-import hashlib
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from eir.fileio import atomic_write_json, atomic_write_text
+from eir.fileio import atomic_write_json, atomic_write_text, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -243,14 +242,6 @@ def check_override_keys(cfg, overrides: Iterable[str]) -> None:
 
 
 # --------------------------------------------------------------------------- DONE records
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_done(step_dir: Path, message: str, artifacts: Iterable[str]) -> None:
