@@ -1,15 +1,22 @@
 """Atomic file writes: every artifact goes to a temporary name and is renamed into place.
 
 A crash (or a killed job) therefore leaves either the previous file or the new one, never a
-truncated file that a rerun would mistake for a finished artifact.
+truncated file that a rerun would mistake for a finished artifact; what a killed write leaves
+under a temporary name is removed by :func:`remove_temp_files` when the next run starts.
+Files get the permissions ``open()`` would give them (0o666 less the umask), not the
+owner-only ones of :func:`tempfile.mkstemp`.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
@@ -18,14 +25,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # e.g. a full disk: say which file
+            raise OSError(e.errno, f"{e.strerror or e}; {path} was not written (its previous version, if any, is kept)") from e
         raise
     return path
 
@@ -36,3 +46,28 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a temporary name of an interrupted write: :func:`atomic_write`'s
+    ``.NAME.*.tmp`` files, and the bank's ``.NAME.tmp-*`` / ``.NAME.old-*`` folders."""
+    return name.startswith(".") and (name.endswith(".tmp") or ".tmp-" in name or ".old-" in name)
+
+
+def remove_temp_files(root: str | os.PathLike, keep_prefix: str | None = None) -> list[Path]:
+    """Delete what killed writes left under ``root`` (see :func:`is_temp_name`); returns the
+    paths removed. Call it only while no other process writes there. Names starting with
+    ``keep_prefix`` are left alone."""
+    removed = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in list(dirnames) + filenames:
+            if not is_temp_name(name) or (keep_prefix and name.startswith(keep_prefix)):
+                continue
+            path = Path(dirpath) / name
+            if name in dirnames:
+                dirnames.remove(name)
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

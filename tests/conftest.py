@@ -53,3 +53,48 @@ def synthetic_datasets(root, num_train, num_val, size=128):
             os.environ.pop("DETECTRON2_DATASETS", None)
         else:
             os.environ["DETECTRON2_DATASETS"] = old
+
+
+#: Overrides of a tiny two-step synthetic run (task 8-2, 48-pixel images), for end-to-end tests
+#: of tools/train_net.py that start, kill and rerun it; a step takes a second or two on a CPU.
+TINY_RUN = [
+    "task.name=8-2",
+    "dataloader.train.total_batch_size=4",
+    "dataloader.train.num_workers=0",
+    "dataloader.test.num_workers=0",
+    "dataloader.train.augmentations.crop_size=48",
+    "eir.memory=6",
+    "eir.paste.cell_size=24",
+    "eir.prepass.short_side=48",
+    "schedule.max_iter=60",
+    "train.checkpointer.period=10",
+    "train.device=cpu",
+    "train.log_period=5",
+]
+
+
+def tiny_datasets(root):
+    """:func:`synthetic_datasets` sized for :data:`TINY_RUN` (48 training, 8 validation images)."""
+    return synthetic_datasets(root, 48, 8, size=48)
+
+
+def train_net_command(output_dir, *overrides):
+    """The tools/train_net.py command of the :data:`TINY_RUN` into ``output_dir``."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    return [
+        sys.executable, str(root / "tools/train_net.py"), *TINY_RUN, f"train.output_dir={output_dir}", *overrides,
+    ]
+
+
+def tiny_cfg(output_dir, *overrides):
+    """The LazyConfig of the :data:`TINY_RUN` into ``output_dir`` (for in-process runs)."""
+    from pathlib import Path
+
+    from detectron2.config import LazyConfig
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = LazyConfig.load(str(root / "projects/EIR/configs/synthetic/4-2_overlap.py"))
+    return LazyConfig.apply_overrides(cfg, [*TINY_RUN, f"train.output_dir={output_dir}", *overrides])

@@ -209,7 +209,7 @@ def test_run_ends_with_both_figures(tiny_run):
 @requires_detectron2
 @pytest.mark.slow
 def test_forgetting_figure_shows_each_steps_model_on_the_chosen_images(tiny_run, metadata):
-    from eir.data.datasets import read_image_rgb, read_label
+    from eir.data.io import read_image, read_label
     from eir.evaluation.prediction_figure import (
         grid_panels,
         predict,
@@ -233,7 +233,7 @@ def test_forgetting_figure_shows_each_steps_model_on_the_chosen_images(tiny_run,
     dicts, _ = runner.test_data(task.num_steps - 1)
     by_id = {d["image_id"]: d for d in dicts}
     for r, image_id in enumerate(grid.image_ids):
-        np.testing.assert_array_equal(grid.images[r], read_image_rgb(val / "JPEGImages" / f"{image_id}.jpg"))
+        np.testing.assert_array_equal(grid.images[r], read_image(val / "JPEGImages" / f"{image_id}.jpg"))
         assert len(grid.labels[r]) == 1 + len(grid.steps)
         np.testing.assert_array_equal(grid.labels[r][0], raw[image_id])
     for t in grid.steps:

@@ -7,8 +7,11 @@
     python tools/train_net.py --config-file ... --eval-only train.step=5 [train.eval_checkpoint=PATH]
     python tools/train_net.py --config-file ... --num-gpus 8
 
-Overrides are LazyConfig ``key=value`` pairs. Rerunning a command skips finished steps and
-resumes an interrupted one from its last checkpoint (``--resume`` is implied).
+Overrides are LazyConfig ``key=value`` pairs; a key the config lacks is an error. Rerunning a
+command skips finished steps and resumes an interrupted one from its last checkpoint, exactly
+(``--resume`` is implied). One command at a time per output folder (``run.lock``); a rerun
+whose config differs from the folder's (``run_config.json``) is refused unless it adds
+``train.allow_config_change=True``. Every check runs before anything is written.
 """
 import logging
 import sys
@@ -23,6 +26,7 @@ from detectron2.evaluation import print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from eir.engine.run_folder import check_override_keys
 from eir.engine.runner import ContinualRunner
 from eir.evaluation.evaluator import detectron2_results
 
@@ -33,22 +37,25 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "projects/EIR/configs/syn
 
 def main(args):
     cfg = LazyConfig.load(args.config_file)
+    check_override_keys(cfg, args.opts)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
-    if not args.eval_only:
-        default_setup(cfg, args)
-        setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="eir")
-    else:
+    runner = ContinualRunner(cfg)  # checks the config; writes nothing
+    if args.eval_only:
         # Evaluation writes nothing into the run's folder, not even config.yaml.
         setup_logger(distributed_rank=comm.get_rank())
         setup_logger(distributed_rank=comm.get_rank(), name="eir")
-    runner = ContinualRunner(cfg)
-    if args.eval_only:
         if cfg.train.step is None:
             raise SystemExit("--eval-only needs the step to evaluate: add train.step=T")
         summary = runner.evaluate_checkpoint(int(cfg.train.step), cfg.train.eval_checkpoint or None)
         print_csv_format({"sem_seg": detectron2_results(summary)})
         return summary
-    return runner.run()
+    runner.claim_output_dir()  # the lock, task.json and run_config.json: before config.yaml and log.txt
+    try:
+        default_setup(cfg, args)
+        setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="eir")
+        return runner.run()
+    finally:
+        runner.release_output_dir()
 
 
 def invoke_main() -> None:

@@ -14,4 +14,5 @@ train = dict(
     checkpointer=dict(period=1000, max_to_keep=2),  # periodic checkpoints within a step
     log_period=20,  # iterations between log lines
     seed=0,  # seeds sampling, augmentation, pasting and bank selection
+    allow_config_change=False,  # True: continue a run folder whose recorded config differs
 )

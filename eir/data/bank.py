@@ -65,6 +65,11 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+#: How to rebuild a damaged bank of a run: rerunning alone skips the finished step.
+_REBUILD = (
+    "a run's step does: delete the bank folder and that step's DONE marker, then rerun "
+    "(the step's weights are kept, only its metrics and bank are made again)"
+)
 ENTRIES_DIR = "entries"
 STORAGE_MODES = ("instance", "image")
 # Normalisation mean colour (RGB), the flat background of replayed instances.
@@ -752,7 +757,7 @@ class InstanceBank:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(
                 f"bank manifest {manifest_path} is not valid JSON ({exc}): the bank is corrupt; "
-                "rebuild it by rerunning the step that wrote it"
+                f"rebuild it as {_REBUILD}"
             ) from exc
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
         if not isinstance(manifest, dict) or manifest.get("kind") != _KIND:
@@ -816,7 +821,7 @@ class InstanceBank:
         if counts != bank.class_counts() or manifest["nbytes"] != bank.nbytes:
             raise ValueError(
                 f"bank at {folder}: per-class counts or byte size in {MANIFEST} do not match the "
-                f"entries: the bank is corrupt; rebuild it by rerunning step {bank_step}"
+                f"entries: the bank is corrupt; rebuild it as {_REBUILD}"
             )
         return bank
 
@@ -828,19 +833,19 @@ class InstanceBank:
             if not path.is_file():
                 raise FileNotFoundError(
                     f"bank at {folder} is incomplete: {record[f'{kind}_file']} listed in {MANIFEST} "
-                    f"is missing; rebuild the bank by rerunning step {bank_step}"
+                    f"is missing; rebuild it as {_REBUILD}"
                 )
             data = path.read_bytes()
             if len(data) != record[f"{kind}_bytes"] or zlib.crc32(data) != record[f"{kind}_crc32"]:
                 raise ValueError(
                     f"bank at {folder} is corrupt: {record[f'{kind}_file']} does not match its size "
-                    f"and checksum in {MANIFEST}; rebuild the bank by rerunning step {bank_step}"
+                    f"and checksum in {MANIFEST}; rebuild it as {_REBUILD}"
                 )
             array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
             if array is None:
                 raise ValueError(
                     f"bank at {folder} is corrupt: {record[f'{kind}_file']} is not a readable PNG; "
-                    f"rebuild the bank by rerunning step {bank_step}"
+                    f"rebuild it as {_REBUILD}"
                 )
             arrays[kind] = array
         shape = tuple(record["shape"])
@@ -848,7 +853,7 @@ class InstanceBank:
         if image.shape != (*shape, 3) or label.shape != shape or label.dtype != np.uint8:
             raise ValueError(
                 f"bank at {folder} is corrupt: entry {record['index']} does not have the shape "
-                f"{shape} of {MANIFEST}; rebuild the bank by rerunning step {bank_step}"
+                f"{shape} of {MANIFEST}; rebuild it as {_REBUILD}"
             )
         return BankEntry(
             image=cv2.cvtColor(image, cv2.COLOR_BGR2RGB),

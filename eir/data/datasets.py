@@ -34,6 +34,7 @@ import eir.require_detectron2  # noqa: F401  (first: says how to install a missi
 import hashlib
 import logging
 import os
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -306,9 +307,9 @@ def class_presence(
                         table = z["presence"].astype(bool)
                         if table.shape == (len(files), num_classes + 1):
                             return table
-            except (KeyError, ValueError, OSError):
+            except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile):
                 pass
-            logger.info("class-presence cache %s does not match the dataset; recomputing", cache_file)
+            logger.info("class-presence cache %s does not match the dataset or is damaged; recomputing", cache_file)
 
     def row(path: str) -> np.ndarray:
         return _presence_row(path, num_classes)

@@ -9,18 +9,24 @@ wrong pixels in another. So all of them read through :func:`read_image` and
   is displayed), and they are returned as HxWx3 uint8 RGB;
 * labels are returned as HxW uint8 holding their stored values: a palette (``P``) PNG gives
   its palette indices, never colours; a grayscale PNG gives its grey levels. An EXIF
-  orientation, if a label file carries one, is applied too, as Detectron2 does.
+  orientation, if a label file carries one, is applied too, as Detectron2 does;
+* a truncated JPEG or PNG (its end marker missing: decoders fill the lost part with grey, or
+  decode it without a word) and a file that does not decode are errors naming the file.
 
 Core layer: PIL and NumPy only.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["LABEL_MODES", "check_same_size", "read_image", "read_label"]
+__all__ = ["LABEL_MODES", "check_same_size", "read_image", "read_label", "truncated_image"]
 
 #: PIL modes accepted for label files: palette and single-channel integer images.
 LABEL_MODES = ("P", "L", "I", "I;16")
@@ -50,13 +56,32 @@ def _apply_exif_orientation(im: Image.Image) -> Image.Image:
     return im if method is None else im.transpose(method)
 
 
-def _open(path: str | os.PathLike, what: str) -> Image.Image:
+def truncated_image(data: bytes) -> bool:
+    """Whether a JPEG or PNG file's bytes lack their end marker."""
+    if data[:2] == b"\xff\xd8":  # JPEG: ends with EOI (FFD9), possibly followed by padding
+        return not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
+    if data[:8] == b"\x89PNG\r\n\x1a\n":  # PNG: ends with the IEND chunk
+        return b"IEND" not in data[-12:]
+    return False
+
+
+@contextlib.contextmanager
+def _open(path: str | os.PathLike, what: str) -> Iterator[Image.Image]:
+    """The decoded file; a missing, truncated or undecodable one is an error naming it."""
     try:
-        return Image.open(path)
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} file {path} not found") from None
+    if truncated_image(data):
+        raise ValueError(f"{what} {path} is truncated (its end is missing): restore the file")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            yield im
     except UnidentifiedImageError:
         raise ValueError(f"{what} file {path} is not an image PIL can read") from None
+    except (OSError, SyntaxError) as e:  # PIL: "image file is truncated", "broken PNG file", ...
+        raise ValueError(f"{what} {path} cannot be decoded ({e}): the file is damaged; restore it") from e
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

@@ -39,6 +39,7 @@ __all__ = [
     "build_test_augmentations",
     "build_train_augmentations",
     "IMAGENET_MEAN",
+    "POSITION_KEY",
 ]
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,9 @@ IGNORE_LABEL = 255
 #: Training-crop windows: "fit" (the recipe: inside the image) or "pad" (a variant, see
 #: :class:`RandomResizedCropPad`).
 CROP_MODES = ("fit", "pad")
+#: Key of a training dict's position in the step's sample stream (set by
+#: :class:`eir.engine.sampling.PositionedDataset`); it seeds the sample's random draws.
+POSITION_KEY = "eir_position"
 
 
 # --------------------------------------------------------------------------- augmentations
@@ -360,11 +364,14 @@ class EIRDatasetMapper:
        ``image_id`` (and ``bank_index`` for replayed entries).
 
     Randomness (reproducible): each call draws from its own
-    ``numpy.random.Generator`` seeded by ``SeedSequence([seed, rank, worker id + 1,
-    n, crc32(image_id)])``, where ``n`` counts this mapper copy's calls (each data-loader
-    worker holds its own copy). Detectron2's sampler is seeded, so a run with the same
-    seed, number of GPUs and number of workers sees the same crops, flips and pastes;
-    resuming from a checkpoint restarts the counters, so a resumed run draws afresh.
+    ``numpy.random.Generator``. A training dict from the runner's loader carries its
+    position ``p`` in the step's sample stream (:data:`POSITION_KEY`,
+    :mod:`eir.engine.sampling`); its generator is seeded by ``SeedSequence([seed, step, p,
+    crc32(image_id)])``, so the crops, flips and pastes of a sample depend on the run's
+    seed, the step and where the sample falls in the stream only: not on the number of
+    GPUs or workers, nor on whether the step was resumed. A dict without a position
+    (the mapper called directly) uses ``n``, the count of this mapper copy's calls, in
+    place of ``p`` (with the rank and worker id).
     The bank lives in memory; no file is read per sample except the image and label.
     """
 
@@ -475,10 +482,13 @@ class EIRDatasetMapper:
 
     # ----------------------------------------------------------------- helpers
     def sample_rng(self, dataset_dict: dict) -> np.random.Generator:
-        """The generator of the next call (advances the call counter)."""
+        """The generator of one call: from the dict's stream position, else the call counter."""
+        key = zlib.crc32(str(dataset_dict.get("image_id", "")).encode("utf-8"))
+        position = dataset_dict.get(POSITION_KEY)
+        if position is not None:
+            return np.random.default_rng([self.seed & 0xFFFFFFFF, self.step, int(position), key])
         worker = torch.utils.data.get_worker_info()
         worker_id = worker.id + 1 if worker is not None else 0
-        key = zlib.crc32(str(dataset_dict.get("image_id", "")).encode("utf-8"))
         ss = np.random.SeedSequence([self.seed & 0xFFFFFFFF, self._rank, worker_id, self._calls, key])
         self._calls += 1
         return np.random.default_rng(ss)

@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -315,7 +316,7 @@ class PrepassStore:
             with np.load(path, allow_pickle=False) as z:
                 header = json.loads(z["header"].tobytes().decode("utf-8"))
                 arrays = {k: z[k] for k in ("data", "offsets", "shapes", "ids")}
-        except (KeyError, ValueError, OSError, json.JSONDecodeError) as e:
+        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
             raise ValueError(
                 f"{path} is not a prepass file written by PrepassStore.save ({e}); delete it to "
                 "have the prepass recomputed"

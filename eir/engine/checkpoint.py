@@ -10,6 +10,7 @@ import eir.require_detectron2  # noqa: F401  (first: says how to install a missi
 
 # isort: split
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -40,13 +41,72 @@ class StepCheckpointer(DetectionCheckpointer):
         atomic_write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
+    def _load_file(self, filename: str):
+        try:
+            data = super()._load_file(filename)
+        except Exception as e:
+            raise ValueError(
+                f"checkpoint {filename} cannot be read ({type(e).__name__}: {e}); it is damaged: "
+                "delete it to resume from the step's previous checkpoint (or from the step's start)"
+            ) from e
+        if data.get("eir") is not None and _normalise(data["eir"]) != _normalise(self.eir_tag):
+            raise ValueError(
+                f"{filename} belongs to {_describe(data['eir'])}, not {_describe(self.eir_tag)}: "
+                "move it out of the step's folder"
+            )
+        return data
+
+    def resume_from(self, path: Path) -> None:
+        """Load weights and trainer state (iteration, optimizer, schedule) of the checkpoint
+        ``path`` named ``model_<iteration>.pth`` (see :func:`latest_checkpoint`)."""
+        self.load(str(path))
+        iteration = int(_CHECKPOINT_NAME.fullmatch(Path(path).name).group(1))
+        trainer = self.checkpointables.get("trainer")
+        if trainer is not None and trainer.iter != iteration:
+            raise ValueError(
+                f"checkpoint {path} holds the state after iteration {trainer.iter}, not {iteration} as "
+                "its name says: delete it to resume from the previous checkpoint"
+            )
+
+
+_CHECKPOINT_NAME = re.compile(r"model_(\d+)\.pth")
+
+
+def periodic_checkpoints(step_dir) -> list[Path]:
+    """The periodic checkpoints (``model_<iteration>.pth``) in ``step_dir``, oldest first."""
+    found = []
+    for path in Path(step_dir).glob("model_*.pth"):
+        m = _CHECKPOINT_NAME.fullmatch(path.name)
+        if m:
+            found.append((int(m.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(step_dir) -> tuple[Path, int] | None:
+    """The periodic checkpoint of the latest iteration in ``step_dir`` and that iteration.
+
+    Chosen by file name rather than Detectron2's ``last_checkpoint`` (which is written in
+    place and names one file only), so deleting a damaged checkpoint falls back to the one
+    before it."""
+    found = periodic_checkpoints(step_dir)
+    if not found:
+        return None
+    return found[-1], int(_CHECKPOINT_NAME.fullmatch(found[-1].name).group(1))
+
 
 def read_step_checkpoint(path, task: Task, step: int) -> dict:
     """The model state dict of a runner checkpoint, after checking it belongs to (task, step)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    data = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(
+            f"{path} cannot be read as a checkpoint ({type(e).__name__}: {e}): it is damaged or not a "
+            "checkpoint. For a step's model_final.pth: delete it and that step's DONE, then rerun to "
+            "train the step again"
+        ) from e
     tag = data.get("eir") if isinstance(data, dict) else None
     if tag is None:
         raise ValueError(

@@ -9,7 +9,8 @@ One iteration (EIR_METHOD.md section 4):
 4. soft targets (one-hot, blended with the pasted instances' alphas), BCE + RSKD, backward.
 
 Step 0 (and a run with neither pseudo-labels nor distillation) has no old model and
-trains with BCE alone. The trainer holds no algorithm of its
+trains with BCE alone. torch's generator (dropout) is seeded from (seed, step, iteration)
+before each forward pass, so a step resumed at iteration i draws what the uninterrupted one did. The trainer holds no algorithm of its
 own: targets and losses come from :mod:`eir.modeling.losses`.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from detectron2.engine import AMPTrainer
 from torch.nn.parallel import DistributedDataParallel
 
+from eir.engine.sampling import derived_seed
 from eir.modeling.losses import (
     bce_loss,
     distillation_mask,
@@ -69,6 +71,8 @@ class EIRTrainer(AMPTrainer):
         rskd_mask, rskd_normalize: see :func:`eir.modeling.losses.distillation_mask` and
             :func:`eir.modeling.losses.rskd_loss`.
         amp: use mixed precision (float16 with a grad scaler on CUDA, bfloat16 on CPU).
+        seed: the run's seed; torch's generator is seeded from (seed, step, iteration) before
+            each forward pass. None leaves torch's generator alone.
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class EIRTrainer(AMPTrainer):
         rskd_mask: str = "not_new",
         rskd_normalize: str = "mask",
         amp: bool = True,
+        seed: int | None = None,
         gather_metric_period: int = 1,
     ):
         device = unwrap(model).device
@@ -106,6 +111,7 @@ class EIRTrainer(AMPTrainer):
         self.old_model = old_model
         self.device = device
         self.amp = amp
+        self.seed = seed
         self.tau = tau
         self.w_bce = w_bce
         self.w_kd = w_kd
@@ -157,6 +163,9 @@ class EIRTrainer(AMPTrainer):
         start = time.perf_counter()
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
+        if self.seed is not None:
+            # After the batch is taken: creating the loader's iterator draws from this generator.
+            torch.manual_seed(derived_seed(self.seed, self.step, self.iter) % 2**31)
 
         if self.zero_grad_before_forward:
             self.optimizer.zero_grad()

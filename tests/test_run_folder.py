@@ -1,0 +1,305 @@
+"""One run per output folder, and a folder's artifacts checked before they are trusted.
+
+The lock (two processes, a dead holder), the recorded config (a changed config is refused,
+naming the keys, and the refused command writes nothing), unknown override keys, a step
+marked done without or with damaged artifacts, damaged checkpoints, banks and prepass
+files (each named, with advice that works), and the clean-up of killed writes. The folder
+tests work on copies of one tiny two-step run (tests/conftest.py).
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+from conftest import requires_detectron2, tiny_cfg, tiny_datasets, train_net_command
+
+
+def run_folder():
+    from eir.engine import run_folder
+
+    return run_folder
+
+# --------------------------------------------------------------------------- lock (no Detectron2)
+
+
+def test_lock_refuses_a_second_claim_naming_the_holder(tmp_path):
+    RunLock, RunFolderError = run_folder().RunLock, run_folder().RunFolderError
+    first = RunLock(tmp_path)
+    first.acquire()
+    held = json.loads((tmp_path / "run.lock").read_text())
+    assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
+    with pytest.raises(RunFolderError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
+        RunLock(tmp_path).acquire()
+    first.release()
+    assert not (tmp_path / "run.lock").exists()
+    second = RunLock(tmp_path)
+    second.acquire()
+    second.release()
+
+
+def test_lock_of_a_dead_process_is_taken_over(tmp_path):
+    RunLock, RunFolderError = run_folder().RunLock, run_folder().RunFolderError
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid no longer runs
+    dead = {"pid": gone.pid, "host": socket.gethostname(), "started": "x"}
+    assert not run_folder()._pid_alive(dead["pid"])
+    (tmp_path / "run.lock").write_text(json.dumps(dead))
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+    lock.release()
+    # A holder on another host cannot be checked: refused, with the file to delete named.
+    (tmp_path / "run.lock").write_text(json.dumps(dict(dead, host="elsewhere")))
+    with pytest.raises(RunFolderError, match="on elsewhere.*delete .*run.lock"):
+        RunLock(tmp_path).acquire()
+    assert [p.name for p in tmp_path.iterdir()] == ["run.lock"]  # no temp file left behind
+
+
+# --------------------------------------------------------------------------- config keys (no Detectron2)
+
+
+def test_unknown_override_keys_name_the_nearest_known_key():
+    check_override_keys = run_folder().check_override_keys
+    cfg = {"eir": {"memory": 100, "paste": {"mode": "mixup"}}, "train": {"seed": 0}}
+    check_override_keys(cfg, ["eir.memory=5", "eir.paste.mode=copy", "eir.paste=null", "train.seed=1"])
+    with pytest.raises(ValueError, match="'eir.memroy'.*did you mean eir.memory"):
+        check_override_keys(cfg, ["eir.memroy=50"])
+    with pytest.raises(ValueError, match="unknown config key 'foo.bar'"):
+        check_override_keys(cfg, ["foo.bar=1"])
+
+
+def test_config_differences_list_changed_added_and_removed_keys():
+    old = {"eir.memory": 6, "schedule.max_iter": 60, "eir.tau": 0.7}
+    new = {"eir.memory": 10, "schedule.max_iter": 60, "eir.w_kd": 5.0}
+    assert run_folder().config_differences(old, new) == [
+        'eir.memory: 6 -> 10', 'eir.tau: 0.7 -> "(absent)"', 'eir.w_kd: "(absent)" -> 5.0',
+    ]
+
+
+# --------------------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    with tiny_datasets(tmp_path_factory.mktemp("datasets")) as root:
+        yield root
+
+
+@pytest.fixture(scope="module")
+def finished(datasets, tmp_path_factory):
+    """A finished two-step run (in this process); returns its folder."""
+    from eir.engine.runner import ContinualRunner
+
+    out = tmp_path_factory.mktemp("finished")
+    ContinualRunner(tiny_cfg(out, "train.checkpointer.max_to_keep=10")).run()
+    return out
+
+
+def copy_of(finished, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    return out
+
+
+def rerun(out, *overrides):
+    from eir.engine.runner import ContinualRunner
+
+    return ContinualRunner(tiny_cfg(out, "train.checkpointer.max_to_keep=10", *overrides)).run()
+
+
+def snapshot(folder):
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def weights(path):
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def assert_same_weights(a, b):
+    import torch
+
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def summary(out):
+    return json.loads((out / "summary.json").read_text())
+
+
+def cli(out, *overrides):
+    return subprocess.run(train_net_command(out, *overrides), capture_output=True, text=True, timeout=600)
+
+
+@requires_detectron2
+@pytest.mark.slow
+def test_changed_config_is_refused_with_its_keys_and_nothing_written(finished, tmp_path):
+    out = copy_of(finished, tmp_path)
+    before = snapshot(out)
+    proc = cli(out, "eir.memory=10", "schedule.max_iter=50")
+    assert proc.returncode != 0
+    assert "eir.memory: 6 -> 10" in proc.stderr and "schedule.max_iter: 60 -> 50" in proc.stderr
+    assert "train.allow_config_change=True" in proc.stderr
+    assert snapshot(out) == before  # config.yaml, log.txt, summary.json: untouched
+    # Another task: refused before config.yaml and log.txt are written, too.
+    proc = cli(out, "task.name=6-4")
+    assert proc.returncode != 0 and "holds a run of task" in proc.stderr
+    assert snapshot(out) == before
+    # Keys that do not change results are not compared.
+    proc = cli(out, "train.log_period=7", "dataloader.train.num_workers=1", "train.checkpointer.period=20")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert summary(out) == summary(finished)
+    # The explicit opt-in continues the run and records the new config.
+    proc = cli(out, "eir.memory=10", "train.allow_config_change=True")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "run_config.json").read_text())["config"]["eir.memory"] == 10
+
+
+@requires_detectron2
+@pytest.mark.slow
+def test_unknown_key_on_the_command_line_fails_before_anything_is_written(datasets, tmp_path):
+    proc = cli(tmp_path / "run", "eir.memroy=50")
+    assert proc.returncode != 0
+    assert "unknown config key 'eir.memroy'" in proc.stderr and "did you mean eir.memory" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@requires_detectron2
+@pytest.mark.slow
+def test_second_command_into_a_busy_folder_is_refused(datasets, tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.Popen(train_net_command(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "step_0").is_dir():
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    second = cli(out)
+    assert first.wait(timeout=600) == 0, first.stderr.read()[-2000:]
+    assert second.returncode != 0
+    assert f"in use by another run: pid {first.pid} on {socket.gethostname()}" in second.stderr
+    # The refused command wrote nothing: one set of command-line lines in log.txt.
+    assert (out / "log.txt").read_text().count("Command line arguments") == 1
+    assert not (out / "run.lock").exists()
+
+
+@requires_detectron2
+@pytest.mark.slow
+def test_step_killed_while_writing_model_final_is_finished_on_rerun(finished, tmp_path):
+    """The checkpoint period divides max_iter: the last periodic checkpoint is of the last
+    iteration. A kill before model_final.pth was written must not leave a DONE step without it."""
+    out = copy_of(finished, tmp_path)
+    shutil.rmtree(out / "step_1")
+    for name in ("model_final.pth", "DONE", "metrics.json"):
+        (out / "step_0" / name).unlink()
+    (out / "step_0" / "last_checkpoint").write_text("model_0000059.pth")
+    rerun(out, "train.step=0")
+    assert (out / "step_0" / "DONE").is_file()
+    assert_same_weights(out / "step_0/model_final.pth", finished / "step_0/model_final.pth")
+    rerun(out)
+    assert summary(out) == summary(finished)
+
+
+@requires_detectron2
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "artifact", ["step_0/model_final.pth", "step_0/metrics.json", "step_0/bank/manifest.json", "step_1/prepass.npz"]
+)
+def test_done_step_with_a_damaged_artifact_is_named_not_skipped(finished, tmp_path, artifact):
+    out = copy_of(finished, tmp_path)
+    path = out / artifact
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    step_dir = path.parent if path.parent.name.startswith("step_") else path.parent.parent
+    with pytest.raises(RuntimeError, match=f"{path}.*damaged.*delete {step_dir / 'DONE'}"):
+        rerun(out)
+    path.unlink()
+    with pytest.raises(RuntimeError, match=f"{path} is missing"):
+        rerun(out)
+    # The advice works: without DONE and the damaged file the step rebuilds it.
+    (step_dir / "DONE").unlink()
+    if artifact.startswith("step_0/bank"):
+        shutil.rmtree(path.parent)
+    if artifact == "step_0/model_final.pth":  # step 1 was trained from the lost weights
+        (out / "step_1" / "DONE").unlink()
+    rerun(out)
+    assert summary(out) == summary(finished)
+
+
+@requires_detectron2
+@pytest.mark.slow
+def test_damaged_bank_entry_prepass_and_checkpoint_are_named_with_advice_that_works(finished, tmp_path):
+    out = copy_of(finished, tmp_path)
+    shutil.rmtree(out / "step_1")
+    entry = sorted((out / "step_0" / "bank" / "entries").glob("*_image.png"))[0]
+    entry.write_bytes(entry.read_bytes()[:-30])
+    with pytest.raises(RuntimeError, match=f"{entry.name}.*delete {out / 'step_0' / 'bank'} and {out / 'step_0' / 'DONE'}"):
+        rerun(out)
+    shutil.rmtree(out / "step_0" / "bank")
+    (out / "step_0" / "DONE").unlink()
+    rerun(out, "train.step=0")  # rebuilds the bank; step 0 is not retrained
+    assert_same_weights(out / "step_0/model_final.pth", finished / "step_0/model_final.pth")
+
+    # A damaged periodic checkpoint of an interrupted step: named; deleting it resumes from the one before.
+    shutil.copytree(finished / "step_1", out / "step_1", dirs_exist_ok=True)
+    for name in ("model_final.pth", "DONE", "metrics.json"):
+        (out / "step_1" / name).unlink()
+    last = out / "step_1" / "model_0000059.pth"
+    last.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=f"{last}.*damaged: delete it"):
+        rerun(out)
+    last.unlink()
+    prepass = out / "step_1" / "prepass.npz"
+    prepass.write_bytes(prepass.read_bytes()[:100])
+    with pytest.raises(RuntimeError, match=f"{prepass}.*delete it"):
+        rerun(out)
+    prepass.unlink()
+    rerun(out)
+    assert summary(out) == summary(finished)
+    assert_same_weights(out / "step_1/model_final.pth", finished / "step_1/model_final.pth")
+
+
+@requires_detectron2
+@pytest.mark.slow
+def test_temporary_files_of_killed_writes_are_removed_at_start_up(finished, tmp_path):
+    out = copy_of(finished, tmp_path)
+    left = [out / "step_0" / ".model_0000009.pth.k2j3.tmp", out / ".summary.json.x1.tmp"]
+    for p in left:
+        p.write_bytes(b"partial")
+    folders = [out / "step_0" / ".bank.tmp-abc", out / "step_0" / ".bank.old-0123"]
+    for d in folders:
+        (d / "entries").mkdir(parents=True)
+    rerun(out)
+    assert not any(p.exists() for p in left + folders)
+    assert summary(out) == summary(finished)
+
+
+@requires_detectron2
+@pytest.mark.slow
+def test_checkpoint_beyond_a_shortened_schedule_is_refused(finished, tmp_path):
+    """A rerun that shortens the schedule (opted in) must not mark a step done from the
+    checkpoint of a later iteration, nor train nothing and skip model_final.pth."""
+    out = copy_of(finished, tmp_path)
+    for name in ("model_final.pth", "DONE", "metrics.json"):
+        (out / "step_1" / name).unlink()
+    with pytest.raises(ValueError, match="model_0000059.pth is of iteration 59, beyond this schedule's 30"):
+        rerun(out, "schedule.max_iter=30", "train.allow_config_change=True")
+    assert not (out / "step_1" / "DONE").exists()
+
+
+@requires_detectron2
+@pytest.mark.slow
+def test_damaged_presence_cache_is_recomputed(finished, tmp_path):
+    import numpy as np
+
+    out = copy_of(finished, tmp_path)
+    (out / "step_1" / "DONE").unlink()  # step 1 is evaluated again: it reads both caches
+    caches = [out / f"presence_eir_synthetic_{split}.npz" for split in ("train", "val")]
+    whole = [np.load(c)["presence"] for c in caches]
+    for cache in caches:
+        cache.write_bytes(cache.read_bytes()[:50])  # np.load would raise BadZipFile
+    rerun(out)
+    assert all(np.array_equal(np.load(c)["presence"], w) for c, w in zip(caches, whole))
+    assert summary(out) == summary(finished)

@@ -1,0 +1,90 @@
+"""Bad input fails when the run starts, naming the field or file, not after a step has trained."""
+import numpy as np
+import pytest
+from conftest import requires_detectron2, tiny_cfg, tiny_datasets
+from PIL import Image
+
+pytestmark = requires_detectron2
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.seed=-1", "train.seed must be an integer >= 0, got -1"),
+        ("train.step=abc", "train.step must be a step number.*'abc'"),
+        ("train.step=5", "step"),
+        ("eir.paste.mode=foo", "eir.paste: PasteConfig.mode must be one of.*'foo'"),
+        ("eir.prepass.stride=0", "eir.prepass.stride must be an integer >= 1, got 0"),
+        ("eir.prepass.short_side=-4", "eir.prepass.short_side must be an integer >= 1"),
+        ("train.allow_config_change=maybe", "train.allow_config_change must be True or False"),
+    ],
+)
+def test_bad_fields_fail_when_the_runner_is_built(override, message, tmp_path):
+    from eir.engine.runner import ContinualRunner
+
+    with pytest.raises(ValueError, match=message):
+        ContinualRunner(tiny_cfg(tmp_path / "run", override))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def datasets(tmp_path):
+    with tiny_datasets(tmp_path / "datasets") as root:
+        yield root / "eir_synthetic"
+
+
+@pytest.mark.slow
+def test_bad_validation_label_fails_before_training(datasets, tmp_path):
+    from eir.engine.runner import ContinualRunner
+
+    first = (datasets / "ImageSets/Segmentation/val.txt").read_text().split()[0]
+    label = datasets / "SegmentationClassAug" / f"{first}.png"
+    bad = np.array(Image.open(label))
+    bad[0, 0] = 77  # not a class of the synthetic dataset (0..10, 255)
+    Image.fromarray(bad).save(label)
+    with pytest.raises(ValueError, match=f"{label}.*77"):
+        ContinualRunner(tiny_cfg(tmp_path / "run")).run()
+    assert not (tmp_path / "run" / "step_0").exists()
+
+
+@pytest.mark.slow
+def test_empty_validation_list_fails_before_training(datasets, tmp_path):
+    from eir.engine.runner import ContinualRunner
+
+    (datasets / "ImageSets/Segmentation/val.txt").write_text("")
+    with pytest.raises((ValueError, FileNotFoundError), match="val"):
+        ContinualRunner(tiny_cfg(tmp_path / "run")).run()
+    assert not (tmp_path / "run" / "step_0").exists()
+    assert not (tmp_path / "run" / "run.lock").exists()
+
+
+def test_file_that_is_no_checkpoint_is_named(tmp_path):
+    from eir.engine.checkpoint import read_step_checkpoint
+    from eir.tasks import build_task
+
+    path = tmp_path / "weights.pth"
+    path.write_text("not a checkpoint\n")
+    with pytest.raises(ValueError, match=f"{path} cannot be read as a checkpoint"):
+        read_step_checkpoint(path, build_task("synthetic", "8-2", "overlap"), 0)
+
+
+def test_truncated_jpeg_and_png_are_errors_naming_the_file(tmp_path):
+    import cv2
+
+    from eir.data.io import read_image, read_label
+
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[:, 16:] = 200
+    ok, jpeg = cv2.imencode(".jpg", image)
+    whole, cut = tmp_path / "whole.jpg", tmp_path / "cut.jpg"
+    whole.write_bytes(jpeg.tobytes())
+    cut.write_bytes(jpeg.tobytes()[:-2])  # OpenCV still decodes this, filling the rest with grey
+    assert read_image(whole).shape == (32, 32, 3)
+    with pytest.raises(ValueError, match=f"image {cut} is truncated"):
+        read_image(cut)
+    label = tmp_path / "label.png"
+    Image.fromarray((image[..., 0] > 0).astype(np.uint8)).save(label)
+    data = label.read_bytes()
+    label.write_bytes(data[:-12])  # the IEND chunk lost: PIL alone decodes it without a word
+    with pytest.raises(ValueError, match=f"label {label} is truncated"):
+        read_label(label)
