@@ -1,7 +1,10 @@
 """EIR on the synthetic dataset: a tiny model and schedule so a whole run takes minutes on a CPU.
 
-The dataset (eir.data.synthetic: 10 shape classes, 128x128 images) is generated under
+The dataset (eir.data.synthetic: 10 shape classes with VOC-like co-occurrence, 1,000
+training and 500 validation images of 128x128) is generated under
 ``$DETECTRON2_DATASETS/eir_synthetic`` on first use. Task files in synthetic/ import this.
+The runs that the model and schedule are judged by (joint, step 0, fine-tuning) are in
+benchmarks/results/synthetic_design.md.
 """
 from detectron2.config import LazyCall as L
 
