@@ -13,6 +13,9 @@ images, label maps and column titles) and :func:`grid_panels` (the rendered pane
 """
 from __future__ import annotations
 
+import eir.require_detectron2  # noqa: F401  (first: says how to install a missing Detectron2)
+
+# isort: split
 import logging
 from dataclasses import dataclass
 from pathlib import Path
