@@ -13,6 +13,9 @@ so do not depend on the number of data-loader workers or on where the step was r
 """
 from __future__ import annotations
 
+import eir.require_detectron2  # noqa: F401  (first: says how to install a missing Detectron2)
+
+# isort: split
 from typing import Iterator
 
 import numpy as np
