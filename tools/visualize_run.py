@@ -44,7 +44,6 @@ def main(argv=None) -> list[Path]:
         )
     if args.num_images < 1:
         raise SystemExit(f"--num-images must be >= 1, got {args.num_images}")
-    setup_logger(name="eir")
     cfg = LazyConfig.load(str(config))
     cfg = LazyConfig.apply_overrides(cfg, [*args.opts, f"train.output_dir={output_dir}"])
     runner = ContinualRunner(cfg)
@@ -62,4 +61,5 @@ def main(argv=None) -> list[Path]:
 
 
 if __name__ == "__main__":
+    setup_logger(name="eir")  # here, not in main(): a caller's logging stays its own
     main()

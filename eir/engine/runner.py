@@ -565,7 +565,8 @@ class ContinualRunner:
             [
                 hooks.IterationTimer(),
                 hooks.LRScheduler(scheduler=self.build_lr_scheduler(optimizer, max_iter)),
-                periodic,
+                # The writer before the checkpointer: a checkpoint of iteration i implies its log
+                # row is written, so a kill between the two cannot lose row i on resume.
                 hooks.PeriodicWriter(
                     [
                         CommonMetricPrinter(max_iter),
@@ -576,6 +577,7 @@ class ContinualRunner:
                 )
                 if main
                 else None,
+                periodic,
             ]
         )
         if checkpoint:
