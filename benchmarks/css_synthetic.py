@@ -662,8 +662,8 @@ def main(argv: list[str] | None = None) -> int:
         generate(args.datasets / "eir_synthetic", verbose=False, **QUICK_DATA)
 
     runs, seen = [], set()
-    for task_name in args.tasks:  # seed by seed, so a benchmark cut short has whole seeds
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed by seed, so a benchmark cut short has whole seeds
+        for task_name in args.tasks:
             for variant in args.variants:
                 run = Run(task_name, variant, seed, args, args.overrides)
                 if run.dir in seen:  # the joint run serves every task

@@ -120,10 +120,11 @@ def test_jobs_run_task_seed_groups_side_by_side_each_in_order(monkeypatch, tmp_p
     import threading
     import time
 
-    lock, active, peak, calls = threading.Lock(), [0], [0], []
+    lock, active, peak, calls, starts = threading.Lock(), [0], [0], [], []
 
     def fake_execute(run, i, total, args, env):  # stands in for a subprocess run
         with lock:
+            starts.append((run.task_name, run.seed, run.variant))
             active[0] += 1
             peak[0] = max(peak[0], active[0])
         time.sleep(0.05)
@@ -142,6 +143,8 @@ def test_jobs_run_task_seed_groups_side_by_side_each_in_order(monkeypatch, tmp_p
                                     ("6-1", 1, "joint"), ("4-2", 0, "eir"), ("4-2", 1, "eir")])
     for seed in (0, 1):
         assert calls.index(("6-1", seed, "eir")) < calls.index(("6-1", seed, "joint"))
+    # seed by seed: the two first groups are seed 0's, so a benchmark cut short has whole seeds
+    assert sorted(starts[:2]) == [("4-2", 0, "eir"), ("6-1", 0, "eir")]
     assert "2 runs at a time" in (tmp_path / "out" / "css_synthetic.md").read_text()
     # a report of earlier runs does not describe this invocation's settings as theirs
     bench.main(argv + ["--report-only"])

@@ -30,12 +30,13 @@ CONFIGS = sorted(
 )
 SYNTHETIC = ROOT / "projects/EIR/configs/synthetic/4-2_overlap.py"
 
-# A small, quick version of the synthetic run: 200 training images, a short schedule.
+# A small, quick version of the synthetic run: 200 training images of 128 px, a short schedule.
 QUICK = [
     "dataloader.train.total_batch_size=8",
     "dataloader.train.num_workers=0",
     "dataloader.test.num_workers=0",
     "eir.memory=12",
+    "eir.prepass.short_side=128",
     "schedule.epochs=24",
     "schedule.incremental_epochs=8",
     "train.device=cpu",

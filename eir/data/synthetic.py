@@ -21,7 +21,7 @@ How classes are drawn (VOC: a little over 2 objects and about 1.5 classes per im
       frequencies run from about 17 % down to 9 % (a long tail under the common
       class).
     * A present class has 1-3 instances (the common class more often several), so
-      an image holds 2.2 objects on average (2.43 visible regions: an occluder
+      an image holds 2.2 objects on average (2.45 visible regions: an occluder
       can split one); about half of the images are bank candidates (every present
       class one 4-connected region).
 
@@ -73,7 +73,7 @@ older ``FORMAT_VERSION`` found by :func:`ensure_synthetic` is regenerated.
 
 Usage::
 
-    python -m eir.data.synthetic --out datasets/eir_synthetic --num-train 1000 --num-val 500 --size 128
+    python -m eir.data.synthetic --out datasets/eir_synthetic --num-train 5000 --num-val 500 --size 160
 
 or ``generate(root, ...)`` / ``ensure_synthetic(root, ...)`` from Python.
 """
@@ -113,7 +113,7 @@ __all__ = [
     "validate",
 ]
 
-FORMAT_VERSION = 2  # 2: scene groups, a common class, VOC's objects per image, cleaner images, bolder shapes
+FORMAT_VERSION = 3  # 2: scene groups, a common class, VOC's objects per image, bolder shapes; 3: 5,000 images of 160 px
 GENERATOR = "eir.data.synthetic"
 IGNORE_LABEL = 255
 JPEG_QUALITY = 95
@@ -124,7 +124,7 @@ SYNTHETIC_CLASSES = (
 )  # fmt: skip
 NUM_CLASSES = len(SYNTHETIC_CLASSES) - 1
 
-DEFAULTS = {"num_train": 1000, "num_val": 500, "size": 128, "seed": 0}  # 500: rare classes in 40+ val images
+DEFAULTS = {"num_train": 5000, "num_val": 500, "size": 160, "seed": 0}  # 500: rare classes in 40+ val images
 SPLITS = {"train": ("train_aug.txt", 0), "val": ("val.txt", 1)}  # list file, seed key
 MIN_SIZE = 32
 

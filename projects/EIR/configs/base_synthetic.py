@@ -1,7 +1,7 @@
 """EIR on the synthetic dataset: a tiny model and schedule so a whole run takes minutes on a CPU.
 
-The dataset (eir.data.synthetic: 10 shape classes with VOC-like co-occurrence, 1,000
-training and 500 validation images of 128x128) is generated under
+The dataset (eir.data.synthetic: 10 shape classes with VOC-like co-occurrence, 5,000
+training and 500 validation images of 160x160) is generated under
 ``$DETECTRON2_DATASETS/eir_synthetic`` on first use. Task files in synthetic/ import this.
 The runs that the model and schedule are judged by (joint, step 0, fine-tuning) are in
 benchmarks/results/synthetic_design.md.
@@ -41,12 +41,16 @@ dataloader.test.dataset = "eir_synthetic_val"
 dataloader.train.total_batch_size = 16
 dataloader.train.num_workers = 2
 dataloader.test.num_workers = 2
+# Training views: windows of 0.5-2x a 160-px image's area resized to 128 px, i.e. scales of
+# 0.8-1.13 around the test scale (128-px images made every view a zoom-in).
 dataloader.train.augmentations.crop_size = 128
-dataloader.test.augmentations.short_side = None  # evaluate at full resolution (128 px)
+dataloader.test.augmentations.short_side = None  # evaluate at full resolution (160 px)
 dataloader.test.augmentations.crop = None
 
-schedule.epochs = 30
-schedule.incremental_epochs = 15
+# Epochs over 5,000 images: joint training and step 0 see each image 6 times (1,875
+# iterations for joint), a later step its own images 3 times.
+schedule.epochs = 6
+schedule.incremental_epochs = 3
 schedule.lr = 0.02
 # The paper's tenth of the base rate. With BatchNorm frozen in incremental steps, larger
 # rates made this from-scratch model collapse to background (0.005) or diverge (0.01).
@@ -54,7 +58,7 @@ schedule.incremental_lr = 0.002
 
 eir.memory = 40
 eir.paste.cell_size = 62  # 250 / 512 of the 128-pixel crop
-eir.prepass.short_side = 128
+eir.prepass.short_side = 160  # the images' own size: pseudo-labels at full resolution
 eir.prepass.stride = 4
 
 train.from_scratch = True  # no ImageNet weights: the tiny ResNet trains from random weights
