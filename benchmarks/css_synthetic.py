@@ -32,9 +32,10 @@ groups them.
 Run it with the Python that has Detectron2 (the runs use ``sys.executable``). By default one
 run at a time; ``--jobs N`` runs N (task, seed) groups side by side (each in order: its
 variants share its step 0; the joint run belongs to the first task's group). Each run gets
-half of its job's share of the cores for its PyTorch threads (``--threads``), leaving the rest
-to its data-loader workers: OpenMP threads that compete with other processes for the cores
-stall each other (on a busy 2-core machine, 2 threads trained up to 25x slower than 1).
+its job's share of the cores for its PyTorch threads (``--threads``); on a CPU the synthetic
+config loads data in the training process, so nothing else needs a core. OpenMP threads that
+compete with other processes for the cores stall each other (on a busy 2-core machine, 2
+threads trained up to 25x slower than 1).
 """
 from __future__ import annotations
 
@@ -586,9 +587,8 @@ def parse_args(argv: list[str]):
                    help="runs at a time (default 1): the (task, seed) groups run side by side, each "
                    "in order, since its variants share its step 0; give each job its cores with --threads")
     p.add_argument("--threads", type=int, default=None,
-                   help="PyTorch threads per run (default: half the cores per job, the rest for the "
-                   "data loader's workers; on a busy 2-core machine 2 threads trained up to 25x "
-                   "slower than 1)")
+                   help="PyTorch threads per run (default: the cores divided by --jobs; on a busy "
+                   "2-core machine 2 threads trained up to 25x slower than 1)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: a tiny dataset (40/10 images) and 2 iterations per step")
     p.add_argument("--no-share-step0", dest="share_step0", action="store_false",
@@ -600,7 +600,7 @@ def parse_args(argv: list[str]):
     if args.jobs < 1:
         p.error("--jobs must be >= 1")
     if args.threads is None:
-        args.threads = max(1, num_cores() // (2 * args.jobs))
+        args.threads = max(1, num_cores() // args.jobs)
     if args.seeds is None:
         args.seeds = [0] if args.quick else list(DEFAULT_SEEDS)
     if args.work is None:

@@ -6,6 +6,7 @@ training and 500 validation images of 160x160) is generated under
 The runs that the model and schedule are judged by (joint, step 0, fine-tuning) are in
 benchmarks/results/synthetic_design.md.
 """
+import torch
 from detectron2.config import LazyCall as L
 
 from eir.modeling.backbone import build_resnet_deeplab
@@ -39,8 +40,12 @@ model.head.prior_prob = 0.01  # from scratch, start class scores near 1% (see In
 dataloader.train.dataset = "eir_synthetic_train"
 dataloader.test.dataset = "eir_synthetic_val"
 dataloader.train.total_batch_size = 16
-dataloader.train.num_workers = 2
-dataloader.test.num_workers = 2
+# On a CPU the loader's worker processes take cores from PyTorch's threads: on 2 cores, step 0
+# trained at 0.27 s/it with 2 workers and at 0.19 s/it loading in the training process. The
+# samples do not depend on the workers (each is seeded by its stream position), so the
+# weights are the same bit for bit. On a GPU, workers keep it fed.
+dataloader.train.num_workers = 2 if torch.cuda.is_available() else 0
+dataloader.test.num_workers = dataloader.train.num_workers
 # Training views: windows of 0.5-2x a 160-px image's area resized to 128 px, i.e. scales of
 # 0.8-1.13 around the test scale (128-px images made every view a zoom-in).
 dataloader.train.augmentations.crop_size = 128
