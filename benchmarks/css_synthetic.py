@@ -50,6 +50,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -626,11 +627,21 @@ def parse_args(argv: list[str]):
     return args
 
 
+_SAY_LOCK = threading.Lock()
+
+
+def say(message: str) -> None:
+    """Print ``message`` as whole lines: with ``--jobs`` several threads report at once."""
+    with _SAY_LOCK:
+        sys.stdout.write(message + "\n")
+        sys.stdout.flush()
+
+
 def execute(run: Run, i: int, total: int, args, env: dict) -> tuple:
     """Run (or skip) one run; its outcome ``((task, variant), exit code, status, seed)``."""
     key = (run.task_name, run.variant)
     if run.is_finished():
-        print(f"[{i}/{total}] {run.label}: finished before, skipped", flush=True)
+        say(f"[{i}/{total}] {run.label}: finished before, skipped")
         return key, 0, "finished before", run.seed
     if args.report_only:
         return key, 0, "not run", run.seed
@@ -638,16 +649,16 @@ def execute(run: Run, i: int, total: int, args, env: dict) -> tuple:
         donor = run.step0_donor(args.work)
         if donor is not None:
             run.adopt_step0(donor)
-            print(f"[{i}/{total}] {run.label}: step 0 model from {donor}", flush=True)
-    print(f"[{i}/{total}] {run.label}: running ({run.dir / 'train_net.log'})", flush=True)
+            say(f"[{i}/{total}] {run.label}: step 0 model from {donor}")
+    say(f"[{i}/{total}] {run.label}: running ({run.dir / 'train_net.log'})")
     code, seconds = run.execute(env)
     if code == 0 and run.is_finished():
         final = read_run(run.dir, run.task, run.joint)["final"]
         text = ", ".join(f"{k} {'n/a' if final[k] is None else f'{final[k]:.1f}'}" for k in METRICS)
-        print(f"    {run.label}: done in {seconds:.0f} s: {text}", flush=True)
+        say(f"    {run.label}: done in {seconds:.0f} s: {text}")
         return key, 0, f"ran in {seconds:.0f} s", run.seed
-    print(f"    {run.label}: FAILED (exit code {code}) after {seconds:.0f} s; log tail:\n"
-          f"{tail(run.dir / 'train_net.log')}", flush=True)
+    say(f"    {run.label}: FAILED (exit code {code}) after {seconds:.0f} s; log tail:\n"
+        f"{tail(run.dir / 'train_net.log')}")
     return key, code or 1, f"failed (exit {code or 1})", run.seed
 
 

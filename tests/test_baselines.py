@@ -157,6 +157,29 @@ def test_jobs_run_task_seed_groups_side_by_side_each_in_order(monkeypatch, tmp_p
     assert "--jobs 2 --work <work> --out <out> --report-only`" in text
 
 
+def test_progress_lines_are_written_whole(monkeypatch):
+    writes = []  # print() writes the text and its newline separately: jobs' lines would merge
+
+    class Recorder:
+        def write(self, text):
+            writes.append(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(bench.sys, "stdout", Recorder())
+    bench.say("[3/39] 6-1 / eir / seed 0: finished before, skipped")
+    assert writes == ["[3/39] 6-1 / eir / seed 0: finished before, skipped\n"]
+
+
+def test_each_run_gets_its_jobs_share_of_the_cores(monkeypatch):
+    monkeypatch.setattr(bench, "num_cores", lambda: 4)
+    assert bench.parse_args([]).threads == 4
+    assert bench.parse_args(["--jobs", "2"]).threads == 2
+    assert bench.parse_args(["--jobs", "8"]).threads == 1
+    assert bench.parse_args(["--jobs", "2", "--threads", "3"]).threads == 3
+
+
 def test_report_names_folders_relative_to_the_repository(tmp_path):
     inside = bench.ROOT / "output" / "css_synthetic"
     assert bench.shown_path(inside, "<work>") == "output/css_synthetic"
