@@ -15,7 +15,10 @@ bank entries drawn with ``--seed``) and reports:
 * for the step-t model of each run in ``--runs`` (e.g. EIR, image replay, EIR without
   pasting, from the same step-0 model): **new-class accuracy**, the share of the pixels
   labelled with a class of step t (and not pasted over) predicted as that class, and the
-  mean per-pixel BCE (summed over channels) on pasted and on unpasted pixels.
+  mean per-pixel BCE (summed over channels) on pasted and on unpasted pixels;
+* with ``--where CLASS``, for the step-t model of each run in ``--runs``: where the
+  validation pixels labelled CLASS go (the share predicted as each class, largest first),
+  to see which class or the background takes an old class that a step loses.
 
 Predictions follow METHOD.md section 3: the best class score, or background when no
 class score reaches 0.5. Core numbers, CPU, a minute for the defaults:
@@ -153,6 +156,30 @@ def diagnose(run: Path, step: int, runs=(), num_images: int = 160, seed: int = 0
             "old_on_paste": (on_paste, strong), "old_natural": (right, natural), "runs": compared}
 
 
+def where_pixels_go(run: Path, step: int, class_name: str) -> dict[str, float]:
+    """Of the validation pixels labelled ``class_name`` (the step's test labels), the share
+    that the run's step-``step`` model predicts as each class, largest first."""
+    runner = load_runner(Path(run))
+    task = runner.task
+    names = list(task.class_names)
+    if class_name not in names[1:]:
+        raise SystemExit(f"--where {class_name}: not a class of {task} (classes: {', '.join(names[1:])})")
+    cid = names.index(class_name)
+    if cid not in task.channel_classes(step):
+        raise SystemExit(f"--where {class_name}: not seen by step {step} of {task}")
+    channel_class = torch.as_tensor(task.channel_classes(step), dtype=torch.long)
+    model = runner.trained_model(step).eval()
+    counts = torch.zeros(len(names), dtype=torch.long)
+    dicts, mapper = runner.test_data(step)
+    for batch in batches([mapper(d) for d in dicts]):
+        _, pred = predict(model, batch)
+        sel = stack(batch, "sem_seg") == cid
+        counts += torch.bincount(channel_class[pred[sel]], minlength=len(names))
+    total = int(counts.sum())
+    order = torch.argsort(counts, descending=True, stable=True).tolist()
+    return {names[k]: int(counts[k]) / total for k in order if counts[k] > 0} if total else {}
+
+
 def report(d: dict, run: Path, step: int, seed: int) -> str:
     def mean(pair):
         return f"{pair[0] / pair[1]:.3f}" if pair[1] else "n/a"
@@ -186,6 +213,8 @@ def main(argv=None) -> int:
     ap.add_argument("--num-images", type=int, default=160, help="training samples to draw")
     ap.add_argument("--seed", type=int, default=0, help="which training samples are drawn")
     ap.add_argument("--datasets", type=Path, default=None, help="DETECTRON2_DATASETS of the run")
+    ap.add_argument("--where", metavar="CLASS", default=None,
+                    help="also: where each --runs model puts the validation pixels of CLASS")
     args = ap.parse_args(argv)
     if args.step < 1:
         ap.error("--step must be >= 1 (pasting starts at step 1)")
@@ -195,6 +224,12 @@ def main(argv=None) -> int:
         os.environ["DETECTRON2_DATASETS"] = str(args.datasets)
     d = diagnose(args.run, args.step, args.runs, args.num_images, args.seed)
     print(report(d, args.run, args.step, args.seed))
+    if args.where:
+        print(f"\n| step-{args.step} model of | validation pixels of {args.where} predicted as |\n|---|---|")
+        for other in args.runs:
+            shares = where_pixels_go(other, args.step, args.where)
+            top = ", ".join(f"{name} {100 * v:.1f} %" for name, v in list(shares.items())[:4])
+            print(f"| `{other}` | {top} |")
     return 0
 
 

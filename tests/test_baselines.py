@@ -3,6 +3,7 @@
 The grouping of the joint run's IoUs runs everywhere (core only); the config and run tests
 need Detectron2 and skip without it.
 """
+import collections
 import importlib.util
 import json
 from pathlib import Path
@@ -285,6 +286,8 @@ def test_variant_runs_and_does_what_it_says(variant, tiny_datasets, tmp_path):
 
 def _check_paste_diagnostics(run, pastes):
     """benchmarks/paste_diagnostics.py on the finished run: pastes counted, or a clear refusal."""
+    import torch
+
     spec = importlib.util.spec_from_file_location("paste_diagnostics", ROOT / "benchmarks" / "paste_diagnostics.py")
     diag = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(diag)
@@ -299,6 +302,24 @@ def _check_paste_diagnostics(run, pastes):
     row = d["runs"][str(run)]
     assert 0 <= row["new_right"][0] <= row["new_right"][1] and row["bce_pasted"][1] > 0
     assert "pasted share of the BCE's pixels" in diag.report(d, run, 1, 0)
+
+    # --where: checked against the eval-mode model's scores (Detectron2's argmax convention)
+    shares = diag.where_pixels_go(run, 1, "disc")
+    runner = diag.load_runner(run)
+    model = runner.trained_model(1).eval()
+    names = list(runner.task.class_names)
+    dicts, mapper = runner.test_data(1)
+    counts = collections.Counter()
+    with torch.no_grad():
+        for x in map(mapper, dicts):
+            pred = model([x])[0]["sem_seg"].argmax(0)
+            counts.update(pred[x["sem_seg"] == names.index("disc")].tolist())
+    total = sum(counts.values())
+    assert total > 0
+    assert shares == pytest.approx({names[k]: n / total for k, n in counts.items()})
+    assert list(shares.values()) == sorted(shares.values(), reverse=True)
+    with pytest.raises(SystemExit, match="not a class"):
+        diag.where_pixels_go(run, 1, "unicorn")
 
 
 
