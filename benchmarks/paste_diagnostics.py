@@ -218,16 +218,19 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.step < 1:
         ap.error("--step must be >= 1 (pasting starts at step 1)")
+    if args.where and not args.runs:
+        ap.error("--where needs --runs (the runs whose step-t models to look at)")
     torch.set_num_threads(1)
 
     if args.datasets is not None:  # the runner registers the datasets from this variable
         os.environ["DETECTRON2_DATASETS"] = str(args.datasets)
+    # --where first: a class name it refuses stops the command before the minute of diagnose
+    wheres = [(other, where_pixels_go(other, args.step, args.where)) for other in args.runs] if args.where else []
     d = diagnose(args.run, args.step, args.runs, args.num_images, args.seed)
     print(report(d, args.run, args.step, args.seed))
-    if args.where:
+    if wheres:
         print(f"\n| step-{args.step} model of | validation pixels of {args.where} predicted as |\n|---|---|")
-        for other in args.runs:
-            shares = where_pixels_go(other, args.step, args.where)
+        for other, shares in wheres:
             top = ", ".join(f"{name} {100 * v:.1f} %" for name, v in list(shares.items())[:4])
             print(f"| `{other}` | {top} |")
     return 0
