@@ -358,17 +358,8 @@ class ContinualRunner:
             DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
 
         bank = self.load_bank(step)
-        train_dicts = step_dataset_dicts(
-            cfg.dataloader.train.dataset, task, step, "train",
-            cache_dir=self.output_dir, num_workers=cfg.dataloader.train.num_workers,
-        )
-        if not train_dicts:
-            raise ValueError(
-                f"no image of {cfg.dataloader.train.dataset} qualifies for step {step} "
-                f"({task.setting}): check the dataset and task.*"
-            )
+        train_dicts, dicts = self.train_data(step, bank)
         prepass = self.prepass(step, train_dicts, old_model) if self.pastes(step) else None
-        dicts = train_dicts + (replay_dataset_dicts(bank) if bank is not None else [])
         logger.info(
             "Step %d trains on %d images + %d bank entries",
             step, len(train_dicts), len(dicts) - len(train_dicts),
@@ -415,6 +406,21 @@ class ContinualRunner:
                 f"delete {folder} and {done}, then rerun (step {step - 1}'s model_final.pth is kept "
                 "and not retrained)."
             ) from e
+
+    def train_data(self, step: int, bank) -> tuple[list[dict], list[dict]]:
+        """Step ``step``'s training images, and the list the loader samples: those images
+        followed by the replay entries of ``bank`` (the bank of step - 1, or None)."""
+        cfg = self.cfg
+        train_dicts = step_dataset_dicts(
+            cfg.dataloader.train.dataset, self.task, step, "train",
+            cache_dir=self.output_dir, num_workers=cfg.dataloader.train.num_workers,
+        )
+        if not train_dicts:
+            raise ValueError(
+                f"no image of {cfg.dataloader.train.dataset} qualifies for step {step} "
+                f"({self.task.setting}): check the dataset and task.*"
+            )
+        return train_dicts, train_dicts + (replay_dataset_dicts(bank) if bank is not None else [])
 
     def build_bank(self, step: int, train_dicts, previous) -> InstanceBank:
         cfg = self.cfg
@@ -512,13 +518,12 @@ class ContinualRunner:
             seed=cfg.train.seed,
         )
 
-    def fit(self, step, model, old_model, dicts, bank, prepass) -> None:
-        cfg, task = self.cfg, self.task
-        step_dir = self.step_dir(step)
-        checkpoint = latest_checkpoint(step_dir)
-        start_iter = checkpoint[1] + 1 if checkpoint else 0
+    def train_loader(self, step: int, dicts, bank, prepass, start_iter: int = 0):
+        """Step ``step``'s training batches from iteration ``start_iter`` on: the batch of an
+        iteration depends on (seed, step, iteration), not on the loader's number of workers."""
+        cfg = self.cfg
         batch = cfg.dataloader.train.total_batch_size
-        loader = build_detection_train_loader(
+        return build_detection_train_loader(
             dataset=PositionedDataset(dicts, self.train_mapper(step, bank, prepass)),
             mapper=None,
             sampler=ResumableTrainingSampler(len(dicts), seed=cfg.train.seed, step=step, start=start_iter * batch),
@@ -526,6 +531,13 @@ class ContinualRunner:
             aspect_ratio_grouping=False,
             num_workers=cfg.dataloader.train.num_workers,
         )
+
+    def fit(self, step, model, old_model, dicts, bank, prepass) -> None:
+        cfg, task = self.cfg, self.task
+        step_dir = self.step_dir(step)
+        checkpoint = latest_checkpoint(step_dir)
+        start_iter = checkpoint[1] + 1 if checkpoint else 0
+        loader = self.train_loader(step, dicts, bank, prepass, start_iter)
         max_iter = self.max_iter(step, len(dicts))
         if start_iter > max_iter:
             raise ValueError(

@@ -42,8 +42,8 @@ dataloader.test.dataset = "eir_synthetic_val"
 dataloader.train.total_batch_size = 16
 # On a CPU the loader's worker processes take cores from PyTorch's threads: on 2 cores, step 0
 # trained at 0.27 s/it with 2 workers and at 0.19 s/it loading in the training process. The
-# samples do not depend on the workers (each is seeded by its stream position), so the
-# weights are the same bit for bit. On a GPU, workers keep it fed.
+# samples do not depend on the workers (each is seeded by its stream position); the weights
+# came out the same bit for bit (README, Crash safety). On a GPU, workers keep it fed.
 dataloader.train.num_workers = 2 if torch.cuda.is_available() else 0
 dataloader.test.num_workers = dataloader.train.num_workers
 # Training views: windows of 0.5-2x a 160-px image's area resized to 128 px, i.e. scales of
