@@ -39,7 +39,7 @@ Run it with the Python that has Detectron2.
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import datetime
 import itertools
 import logging
@@ -137,6 +137,7 @@ class Setup:
             step_dataset_dicts,
         )
         from eir.data.mapper import EIRDatasetMapper, build_train_augmentations
+        from eir.data.paste import InstancePaster
         from eir.tasks import build_task
 
         register_eir_datasets(data_root)
@@ -152,11 +153,11 @@ class Setup:
         self.paste_cfg = instantiate(cfg.eir.paste).scaled_to(args.size, reference=crop)
 
         def mapper(paste: bool):
+            paster = InstancePaster(self.bank, self.prepass, self.paste_cfg, task.old_classes(STEP))
             return EIRDatasetMapper(
                 is_train=True, task=task, step=STEP,
                 augmentations=build_train_augmentations(crop_size=args.size),
-                bank=self.bank, prepass=self.prepass if paste else None,
-                paste_cfg=self.paste_cfg if paste else None, seed=0,
+                bank=self.bank, paste=paster if paste else None, seed=0,
             )
 
         self.paste_mapper = mapper(True)
@@ -168,19 +169,6 @@ class Setup:
         items = [self.dicts[order[i % len(order)]] for i in range(count * batch)]
         samples = [mapper(d) for d in items]
         return [samples[i * batch : (i + 1) * batch] for i in range(count)]
-
-
-def build_optimizer(cfg, model, step: int):
-    """SGD with EIR's parameter groups at the step's learning rate, as the runner builds it."""
-    from detectron2.config import instantiate
-
-    lr = cfg.schedule.lr if step == 0 else cfg.schedule.incremental_lr
-    opt_cfg = copy.deepcopy(cfg.optimizer)
-    opt_cfg.params.model = model
-    opt_cfg.params.base_lr = lr
-    opt_cfg.params.step = step
-    opt_cfg.lr = lr
-    return instantiate(opt_cfg)
 
 
 # --------------------------------------------------------------------------- 1. training step
@@ -204,7 +192,8 @@ def calibrate_batchnorm(model, batches) -> None:
 def bench_training(cfg, args, setup: Setup, device: torch.device) -> dict:
     from detectron2.utils.events import EventStorage
 
-    from eir.engine.runner import build_step_model
+    from eir.engine.builders import build_criterion, build_optimizer, build_step_model
+    from eir.engine.step_plan import plan_step
     from eir.engine.trainer import EIRTrainer
     from eir.modeling.meta_arch import load_previous_step
 
@@ -226,13 +215,14 @@ def bench_training(cfg, args, setup: Setup, device: torch.device) -> dict:
     load_previous_step(model, old_model.state_dict(), cfg.eir.new_head_init)
     optimizer = build_optimizer(cfg, model, STEP)
 
-    common = dict(task=task, step=STEP, amp=args.amp)
-    plain = EIRTrainer(model, itertools.cycle(plain_batches), optimizer, old_model=None, **common)
+    # EIR's step as the run plans it; the plain step is the same without teacher or pasting.
+    criterion = build_criterion(cfg)
+    plan = plan_step(cfg, task, STEP, criterion)
+    plain_plan = dataclasses.replace(plan, teacher=False, paste=False)
+    common = dict(task=task, criterion=criterion, amp=args.amp)
+    plain = EIRTrainer(model, itertools.cycle(plain_batches), optimizer, plan=plain_plan, **common)
     eir = EIRTrainer(
-        model, itertools.cycle(paste_batches), optimizer, old_model=old_model,
-        tau=float(cfg.eir.tau) if cfg.eir.pseudo_label else None, w_bce=float(cfg.eir.w_bce),
-        w_kd=float(cfg.eir.w_kd), rskd_mask=cfg.eir.rskd_mask, rskd_normalize=cfg.eir.rskd_normalize,
-        **common,
+        model, itertools.cycle(paste_batches), optimizer, plan=plan, old_model=old_model, **common
     )
     trainers = {"plain": plain, "eir": eir}
     times = {k: [] for k in trainers}

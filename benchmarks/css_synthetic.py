@@ -71,7 +71,7 @@ CONFIGS = ROOT / "projects" / "EIR" / "configs" / "synthetic"
 #: The variants: name -> LazyConfig overrides (Hydra's grammar: ``null`` is None; a
 #: command-line ``None`` would be the string "None"). The baseline configs set the same keys.
 VARIANTS: dict[str, list[str]] = {
-    "finetune": ["eir.memory=0", "eir.paste=null", "eir.pseudo_label=False", "eir.w_kd=0"],
+    "finetune": ["eir.memory=0", "eir.paste=null", "eir.criterion.tau=null", "eir.criterion.w_kd=0"],
     "distill": ["eir.memory=0", "eir.paste=null"],
     "image_replay": ["eir.storage=image", "eir.paste=null"],
     "eir_no_paste": ["eir.paste=null"],

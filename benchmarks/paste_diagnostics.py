@@ -47,14 +47,10 @@ from eir.tasks import IGNORE_LABEL  # noqa: E402
 
 def load_runner(run: Path):
     """The run's own ContinualRunner (its config.yaml, its folder, on the CPU)."""
-    from detectron2.config import LazyConfig
-
+    from eir.engine.config_checks import load_config
     from eir.engine.runner import ContinualRunner
 
-    cfg = LazyConfig.load(str(run / "config.yaml"))
-    cfg.train.output_dir = str(run)
-    cfg.train.device = "cpu"
-    return ContinualRunner(cfg)
+    return ContinualRunner(load_config(run / "config.yaml", [f"train.output_dir={run}", "train.device=cpu"]))
 
 
 def predict(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,17 +64,18 @@ def predict(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
 def training_samples(runner, step: int, num: int, seed: int) -> list[dict]:
     """``num`` samples of the step's training set (new images and bank entries), drawn with
     ``seed``, through the step's own training mapper (pasting included)."""
-    from eir.data.datasets import replay_dataset_dicts, step_dataset_dicts
     from eir.data.prepass import PrepassStore
+    from eir.engine.builders import build_paster, build_train_mapper
 
+    plan = runner.plan(step)
     prepass_file = runner.step_dir(step) / "prepass.npz"
-    if not runner.pastes(step) or not prepass_file.is_file():
+    if not plan.paste or not prepass_file.is_file():
         raise SystemExit(f"{runner.output_dir} does not paste at step {step} (no {prepass_file}): give an EIR run")
-    bank = runner.load_bank(step)
     cfg, task = runner.cfg, runner.task
-    dicts = step_dataset_dicts(cfg.dataloader.train.dataset, task, step, "train", cache_dir=runner.output_dir)
-    dicts = dicts + replay_dataset_dicts(bank)
-    mapper = runner.train_mapper(step, bank, PrepassStore.load(prepass_file, task=task, step=step))
+    bank = runner.load_bank(plan)
+    _, dicts = runner.train_data(step, bank)
+    prepass = PrepassStore.load(prepass_file, task=task, step=step)
+    mapper = build_train_mapper(cfg, task, step, bank, build_paster(cfg, task, plan, bank, prepass))
     order = np.random.default_rng(seed).permutation(len(dicts))[:num]
     return [mapper(dicts[i]) for i in order]
 

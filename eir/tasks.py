@@ -20,6 +20,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from eir.constants import IGNORE_LABEL
+from eir.data.synthetic import SYNTHETIC_CLASSES
+
 __all__ = [
     "DATASETS",
     "SETTINGS",
@@ -28,10 +31,11 @@ __all__ = [
     "ade_palette",
     "build_task",
     "get_dataset",
+    "same_task",
+    "task_text",
     "voc_colormap",
 ]
 
-IGNORE_LABEL = 255
 SETTINGS = ("overlap", "disjoint")
 
 
@@ -130,11 +134,6 @@ ADE_CLASSES = (
     "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture", "hood",
     "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate",
     "monitor", "bulletin board", "shower", "radiator", "glass", "clock", "flag",
-)  # fmt: skip
-
-SYNTHETIC_CLASSES = (
-    "background", "disc", "square", "triangle", "ring", "cross", "star", "hexagon",
-    "crescent", "bar", "diamond",
 )  # fmt: skip
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -528,3 +527,18 @@ def build_task(
     order (default: id order). Bad input raises ValueError saying what to change.
     """
     return Task(dataset=dataset, name=name, setting=setting, order=order)
+
+
+def task_text(task: Mapping[str, Any]) -> str:
+    """How messages name a task dict stored in a file (a checkpoint's tag, a bank's manifest, a
+    prepass header, ``task.json``): ``"voc 15-1 overlap"``."""
+    return f"{task.get('dataset')} {task.get('name')} {task.get('setting', 'overlap')}"
+
+
+def same_task(stored: Any, task: Task) -> bool:
+    """Whether ``stored`` (a task dict read from a file) describes ``task``; False for anything
+    that is no valid task dict."""
+    try:
+        return Task.from_dict(stored) == task
+    except (ValueError, TypeError):
+        return False

@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
+from eir.constants import IMAGENET_MEAN
 from eir.data import bank as bank_module
 from eir.data.bank import (
-    PIXEL_MEAN,
     BankEntry,
     InstanceBank,
     is_candidate,
@@ -19,7 +19,7 @@ from eir.data.bank import (
 )
 from eir.tasks import build_task
 
-MEAN_RGB = (124, 116, 104)  # PIXEL_MEAN rounded
+MEAN_RGB = (124, 116, 104)  # IMAGENET_MEAN rounded
 
 
 # --------------------------------------------------------------------------- helpers
@@ -268,7 +268,7 @@ def test_render_replay_places_instances_on_mean_colour(task):
     label = two_class_scene()
     image = picture(40, 50, 7)
     bank = InstanceBank.build([sample(0, label, image)], task, 1, budget=1, seed=0, verbose=False)
-    out, lab = bank.render_replay(0, PIXEL_MEAN)
+    out, lab = bank.render_replay(0, IMAGENET_MEAN)
     assert out.shape == (40, 50, 3) and out.dtype == np.uint8 and lab.shape == (40, 50)
     kept = (label == 16) | (label == 17)
     assert np.array_equal(lab, np.where(kept, label, 0))

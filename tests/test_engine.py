@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from conftest import DETECTRON2_SKIP_REASON, synthetic_datasets
@@ -21,7 +20,8 @@ from detectron2.config import LazyConfig  # noqa: E402
 
 from eir.data.bank import InstanceBank  # noqa: E402
 from eir.data.prepass import PrepassStore  # noqa: E402
-from eir.engine.runner import ContinualRunner, build_step_model  # noqa: E402
+from eir.engine.builders import build_lr_scheduler, build_step_model  # noqa: E402
+from eir.engine.runner import ContinualRunner  # noqa: E402
 from eir.tasks import build_task  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,8 +136,8 @@ def test_eir_keeps_old_classes_that_fine_tuning_forgets(finished_run, tmp_path):
     shutil.copytree(runner.output_dir / "step_0", tmp_path / "step_0")
     (tmp_path / "task.json").write_text((runner.output_dir / "task.json").read_text())
     finetune = quick_cfg(
-        tmp_path, "train.step=1", "eir.memory=0", "eir.paste=null", "eir.pseudo_label=False",
-        "eir.w_kd=0",
+        tmp_path, "train.step=1", "eir.memory=0", "eir.paste=null", "eir.criterion.tau=null",
+        "eir.criterion.w_kd=0",
     )
     ft = ContinualRunner(finetune).run()[1]
     before = _old_foreground(summaries[0], task)
@@ -188,8 +188,8 @@ def test_bad_requests_fail_with_clear_messages(finished_run, datasets_root, tmp_
 @pytest.mark.parametrize(
     "override, field",
     [("eir.paste=None", "eir.paste"), ("eir.storage=pixels", "eir.storage"),
-     ("eir.rskd_mask=old", "eir.rskd_mask"), ("eir.memory=-1", "eir.memory"),
-     ("eir.tau=7", "eir.tau"), ("task.name=4-4", "4-4")],
+     ("eir.criterion.rskd_mask=old", "eir.criterion.*rskd_mask"), ("eir.memory=-1", "eir.memory"),
+     ("eir.criterion.tau=7", "eir.criterion.*tau"), ("task.name=4-4", "4-4")],
 )
 def test_bad_config_fields_fail_at_start_up(override, field, tmp_path):
     with pytest.raises(ValueError, match=field):
@@ -277,7 +277,7 @@ def test_poly_schedule_with_linear_warm_up():
     assert cfg.schedule.warmup_fraction == 0.2 and cfg.schedule.poly_power == 0.9
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([{"params": [param], "lr": 1.0}, {"params": [], "lr": 10.0}], lr=1.0)
-    sched = ContinualRunner.build_lr_scheduler(SimpleNamespace(cfg=cfg), opt, 100)
+    sched = build_lr_scheduler(cfg, opt, 100)
     lrs = []
     for _ in range(100):
         lrs.append([g["lr"] for g in opt.param_groups])

@@ -15,8 +15,9 @@ from detectron2.config import LazyCall as L  # noqa: E402
 from detectron2.config import LazyConfig  # noqa: E402
 from torchvision.models.resnet import Bottleneck, ResNet  # noqa: E402
 
+from eir.engine.builders import build_step_model  # noqa: E402
 from eir.engine.init_checkpoint import check_init_checkpoint  # noqa: E402
-from eir.engine.runner import ContinualRunner, build_step_model  # noqa: E402
+from eir.engine.runner import ContinualRunner  # noqa: E402
 from eir.modeling.backbone import build_resnet_deeplab  # noqa: E402
 from eir.tasks import build_task  # noqa: E402
 
@@ -36,7 +37,7 @@ def tiny_torchvision_resnet():
 
 
 # The Detectron2 twin of tiny_torchvision_resnet (torchvision's stem has 64 channels).
-TINY_BACKBONE = L(build_resnet_deeplab)(depth=None, num_blocks=(1, 1, 1, 1), width_per_group=8)
+TINY_BACKBONE = L(build_resnet_deeplab)(depth=None, num_blocks=(1, 1, 1, 1), width_per_group=8, norm="BN")
 
 
 def convert_to_pkl(state_dict, path, *extra):

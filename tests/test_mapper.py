@@ -19,7 +19,7 @@ from eir.data.mapper import (  # noqa: E402
     build_test_augmentations,
     build_train_augmentations,
 )
-from eir.data.paste import PasteConfig  # noqa: E402
+from eir.data.paste import InstancePaster, PasteConfig  # noqa: E402
 from eir.data.prepass import PrepassStore  # noqa: E402
 from eir.tasks import build_task  # noqa: E402
 
@@ -67,6 +67,11 @@ def _bank(storage="instance"):
         [entry], task=TASK.to_dict(), step=0, budget=1, seed=0, storage=storage,
         classes=TASK.seen_classes(0), class_names={c: TASK.class_names[c] for c in TASK.seen_classes(0)},
     )
+
+
+def _paster(bank, cfg, prepass=None):
+    """Step 1's pasting from ``bank`` (a mapper's ``paste`` callable)."""
+    return InstancePaster(bank, prepass, cfg, TASK.old_classes(1))
 
 
 def test_train_outputs_shapes_dtypes(tmp_path):
@@ -265,7 +270,7 @@ def test_pasting_copy_mode(tmp_path):
     bank = _bank()
     cfg = PasteConfig(mode="copy", cell_size=20, flip_prob=0.5)
     mapper = EIRDatasetMapper(is_train=True, task=TASK, step=1, augmentations=build_train_augmentations(48),
-                              bank=bank, paste_cfg=cfg, seed=5)
+                              bank=bank, paste=_paster(bank, cfg), seed=5)
     for _ in range(3):
         out = mapper(d)
         pc = out["paste_class"].numpy()
@@ -277,11 +282,13 @@ def test_pasting_copy_mode(tmp_path):
         assert (image[pasted] == INSTANCE_COLOR).all()
         assert not (image == (250, 0, 250)).all(axis=-1).any()  # outside the mask never pasted
 
-    # no pasting at step 0, in evaluation, or without a paste config
-    for kwargs in (dict(step=0), dict(step=1, paste_cfg=None), dict(step=1, is_train=False)):
-        m = EIRDatasetMapper(**{"is_train": True, "task": TASK, "bank": bank, "paste_cfg": cfg,
+    # no pasting without a paster; a paster at step 0 or in evaluation is refused
+    m = EIRDatasetMapper(is_train=True, task=TASK, step=1, bank=bank, paste=None, augmentations=[])
+    assert not m(d)["paste_class"].any()
+    for kwargs in (dict(step=0), dict(step=1, is_train=False)):
+        with pytest.raises(ValueError, match="pasting is for training at an incremental step"):
+            EIRDatasetMapper(**{"is_train": True, "task": TASK, "bank": bank, "paste": _paster(bank, cfg),
                                 "augmentations": [], **kwargs})
-        assert not m(d)["paste_class"].any()
 
 
 def test_prepass_map_follows_the_augmentation(tmp_path, monkeypatch):
@@ -299,8 +306,9 @@ def test_prepass_map_follows_the_augmentation(tmp_path, monkeypatch):
         return image, label, np.zeros((h, w), np.uint8), np.zeros((h, w), np.float32)
 
     monkeypatch.setattr(eir_paste, "paste_from_bank", spy)
+    bank = _bank()
     mapper = EIRDatasetMapper(is_train=True, task=TASK, step=1, augmentations=build_train_augmentations(32),
-                              bank=_bank(), prepass=store, paste_cfg=PasteConfig(cell_size=12), seed=1)
+                              bank=bank, paste=_paster(bank, PasteConfig(cell_size=12), store), seed=1)
     for _ in range(30):
         mapper(d)
         mapper({"bank_index": 0, "image_id": "bank_0"})
@@ -323,9 +331,10 @@ def test_an_image_missing_from_the_prepass_is_an_error(tmp_path):
     store = PrepassStore(TASK, 1, stride=4)
     store.add("img0", np.zeros((H // 4, W // 4), np.uint8))
     path = store.save(tmp_path / "step_1" / "prepass.npz")
+    bank = _bank()
     for prepass, where in ((store, path), (PrepassStore.load(path), path)):
         mapper = EIRDatasetMapper(is_train=True, task=TASK, step=1, augmentations=build_train_augmentations(32),
-                                  bank=_bank(), prepass=prepass, paste_cfg=PasteConfig(cell_size=12))
+                                  bank=bank, paste=_paster(bank, PasteConfig(cell_size=12), prepass))
         with pytest.raises(ValueError, match=rf"training image img1 \({d['file_name']}\) has no map in the "
                                              rf"prepass store {where}"):
             mapper(d)
@@ -345,7 +354,7 @@ def test_replay_entries(tmp_path):
 
     # with the training augmentation and pasting on, the entry's class survives
     aug = EIRDatasetMapper(is_train=True, task=TASK, step=1, augmentations=build_train_augmentations(64),
-                           bank=bank, paste_cfg=PasteConfig(mode="copy", cell_size=20), seed=0)
+                           bank=bank, paste=_paster(bank, PasteConfig(mode="copy", cell_size=20)), seed=0)
     assert any((aug({"bank_index": 0, "image_id": "bank_0"})["sem_seg"] == 3).any() for _ in range(5))
     with pytest.raises(ValueError, match="no bank"):
         EIRDatasetMapper(is_train=True, task=TASK, step=1, augmentations=[])({"bank_index": 0, "image_id": "b"})
@@ -355,8 +364,9 @@ def test_determinism_given_the_seed(tmp_path):
     dicts = [_write_sample(tmp_path, f"img{i}") for i in range(3)] + [{"bank_index": 0, "image_id": "bank_0"}]
 
     def run(seed):
+        bank = _bank()
         m = EIRDatasetMapper(is_train=True, task=TASK, step=1, augmentations=build_train_augmentations(32),
-                             bank=_bank(), paste_cfg=PasteConfig(cell_size=12), seed=seed)
+                             bank=bank, paste=_paster(bank, PasteConfig(cell_size=12)), seed=seed)
         return [m(d) for d in dicts * 2]
 
     a, b, c = run(7), run(7), run(8)
@@ -386,31 +396,24 @@ def test_bad_label_values_raise(tmp_path):
         mapper(d)
 
 
-def test_from_config_and_lazy_instantiation(tmp_path):
+def test_lazy_instantiation(tmp_path):
+    """A mapper declared in a LazyConfig: keyword arguments only, nested configs instantiated."""
     from detectron2.config import LazyCall as L
     from detectron2.config import instantiate
-    from omegaconf import OmegaConf
 
     d = _write_sample(tmp_path)
-    cfg = OmegaConf.create({"eir": {"task": TASK.to_dict(), "step": 1, "crop_size": 24, "seed": 3}})
-    train = EIRDatasetMapper(cfg, is_train=True)
-    out = train(d)
-    assert out["image"].shape == (3, 24, 24) and train.seed == 3 and train.task == TASK
-    test = EIRDatasetMapper(cfg, is_train=False)
-    assert test(d)["image"].shape == (3, 512, 512)
-    cfg.eir.task = L(build_task)(dataset="voc", name="15-1")  # a lazy task node works too
-    assert EIRDatasetMapper(cfg, is_train=True).task == TASK
-    # LazyConfig style: keyword arguments only, with a nested config for the task
     lazy = L(EIRDatasetMapper)(
         is_train=True, task=L(build_task)(dataset="voc", name="15-1"), step=1,
-        augmentations=[L(RandomResizedCrop)(crop_size=16)],
-        paste_cfg={"mode": "copy", "cell_size": 8},
+        augmentations=[L(RandomResizedCrop)(crop_size=16)], seed=3,
     )
-    with pytest.raises(ValueError, match="no bank"):
-        instantiate(lazy)
-    lazy.bank = None
-    lazy.paste_cfg = None
     mapper = instantiate(lazy)
+    assert mapper.task == TASK and mapper.seed == 3 and mapper.paste is None
     assert mapper(d)["image"].shape == (3, 16, 16)
+    lazy.step = 0
+    lazy.paste = L(InstancePaster)(bank=None, prepass=None, config=PasteConfig(), old_classes=[])
+    with pytest.raises(ValueError, match="pasting is for training at an incremental step"):
+        instantiate(lazy)
     with pytest.raises(TypeError):
         EIRDatasetMapper(True, TASK, 1)  # keyword-only
+    with pytest.raises(TypeError, match="eir.tasks.Task"):
+        EIRDatasetMapper(is_train=True, task=TASK.to_dict(), step=1)

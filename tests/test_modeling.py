@@ -14,15 +14,13 @@ pytest.importorskip("detectron2", reason=DETECTRON2_SKIP_REASON)
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import LazyCall as L  # noqa: E402
-from detectron2.config import get_cfg, instantiate  # noqa: E402
+from detectron2.config import instantiate  # noqa: E402
 from detectron2.layers import ASPP, FrozenBatchNorm2d  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
 
 from eir.modeling.backbone import SMALL_RESNET, build_resnet_deeplab  # noqa: E402
 from eir.modeling.head import IncrementalHead  # noqa: E402
 from eir.modeling.meta_arch import (  # noqa: E402
     EIRSegmentor,
-    add_eir_config,
     build_param_groups,
     freeze_for_incremental,
     load_previous_step,
@@ -438,23 +436,6 @@ def test_lazy_config_builds_the_model():
     assert isinstance(model, EIRSegmentor) and model.num_channels == 7
 
 
-def test_yacs_config_builds_the_model():
-    cfg = add_eir_config(get_cfg())
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.META_ARCHITECTURE = "EIRSegmentor"
-    cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = list(MEAN), list(STD)
-    cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.RESNETS.update(
-        DEPTH=50, OUT_FEATURES=["res5"], RES5_DILATION=2, STRIDE_IN_1X1=False, NORM="BN",
-        STEM_OUT_CHANNELS=16, RES2_OUT_CHANNELS=32, WIDTH_PER_GROUP=8,
-    )  # fmt: skip
-    cfg.MODEL.EIR.update(DATASET="synthetic", TASK="4-2", STEP=2, HEAD_CHANNELS=8)
-    model = build_model(cfg)
-    assert isinstance(model, EIRSegmentor)
-    assert model.channel_classes == list(range(9)) and model.head.step_sizes == [4, 2, 2]
-
-
 # -------------------------------------------------------------- converter
 def _load_converter():
     spec = importlib.util.spec_from_file_location(
@@ -564,7 +545,7 @@ def test_batchnorm_synchronised_at_step0_of_multi_process_runs(config, num_norms
     from detectron2.config import LazyConfig
     from detectron2.utils import comm
 
-    from eir.engine.runner import build_step_model
+    from eir.engine.builders import build_step_model
 
     cfg = LazyConfig.load(str(ROOT / "projects/EIR/configs" / config))
     task = build_task(**cfg.task)

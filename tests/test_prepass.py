@@ -221,11 +221,12 @@ def test_a_file_of_the_first_format_is_stale(tmp_path):
 
 
 @requires_detectron2
-def test_runner_recomputes_a_stale_prepass(tmp_path, monkeypatch, caplog):
-    """The runner reuses step_t/prepass.npz only when what produced it is unchanged."""
+def test_a_stale_prepass_is_recomputed(tmp_path, monkeypatch, caplog):
+    """A step reuses step_t/prepass.npz only when what produced it is unchanged."""
     from omegaconf import OmegaConf
 
-    from eir.engine import runner as runner_module
+    from eir.engine import prepass as prepass_module
+    from eir.engine.run_folder import RunFolder
 
     calls = []
 
@@ -236,11 +237,10 @@ def test_runner_recomputes_a_stale_prepass(tmp_path, monkeypatch, caplog):
             store.add(d["image_id"], np.full((2, 2), 3, np.uint8))
         return store
 
-    monkeypatch.setattr(runner_module, "run_prepass", fake_run_prepass)
-    runner = runner_module.ContinualRunner.__new__(runner_module.ContinualRunner)
-    runner.task, runner.output_dir = TASK, tmp_path
-    runner.cfg = OmegaConf.create({"eir": {"tau": 0.7, "prepass": {"short_side": 512, "stride": 8}},
-                                   "dataloader": {"train": {"num_workers": 0}}})
+    monkeypatch.setattr(prepass_module, "run_prepass", fake_run_prepass)
+    folder = RunFolder(tmp_path, TASK)
+    cfg = OmegaConf.create({"eir": {"prepass": {"tau": 0.7, "short_side": 512, "stride": 8}},
+                            "dataloader": {"train": {"num_workers": 0}}})
     (tmp_path / "step_0").mkdir()
     (tmp_path / "step_0" / "model_final.pth").write_bytes(b"weights A")
     (tmp_path / "step_1").mkdir()
@@ -248,8 +248,8 @@ def test_runner_recomputes_a_stale_prepass(tmp_path, monkeypatch, caplog):
 
     def run(expected_calls, why=None):
         caplog.clear()
-        with caplog.at_level("INFO", logger="eir.engine.runner"):
-            store = runner.prepass(1, dicts, old_model=None)
+        with caplog.at_level("INFO", logger="eir.engine.prepass"):
+            store = prepass_module.step_prepass(cfg, TASK, folder, 1, dicts, old_model=None)
         assert len(calls) == expected_calls
         assert sorted(store.image_ids()) == sorted(d["image_id"] for d in dicts)
         if why is not None:
@@ -259,16 +259,16 @@ def test_runner_recomputes_a_stale_prepass(tmp_path, monkeypatch, caplog):
 
     run(1)
     run(1)  # the same settings: reused
-    runner.cfg.eir.tau = 0.5
+    cfg.eir.prepass.tau = 0.5
     run(2, "tau 0.7 -> 0.5")
     run(2)
-    runner.cfg.eir.prepass.stride = 4
+    cfg.eir.prepass.stride = 4
     run(3, "stride 8 -> 4")
-    runner.cfg.eir.prepass.short_side = 256
+    cfg.eir.prepass.short_side = 256
     run(4, "short_side 512 -> 256")
     (tmp_path / "step_0" / "model_final.pth").write_bytes(b"weights B")
     run(5, "old_checkpoint_sha256 " + hashlib.sha256(b"weights A").hexdigest())
     dicts.append({"image_id": "b", "file_name": "b.jpg", "sem_seg_file_name": "b.png"})
     store = run(6, "images_sha256")
-    assert store.key["tau"] == 0.5 and store.key["pseudo_label_rule"] == runner_module.PSEUDO_LABEL_RULE
+    assert store.key["tau"] == 0.5 and store.key["pseudo_label_rule"] == prepass_module.PSEUDO_LABEL_RULE
     run(6)

@@ -102,14 +102,18 @@ def test_number_of_workers_does_not_change_the_batches(reference):
     keys a rerun compares."""
     from conftest import tiny_cfg
 
+    from eir.engine.builders import build_paster, build_train_loader, build_train_mapper
+    from eir.engine.prepass import step_prepass
     from eir.engine.runner import ContinualRunner
 
     def batches(num_workers, count=15):  # 15 batches of 4: the step's 60 iterations
         runner = ContinualRunner(tiny_cfg(reference, f"dataloader.train.num_workers={num_workers}"))
-        bank = runner.load_bank(1)
+        cfg, task, plan = runner.cfg, runner.task, runner.plan(1)
+        bank = runner.load_bank(plan)
         train_dicts, dicts = runner.train_data(1, bank)
-        prepass = runner.prepass(1, train_dicts, old_model=None)  # the run's step_1/prepass.npz
-        loader = iter(runner.train_loader(1, dicts, bank, prepass))
+        prepass = step_prepass(cfg, task, runner.folder, 1, train_dicts, old_model=None)  # the run's prepass.npz
+        mapper = build_train_mapper(cfg, task, 1, bank, build_paster(cfg, task, plan, bank, prepass))
+        loader = iter(build_train_loader(cfg, dicts, mapper, 1))
         return [next(loader) for _ in range(count)]
 
     a, b = batches(0), batches(2)

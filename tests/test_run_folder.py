@@ -58,11 +58,13 @@ def test_lock_of_a_dead_process_is_taken_over(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["run.lock"]  # no temp file left behind
 
 
-# --------------------------------------------------------------------------- config keys (no Detectron2)
+# --------------------------------------------------------------------------- config keys
 
 
+@requires_detectron2
 def test_unknown_override_keys_name_the_nearest_known_key():
-    check_override_keys = run_folder().check_override_keys
+    from eir.engine.config_checks import check_override_keys
+
     cfg = {"eir": {"memory": 100, "paste": {"mode": "mixup"}}, "train": {"seed": 0}}
     check_override_keys(cfg, ["eir.memory=5", "eir.paste.mode=copy", "eir.paste=null", "train.seed=1"])
     with pytest.raises(ValueError, match="'eir.memroy'.*did you mean eir.memory"):

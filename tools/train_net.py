@@ -20,13 +20,12 @@ from pathlib import Path
 import eir.require_detectron2  # noqa: F401  (first: says how to install a missing Detectron2)
 
 # isort: split
-from detectron2.config import LazyConfig
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from eir.engine.run_folder import check_override_keys
+from eir.engine.config_checks import load_config
 from eir.engine.runner import ContinualRunner
 from eir.evaluation.evaluator import detectron2_results
 
@@ -36,9 +35,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "projects/EIR/configs/syn
 
 
 def main(args):
-    cfg = LazyConfig.load(args.config_file)
-    check_override_keys(cfg, args.opts)
-    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    cfg = load_config(args.config_file, args.opts)
     runner = ContinualRunner(cfg)  # checks the config; writes nothing
     if args.eval_only:
         # Evaluation writes nothing into the run's folder, not even config.yaml.

@@ -15,9 +15,9 @@ are found as in training (``DETECTRON2_DATASETS``).
 import argparse
 from pathlib import Path
 
-from detectron2.config import LazyConfig
 from detectron2.utils.logger import setup_logger
 
+from eir.engine.config_checks import load_config
 from eir.engine.runner import ContinualRunner
 from eir.evaluation.prediction_figure import NUM_IMAGES, write_prediction_figure
 from eir.evaluation.report import write_per_class
@@ -44,10 +44,9 @@ def main(argv=None) -> list[Path]:
         )
     if args.num_images < 1:
         raise SystemExit(f"--num-images must be >= 1, got {args.num_images}")
-    cfg = LazyConfig.load(str(config))
-    cfg = LazyConfig.apply_overrides(cfg, [*args.opts, f"train.output_dir={output_dir}"])
+    cfg = load_config(config, [*args.opts, f"train.output_dir={output_dir}"])
     runner = ContinualRunner(cfg)
-    summaries = runner.finished_summaries()
+    summaries = runner.folder.finished_summaries()
     if not summaries:
         raise SystemExit(f"{output_dir} has no finished step (no step_*/DONE with metrics.json)")
     seed = cfg.train.seed if args.seed is None else args.seed

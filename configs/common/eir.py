@@ -2,6 +2,7 @@
 from detectron2.config import LazyCall as L
 
 from eir.data.paste import PasteConfig
+from eir.modeling.criterion import EIRCriterion
 
 eir = dict(
     memory=100,  # instance bank budget M (entries); 0 disables the bank (and pasting)
@@ -15,14 +16,16 @@ eir = dict(
         beta=(1.0, 1.0),  # Beta parameters of lambda
         flip_prob=0.5,  # horizontal flip of a pasted instance
     ),
-    pseudo_label=True,  # old model's pseudo-labels on background pixels
-    tau=0.7,  # pseudo-label threshold on the old model's sigmoid scores
-    w_bce=1.0,  # weight of the BCE loss
-    w_kd=5.0,  # weight of RSKD; 0 disables distillation
-    rskd_mask="not_new",  # pixels distilled: "not_new" | "background" | "all"
-    rskd_normalize="mask",  # RSKD mean over "mask" pixels or "all" pixels
+    criterion=L(EIRCriterion)(  # the training objective of every step
+        tau=0.7,  # pseudo-label threshold on the old model's sigmoid scores; None: no pseudo-labels
+        w_bce=1.0,  # weight of the BCE loss
+        w_kd=5.0,  # weight of RSKD; 0 disables distillation
+        rskd_mask="not_new",  # pixels distilled: "not_new" | "background" | "all"
+        rskd_normalize="mask",  # RSKD mean over "mask" pixels or "all" pixels
+    ),
     new_head_init="random",  # new classifier init: "random" or "aux" (copy of the background head)
-    prepass=dict(
+    prepass=dict(  # the old model's pass over a step's images that tells pasting what it hides
+        tau="${..criterion.tau}",  # detection threshold: the pseudo-labels' (METHOD.md section 4)
         short_side=512,  # the old model sees training images resized to this shorter side
         stride=8,  # stored pseudo-label maps are 1/stride of the image size
     ),

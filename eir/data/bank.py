@@ -13,7 +13,7 @@ Two storage modes:
   class of the step is eligible; the whole image and the whole step label
   (255 kept) are stored.
 
-Selection (deterministic): ``rng = numpy.random.default_rng([seed, step])``;
+Selection (deterministic): ``rng = eir.seeding.bank_rng(seed, step)``;
 the pool (previous entries in their order, then this step's eligible samples in
 sample order) is shuffled with ``rng.permutation(len(pool))``, then the class
 order with ``rng.permutation(task.seen_classes(step))``; round after round each
@@ -46,14 +46,16 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from eir.constants import IMAGENET_MEAN
 from eir.data.io import check_same_size, read_image, read_label
 from eir.data.paste import pack_instance, rescale_instance
+from eir.seeding import bank_rng
+from eir.tasks import task_text
 
 __all__ = [
     "BankEntry",
     "FORMAT_VERSION",
     "InstanceBank",
-    "PIXEL_MEAN",
     "candidate_classes",
     "is_candidate",
     "present_classes",
@@ -72,8 +74,6 @@ _REBUILD = (
 )
 ENTRIES_DIR = "entries"
 STORAGE_MODES = ("instance", "image")
-# Normalisation mean colour (RGB), the flat background of replayed instances.
-PIXEL_MEAN = (123.675, 116.28, 103.53)
 _KIND = "eir_instance_bank"
 
 
@@ -171,12 +171,6 @@ def round_robin(
     return chosen
 
 
-def _selection_rng(seed: int, step: int) -> np.random.Generator:
-    if int(seed) < 0:
-        raise ValueError(f"bank seed must be a non-negative integer, got {seed}")
-    return np.random.default_rng([int(seed), int(step)])
-
-
 def select_entries(
     pool_classes: Sequence[Sequence[int]],
     classes: Sequence[int],
@@ -189,7 +183,7 @@ def select_entries(
     ``rng = default_rng([seed, step])``; pool permutation first, class order second.
     Returns ``(index into the unshuffled pool, credited class)`` in the order taken.
     """
-    rng = _selection_rng(seed, step)
+    rng = bank_rng(seed, step)
     perm = rng.permutation(len(pool_classes))
     class_order = [int(c) for c in rng.permutation(np.asarray(list(classes), dtype=np.int64))]
     shuffled = [pool_classes[i] for i in perm]
@@ -350,10 +344,6 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")
 
 
-def _task_desc(task: dict) -> str:
-    return f"{task.get('dataset')} {task.get('name')} {task.get('setting')}"
-
-
 def _plain(obj: Any) -> Any:
     """JSON-normalised copy (tuples become lists) so task dicts compare equal."""
     return json.loads(json.dumps(obj))
@@ -462,7 +452,7 @@ class InstanceBank:
             cls._check_previous(previous, task_dict, step, storage)
         samples = samples if isinstance(samples, Sequence) else list(samples)
         lut = np.asarray(task.train_label_lut(step), dtype=np.uint8)
-        _selection_rng(seed, step)  # a bad seed fails before the long scan, not after it
+        bank_rng(seed, step)  # a bad seed fails before the long scan, not after it
 
         pool = None
         if num_workers > 0 and len(samples) > 1:
@@ -522,8 +512,8 @@ class InstanceBank:
     def _check_previous(previous: InstanceBank, task_dict: dict, step: int, storage: str) -> None:
         if previous.task != task_dict:
             raise ValueError(
-                f"previous bank was built for {_task_desc(previous.task)} (order {previous.task.get('order')}), "
-                f"not for {_task_desc(task_dict)} (order {task_dict.get('order')}): pass the bank of "
+                f"previous bank was built for {task_text(previous.task)} (order {previous.task.get('order')}), "
+                f"not for {task_text(task_dict)} (order {task_dict.get('order')}): pass the bank of "
                 "this task's previous step"
             )
         if previous.step != step - 1:
@@ -599,7 +589,7 @@ class InstanceBank:
         return found
 
     def render_replay(
-        self, index: int, mean_color: Sequence[float] = PIXEL_MEAN
+        self, index: int, mean_color: Sequence[float] = IMAGENET_MEAN
     ) -> tuple[np.ndarray, np.ndarray]:
         """The training sample of entry ``index``: ``(image HxWx3 uint8 RGB, label HxW uint8)``.
 
@@ -629,7 +619,7 @@ class InstanceBank:
             f"{self.class_names.get(c, str(c))}: {n}" for c, n in self.class_counts().items()
         )
         return (
-            f"InstanceBank({_task_desc(self.task)}, step {self.step}, storage={self.storage!r}, "
+            f"InstanceBank({task_text(self.task)}, step {self.step}, storage={self.storage!r}, "
             f"{len(self)}/{self.budget} entries, {self.nbytes} bytes; {counts})"
         )
 
@@ -770,7 +760,7 @@ class InstanceBank:
             )
         bank_task = manifest["task"]
         bank_step = int(manifest["step"])
-        where = f"bank at {folder} was built after step {bank_step} of {_task_desc(bank_task)}"
+        where = f"bank at {folder} was built after step {bank_step} of {task_text(bank_task)}"
         if task is not None:
             want = _plain(task.to_dict())
             if bank_task.get("dataset") != want.get("dataset"):
@@ -783,7 +773,7 @@ class InstanceBank:
                 want.get("setting"),
             ):
                 raise ValueError(
-                    f"{where}, but the run is {_task_desc(want)}: point to the output directory "
+                    f"{where}, but the run is {task_text(want)}: point to the output directory "
                     "of this task or rebuild the bank"
                 )
             if bank_task.get("order") != want.get("order"):

@@ -44,6 +44,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 from tqdm import tqdm
 
+from eir.constants import IGNORE_LABEL
 from eir.data.io import read_label
 from eir.fileio import atomic_write
 from eir.tasks import DATASETS, Task
@@ -58,7 +59,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IGNORE_LABEL = 255
 SPLITS = ("train", "test")
 LAYOUT_HELP = "see the 'Datasets' section of README.md for the expected layouts"
 SYNTHETIC_DIR = "eir_synthetic"

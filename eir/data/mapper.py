@@ -10,23 +10,21 @@ from __future__ import annotations
 import eir.require_detectron2  # noqa: F401  (first: says how to install a missing Detectron2)
 
 # isort: split
-import contextlib
 import logging
 import math
-import zlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
 import torch
-from detectron2.config import configurable, instantiate
 from detectron2.data import transforms as T
 from detectron2.utils import comm
 from fvcore.transforms.transform import CropTransform, Transform, TransformList
 
-from eir.data import paste as eir_paste
+from eir.constants import IGNORE_LABEL, IMAGENET_MEAN
 from eir.data.datasets import invalid_values
 from eir.data.io import check_same_size, read_image, read_label
+from eir.seeding import numpy_global_seed, sample_rng, unpositioned_sample_rng
 from eir.tasks import Task
 
 __all__ = [
@@ -38,15 +36,11 @@ __all__ = [
     "RandomResizedCropPad",
     "build_test_augmentations",
     "build_train_augmentations",
-    "IMAGENET_MEAN",
     "POSITION_KEY",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Normalisation mean colour (RGB, pixel scale): the fill of padding and of replay canvases.
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IGNORE_LABEL = 255
 #: Training-crop windows: "fit" (the recipe: inside the image) or "pad" (a variant, see
 #: :class:`RandomResizedCropPad`).
 CROP_MODES = ("fit", "pad")
@@ -293,48 +287,7 @@ def build_test_augmentations(
     return augs
 
 
-@contextlib.contextmanager
-def _numpy_global_rng(rng: np.random.Generator) -> Iterator[None]:
-    """Run Detectron2 augmentations (which draw from ``numpy.random``) under a seed from ``rng``.
-
-    The global state is restored afterwards, so nothing outside sees the change.
-    """
-    state = np.random.get_state()
-    np.random.seed(int(rng.integers(2**32)))
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
-
-
 # --------------------------------------------------------------------------- mapper
-
-
-def _as_task(task: Any) -> Task:
-    if isinstance(task, Task):
-        return task
-    if hasattr(task, "keys"):  # a dict, or a config node holding one
-        task = {k: (list(task[k]) if k == "order" and task[k] is not None else task[k]) for k in task.keys()}
-    return Task.from_dict(task)
-
-
-def _cfg_get(cfg: Any, path: str, default: Any = None) -> Any:
-    node = cfg
-    for key in path.split("."):
-        try:
-            node = node[key] if isinstance(node, dict) or hasattr(node, "keys") else getattr(node, key)
-        except (KeyError, AttributeError):
-            return default
-        if node is None:
-            return default
-    return node
-
-
-def _writable(array: np.ndarray) -> np.ndarray:
-    """``array`` if it is a writable C-contiguous array, else a copy that is."""
-    if array.flags.writeable and array.flags.c_contiguous:
-        return array
-    return np.array(array, order="C")
 
 
 class EIRDatasetMapper:
@@ -350,148 +303,90 @@ class EIRDatasetMapper:
        training (the step's classes kept, 255 kept, all else 0), ``test_label_lut(step)``
        in evaluation. Replayed entries are not remapped: their stored old classes are
        their labels.
-    3. Augment image and label together. For pasting, the image's prepass map (the old
-       model's low-resolution pseudo-labels; an image the store lacks is an error) is
-       resized to the image with nearest
-       interpolation and goes through the same transforms (nearest; the padding of
-       ``crop_mode="pad"`` reads 0); a replayed entry's map is all 0.
-    4. In training at a step > 0 with a bank and a ``paste_cfg``: paste bank instances
-       into the crop's free background (:func:`eir.data.paste.paste_from_bank`).
+    3. Augment image and label together.
+    4. In training, with a ``paste`` callable (an incremental step that pastes, e.g.
+       :class:`eir.data.paste.InstancePaster`): paste old-class instances into the
+       augmented sample.
     5. Return ``image`` (3xHxW uint8 RGB tensor), ``sem_seg`` (HxW int64 class ids),
        ``paste_class`` (HxW int64, 0 where nothing was pasted), ``paste_alpha`` (HxW
        float32), ``height`` / ``width`` (of the returned label: evaluation compares the
        model's output resized to this size with the transformed label), ``file_name``,
        ``image_id`` (and ``bank_index`` for replayed entries).
 
-    Randomness (reproducible): each call draws from its own
-    ``numpy.random.Generator``. A training dict from the runner's loader carries its
-    position ``p`` in the step's sample stream (:data:`POSITION_KEY`,
-    :mod:`eir.engine.sampling`); its generator is seeded by ``SeedSequence([seed, step, p,
-    crc32(image_id)])``, so the crops, flips and pastes of a sample depend on the run's
-    seed, the step and where the sample falls in the stream only: not on the number of
-    GPUs or workers, nor on whether the step was resumed. A dict without a position
-    (the mapper called directly) uses ``n``, the count of this mapper copy's calls, in
-    place of ``p`` (with the rank and worker id).
+    Randomness (reproducible): each call draws from its own ``numpy.random.Generator``,
+    :func:`eir.seeding.sample_rng` of the dict's position in the step's sample stream
+    (:data:`POSITION_KEY`, set by :mod:`eir.engine.sampling`), so the crops, flips and
+    pastes of a sample depend on the run's seed, the step and where the sample falls in
+    the stream only: not on the number of GPUs or workers, nor on whether the step was
+    resumed. A dict without a position (the mapper called directly) draws from
+    :func:`eir.seeding.unpositioned_sample_rng` instead.
     The bank lives in memory; no file is read per sample except the image and label.
     """
 
-    @configurable
     def __init__(
         self,
         *,
         is_train: bool = True,
-        task: Any,
+        task: Task,
         step: int,
         augmentations: Sequence[T.Augmentation | Transform] | None = None,
         bank: Any = None,
-        prepass: Any = None,
-        paste_cfg: Any = None,
+        paste: Callable | None = None,
         mean_color: Sequence[float] = IMAGENET_MEAN,
         seed: int = 0,
     ):
         """
         Args:
             is_train: training (train LUT, pasting) or evaluation (test LUT).
-            task: an :class:`eir.tasks.Task` (or its ``to_dict()``).
+            task: the :class:`eir.tasks.Task`.
             step: the step being trained or evaluated.
             augmentations: Detectron2 augmentations; default :func:`build_train_augmentations`
                 in training and :func:`build_test_augmentations` in evaluation.
-            bank: the :class:`~eir.data.bank.InstanceBank` serving this step (replay dicts
-                and pasting need it), or None.
-            prepass: the step's :class:`~eir.data.prepass.PrepassStore`, or None (then the
-                pasting classes come from the fallback rule only).
-            paste_cfg: :class:`~eir.data.paste.PasteConfig`, or None for no pasting.
+            bank: the :class:`~eir.data.bank.InstanceBank` whose entries replay dicts render,
+                or None.
+            paste: ``paste(image, label, dataset_dict, transforms, source_shape, rng)`` ->
+                ``(image, label, paste_class, paste_alpha)``, the step's pasting
+                (:class:`eir.data.paste.InstancePaster`), or None for no pasting.
             mean_color: RGB fill of replay canvases.
             seed: the run's seed (see the class docstring for the per-sample rule).
         """
+        if not isinstance(task, Task):
+            raise TypeError(f"task must be an eir.tasks.Task (build_task(...)), got {type(task).__name__}")
         self.is_train = bool(is_train)
-        self.task = _as_task(task)
-        self.step = self.task.check_step(step)
+        self.task = task
+        self.step = task.check_step(step)
+        if paste is not None and not (self.is_train and self.step > 0):
+            raise ValueError("pasting is for training at an incremental step (step > 0)")
         if augmentations is None:
             augmentations = build_train_augmentations() if self.is_train else build_test_augmentations()
         self.augmentations = T.AugmentationList(list(augmentations))
         self.bank = bank
-        self.prepass = prepass
-        if isinstance(paste_cfg, dict) or (paste_cfg is not None and hasattr(paste_cfg, "keys")):
-            paste_cfg = eir_paste.PasteConfig(**dict(paste_cfg))
-        self.paste_cfg = paste_cfg
+        self.paste = paste
         self.mean_color = tuple(float(c) for c in mean_color)
         if len(self.mean_color) != 3:
             raise ValueError(f"mean_color must be 3 values (RGB), got {mean_color}")
         self.seed = int(seed)
-        self.lut = self.task.train_label_lut(self.step) if self.is_train else self.task.test_label_lut(self.step)
-        self.old_classes = self.task.old_classes(self.step)
-        self.paste = bool(
-            self.is_train and self.step > 0 and bank is not None and paste_cfg is not None and len(bank)
-        )
-        if paste_cfg is not None and self.is_train and self.step > 0 and bank is None:
-            raise ValueError("paste_cfg is set but no bank was given: pasting needs the step's bank")
-        if prepass is not None and getattr(prepass, "step", self.step) != self.step:
-            raise ValueError(
-                f"the prepass store is for step {prepass.step}, but the mapper maps step {self.step}"
-            )
+        self.lut = task.train_label_lut(self.step) if self.is_train else task.test_label_lut(self.step)
         self._rank = comm.get_rank()
         self._calls = 0
         logger.info(
             "EIRDatasetMapper (%s, step %d, pasting %s): %s",
-            "train" if self.is_train else "test", self.step, "on" if self.paste else "off",
+            "train" if self.is_train else "test", self.step, "on" if paste is not None else "off",
             self.augmentations,
         )
-
-    @classmethod
-    def from_config(cls, cfg: Any, is_train: bool = True, *, task=None, step=None, bank=None,
-                    prepass=None, paste_cfg=None):
-        """Arguments from a config (yacs ``CfgNode`` or LazyConfig ``DictConfig``).
-
-        Keys read (defaults in brackets): ``eir.task`` (Task or its dict), ``eir.step``,
-        ``eir.seed`` [``train.seed`` or 0], ``eir.crop_size`` [512], ``eir.scale``
-        [(0.5, 2.0)], ``eir.ratio`` [(3/4, 4/3)], ``eir.crop_mode`` ["fit"], ``eir.test_short_side`` [512],
-        ``eir.test_crop`` [512; None = full resolution], ``eir.mean_color``. ``bank``,
-        ``prepass`` and ``paste_cfg`` are run-time objects passed as keywords; keyword
-        ``task`` / ``step`` override the config.
-        """
-        task = task if task is not None else _cfg_get(cfg, "eir.task")
-        step = step if step is not None else _cfg_get(cfg, "eir.step")
-        if task is None or step is None:
-            raise ValueError("EIRDatasetMapper.from_config needs eir.task and eir.step in the config")
-        if hasattr(task, "keys") and "_target_" in task:  # a LazyCall(build_task)(...) node
-            task = instantiate(task)
-        if is_train:
-            augs = build_train_augmentations(
-                crop_size=_cfg_get(cfg, "eir.crop_size", 512),
-                scale=tuple(_cfg_get(cfg, "eir.scale", (0.5, 2.0))),
-                ratio=tuple(_cfg_get(cfg, "eir.ratio", (3 / 4, 4 / 3))),
-                crop_mode=_cfg_get(cfg, "eir.crop_mode", "fit"),
-            )
-        else:
-            augs = build_test_augmentations(
-                short_side=_cfg_get(cfg, "eir.test_short_side", 512),
-                crop=_cfg_get(cfg, "eir.test_crop", 512),
-            )
-        return {
-            "is_train": is_train,
-            "task": task,
-            "step": int(step),
-            "augmentations": augs,
-            "bank": bank,
-            "prepass": prepass,
-            "paste_cfg": paste_cfg,
-            "mean_color": tuple(_cfg_get(cfg, "eir.mean_color", IMAGENET_MEAN)),
-            "seed": int(_cfg_get(cfg, "eir.seed", _cfg_get(cfg, "train.seed", 0)) or 0),
-        }
 
     # ----------------------------------------------------------------- helpers
     def sample_rng(self, dataset_dict: dict) -> np.random.Generator:
         """The generator of one call: from the dict's stream position, else the call counter."""
-        key = zlib.crc32(str(dataset_dict.get("image_id", "")).encode("utf-8"))
+        image_id = dataset_dict.get("image_id", "")
         position = dataset_dict.get(POSITION_KEY)
         if position is not None:
-            return np.random.default_rng([self.seed & 0xFFFFFFFF, self.step, int(position), key])
+            return sample_rng(self.seed, self.step, position, image_id)
         worker = torch.utils.data.get_worker_info()
         worker_id = worker.id + 1 if worker is not None else 0
-        ss = np.random.SeedSequence([self.seed & 0xFFFFFFFF, self._rank, worker_id, self._calls, key])
+        rng = unpositioned_sample_rng(self.seed, self._rank, worker_id, self._calls, image_id)
         self._calls += 1
-        return np.random.default_rng(ss)
+        return rng
 
     def _read(self, dataset_dict: dict) -> tuple[np.ndarray, np.ndarray, str]:
         if "bank_index" in dataset_dict:
@@ -516,21 +411,6 @@ class EIRDatasetMapper:
             )
         return image, self.lut[label], str(file_name)
 
-    def _pseudo_map(self, dataset_dict: dict, shape: tuple[int, int]) -> np.ndarray:
-        h, w = shape
-        if self.prepass is None or "bank_index" in dataset_dict:
-            return np.zeros((h, w), dtype=np.uint8)
-        image_id = str(dataset_dict.get("image_id"))
-        low = self.prepass.lookup(image_id)
-        if low is None:
-            where = self.prepass.path or "(a store not saved to a file)"
-            raise ValueError(
-                f"training image {image_id} ({dataset_dict.get('file_name')}) has no map in the "
-                f"prepass store {where}, which was made for other images; delete that file to "
-                "have the prepass recomputed"
-            )
-        return cv2.resize(np.ascontiguousarray(low), (w, h), interpolation=cv2.INTER_NEAREST)
-
     # ----------------------------------------------------------------- call
     def __call__(self, dataset_dict: dict) -> dict:
         rng = self.sample_rng(dataset_dict)
@@ -538,21 +418,13 @@ class EIRDatasetMapper:
         source_shape = label.shape
 
         aug_input = T.AugInput(image, sem_seg=label)
-        with _numpy_global_rng(rng):
+        with numpy_global_seed(rng):
             tfms = self.augmentations(aug_input)
         image, label = aug_input.image, aug_input.sem_seg
         h, w = label.shape
 
-        if self.paste:
-            pseudo = tfms.apply_segmentation(self._pseudo_map(dataset_dict, source_shape))
-            pseudo = np.where(pseudo == IGNORE_LABEL, 0, pseudo).astype(np.uint8)  # padding: nothing
-            # Paste into the crop itself; copy first where a transform left a view (flip) or a
-            # read-only array (PIL resize).
-            image, label = _writable(image), _writable(label)
-            image, label, paste_class, paste_alpha = eir_paste.paste_from_bank(
-                image, label, pseudo, self.bank, self.old_classes, self.paste_cfg, rng,
-                inplace=True,
-            )
+        if self.paste is not None:
+            image, label, paste_class, paste_alpha = self.paste(image, label, dataset_dict, tfms, source_shape, rng)
         else:
             paste_class = np.zeros((h, w), dtype=np.uint8)
             paste_alpha = np.zeros((h, w), dtype=np.float32)

@@ -10,7 +10,8 @@ training crop, so old classes keep real labels in new images. The five steps:
 4. :func:`choose_classes` -- the fallback to random old classes when too few were found;
 5. :func:`paste_instances` -- place in the cell, blend (mixup or copy), write the paste maps.
 
-:func:`paste_from_bank` runs the five together. Core layer: NumPy and OpenCV
+:func:`paste_from_bank` runs the five together; :class:`InstancePaster` is a step's pasting
+as the callable its training mapper applies. Core layer: NumPy and OpenCV
 only, because it runs on CPU inside data-loader workers; every random draw
 comes from the caller's ``numpy.random.Generator``.
 
@@ -29,7 +30,10 @@ from typing import Iterable, List, Sequence, Tuple
 import cv2
 import numpy as np
 
+from eir.constants import IGNORE_LABEL
+
 __all__ = [
+    "InstancePaster",
     "PasteConfig",
     "potential_classes",
     "occupancy_map",
@@ -524,3 +528,72 @@ def paste_from_bank(
         return image, label, np.zeros((img_h, img_w), np.uint8), np.zeros((img_h, img_w), np.float32)
     cells = best_cells(_occupied(label, pseudo_map, scratch), cfg.cell_size, len(instances))
     return _paste_rescaled(image, label, instances, cells, cfg.mode, rng, cfg.beta, inplace)
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    """``array`` if it is a writable C-contiguous array, else a copy that is."""
+    if array.flags.writeable and array.flags.c_contiguous:
+        return array
+    return np.array(array, order="C")
+
+
+class InstancePaster:
+    """The pasting of one incremental step, as the callable its training mapper applies.
+
+    Holds what pasting needs for the whole step (the bank of the previous step, the step's
+    prepass maps, the settings and the old classes) so that the mapper only hands it each
+    augmented sample. Per sample:
+
+    1. the image's prepass map (the old model's low-resolution pseudo-labels; all 0 for a
+       replayed bank entry, or without a prepass store) is resized to the source image with
+       nearest interpolation and taken through the sample's transforms, padding reading 0;
+    2. :func:`paste_from_bank` pastes into the crop in place (copied first where a transform
+       left a view or a read-only array).
+
+    An image the prepass store lacks is an error: its maps were made for other images.
+
+    Args:
+        bank: the bank serving the step (see :func:`paste_from_bank` for what it needs).
+        prepass: a store with ``lookup(image_id)`` and ``path`` (the step's
+            :class:`eir.data.prepass.PrepassStore`), or None (pasted classes then come from
+            the fallback alone).
+        config: the :class:`PasteConfig`.
+        old_classes: the classes of the steps before this one.
+    """
+
+    def __init__(self, bank, prepass, config: PasteConfig, old_classes: Sequence[int]):
+        if not isinstance(config, PasteConfig):
+            config = PasteConfig(**dict(config))
+        self.bank = bank
+        self.prepass = prepass
+        self.config = config
+        self.old_classes = [int(c) for c in old_classes]
+
+    def pseudo_map(self, dataset_dict: dict, shape: Tuple[int, int]) -> np.ndarray:
+        """The sample's prepass map at the source image's size ``shape`` (uint8 class ids)."""
+        h, w = shape
+        if self.prepass is None or "bank_index" in dataset_dict:
+            return np.zeros((h, w), dtype=np.uint8)
+        image_id = str(dataset_dict.get("image_id"))
+        low = self.prepass.lookup(image_id)
+        if low is None:
+            where = self.prepass.path or "(a store not saved to a file)"
+            raise ValueError(
+                f"training image {image_id} ({dataset_dict.get('file_name')}) has no map in the "
+                f"prepass store {where}, which was made for other images; delete that file to "
+                "have the prepass recomputed"
+            )
+        return cv2.resize(np.ascontiguousarray(low), (w, h), interpolation=cv2.INTER_NEAREST)
+
+    def __call__(self, image, label, dataset_dict: dict, transforms, source_shape, rng: np.random.Generator):
+        """Paste into one augmented sample; returns ``(image, label, paste_class, paste_alpha)``.
+
+        ``transforms`` (anything with ``apply_segmentation``, e.g. Detectron2's
+        ``TransformList``) took the source image of ``source_shape`` to ``image``.
+        """
+        pseudo = transforms.apply_segmentation(self.pseudo_map(dataset_dict, source_shape))
+        pseudo = np.where(pseudo == IGNORE_LABEL, 0, pseudo).astype(np.uint8)  # padding: nothing
+        return paste_from_bank(
+            _writable(image), _writable(label), pseudo, self.bank, self.old_classes, self.config, rng,
+            inplace=True,
+        )

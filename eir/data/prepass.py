@@ -32,6 +32,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from eir.fileio import atomic_write, sha256_file
+from eir.tasks import task_text
 
 __all__ = ["PrepassStore", "StalePrepassError", "prepass_key", "FORMAT", "VERSION"]
 
@@ -86,10 +87,6 @@ def _task_dict(task: Any) -> dict[str, Any]:
 
         return Task.from_dict(task).to_dict()  # canonical form, and validated
     raise ValueError(f"task must be an eir.tasks.Task or its to_dict(), got {task!r}")
-
-
-def _task_text(task: Mapping[str, Any]) -> str:
-    return f"{task['dataset']} {task['name']} {task.get('setting', 'overlap')}"
 
 
 class PrepassStore:
@@ -175,8 +172,8 @@ class PrepassStore:
         if (other.task, other.step, other.stride, other.key) != (self.task, self.step, self.stride, self.key):
             raise ValueError(
                 f"cannot merge prepass parts of different runs: this store is "
-                f"{_task_text(self.task)} step {self.step} stride {self.stride}, the other is "
-                f"{_task_text(other.task)} step {other.step} stride {other.stride}"
+                f"{task_text(self.task)} step {self.step} stride {self.stride}, the other is "
+                f"{task_text(other.task)} step {other.step} stride {other.stride}"
             )
         for image_id in other._index:
             self.add(image_id, other.lookup(image_id))
@@ -220,7 +217,7 @@ class PrepassStore:
 
     def __repr__(self) -> str:
         return (
-            f"PrepassStore({_task_text(self.task)}, step={self.step}, stride={self.stride}, "
+            f"PrepassStore({task_text(self.task)}, step={self.step}, stride={self.stride}, "
             f"images={len(self)}, {self._used / 1e6:.1f} MB)"
         )
 
@@ -327,9 +324,9 @@ class PrepassStore:
             expected = _task_dict(task)
             if header["task"] != expected:
                 raise ValueError(
-                    f"prepass file {path} was made for task {_task_text(header['task'])} "
+                    f"prepass file {path} was made for task {task_text(header['task'])} "
                     f"(order {header['task'].get('order')}), but this run is task "
-                    f"{_task_text(expected)} (order {expected.get('order')}); point the run "
+                    f"{task_text(expected)} (order {expected.get('order')}); point the run "
                     "at its own output folder or delete the file"
                 )
         if step is not None and header["step"] != step:

@@ -96,6 +96,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from eir.constants import IGNORE_LABEL
+
 __all__ = [
     "DEFAULTS",
     "FORMAT_VERSION",
@@ -115,7 +117,6 @@ __all__ = [
 
 FORMAT_VERSION = 3  # 2: scene groups, a common class, VOC's objects per image, bolder shapes; 3: 5,000 images of 160 px
 GENERATOR = "eir.data.synthetic"
-IGNORE_LABEL = 255
 JPEG_QUALITY = 95
 
 SYNTHETIC_CLASSES = (

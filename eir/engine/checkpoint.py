@@ -2,7 +2,12 @@
 
 Every checkpoint the runner writes carries ``{"eir": {"task": ..., "step": ...}}`` so that
 loading a step's weights into another task or step fails with a clear message instead of a
-shape error deep inside ``load_state_dict``.
+shape error deep inside ``load_state_dict``. A step's periodic checkpoints
+(``model_<iteration>.pth``) hold the trainer's state too (iteration, optimizer, schedule,
+grad scaler), which an exact resume needs; its ``model_final.pth`` holds the weights and the
+tag only, since no later step reads the rest (for ResNet-101 the SGD momentum alone is as
+large as the weights). Final checkpoints written with the trainer state (before this rule)
+load the same way.
 """
 from __future__ import annotations
 
@@ -17,23 +22,30 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from eir.fileio import atomic_write
-from eir.tasks import Task
+from eir.tasks import Task, same_task, task_text
+
+#: The name of a step's last checkpoint (``model_final.pth``): weights and tag only.
+FINAL = "model_final"
 
 
 class StepCheckpointer(DetectionCheckpointer):
-    """A DetectionCheckpointer for one step's folder; adds the task/step tag, writes atomically."""
+    """A DetectionCheckpointer for one step's folder; adds the task/step tag, writes atomically,
+    and leaves the trainer state out of ``model_final.pth`` (see the module docstring)."""
 
     def __init__(self, model, save_dir, *, task: Task, step: int, **checkpointables):
         super().__init__(model, str(save_dir), **checkpointables)
+        self.task = task
+        self.step = step
         self.eir_tag = {"task": task.to_dict(), "step": step}
 
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
         data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
-        data.update(kwargs)
+        if name != FINAL:
+            for key, obj in self.checkpointables.items():
+                data[key] = obj.state_dict()
+            data.update(kwargs)
         data["eir"] = self.eir_tag
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
@@ -49,9 +61,10 @@ class StepCheckpointer(DetectionCheckpointer):
                 f"checkpoint {filename} cannot be read ({type(e).__name__}: {e}); it is damaged: "
                 "delete it to resume from the step's previous checkpoint (or from the step's start)"
             ) from e
-        if data.get("eir") is not None and _normalise(data["eir"]) != _normalise(self.eir_tag):
+        tag = data.get("eir")
+        if tag is not None and not _tagged(tag, self.task, self.step):
             raise ValueError(
-                f"{filename} belongs to {_describe(data['eir'])}, not {_describe(self.eir_tag)}: "
+                f"{filename} belongs to {_describe(tag)}, not {_describe(self.eir_tag)}: "
                 "move it out of the step's folder"
             )
         return data
@@ -113,8 +126,8 @@ def read_step_checkpoint(path, task: Task, step: int) -> dict:
             f"{path} has no EIR task/step tag, so it was not written by the continual runner. "
             "An ImageNet backbone goes to train.init_checkpoint (used at step 0 only)."
         )
-    want = {"task": task.to_dict(), "step": step}
-    if _normalise(tag) != _normalise(want):
+    if not _tagged(tag, task, step):
+        want = {"task": task.to_dict(), "step": step}
         raise ValueError(
             f"{path} belongs to {_describe(tag)}, but {_describe(want)} is needed: "
             "point to the checkpoint of that task and step (or fix task.* / train.step)."
@@ -122,12 +135,10 @@ def read_step_checkpoint(path, task: Task, step: int) -> dict:
     return data["model"]
 
 
-def _normalise(tag: dict) -> dict:
-    task = dict(tag["task"])
-    task["order"] = list(task["order"]) if task.get("order") is not None else None
-    return {"task": task, "step": int(tag["step"])}
+def _tagged(tag: dict, task: Task, step: int) -> bool:
+    """Whether a checkpoint's tag names ``task`` and ``step``."""
+    return same_task(tag.get("task"), task) and str(tag.get("step")) == str(step)
 
 
 def _describe(tag: dict) -> str:
-    t = tag["task"]
-    return f"{t['dataset']} {t['name']} {t['setting']} step {tag['step']}"
+    return f"{task_text(tag['task'])} step {tag['step']}"

@@ -3,7 +3,9 @@
 Pasting (METHOD.md section 6) needs, for every training image, the old classes the old
 model finds in the image's background. Running the old model once at the start of the step
 and storing a low-resolution map lets the data loader paste on the CPU; the map is
-transformed with the same augmentation as the image.
+transformed with the same augmentation as the image. :func:`step_prepass` gives a step its
+maps: the stored ``step_t/prepass.npz`` when it was made from the same settings, old weights
+and images (:func:`step_prepass_key`), else a fresh :func:`run_prepass`.
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from eir.data.io import check_same_size, read_image, read_label
-from eir.data.prepass import PrepassStore
-from eir.modeling.losses import pseudo_labels
+from eir.data.prepass import PrepassStore, StalePrepassError, prepass_key
+from eir.modeling.losses import PSEUDO_LABEL_RULE, pseudo_labels
 from eir.tasks import Task
 
 logger = logging.getLogger(__name__)
@@ -108,4 +110,51 @@ def run_prepass(old_model, dicts, task: Task, step: int, *, tau, short_side, str
         for part in parts:
             store.merge(part)
     logger.info("Prepass of step %d: %d images", step, len(store))
+    return store
+
+
+PREPASS_FILE = "prepass.npz"
+
+
+def step_prepass_key(cfg, folder, step: int, dicts) -> dict:
+    """What step ``step``'s prepass maps depend on: ``cfg.eir.prepass``'s settings, the
+    pseudo-label rule, the weights of step - 1 in ``folder`` (a RunFolder) and the images."""
+    p = cfg.eir.prepass
+    return prepass_key(
+        tau=p.tau,
+        stride=p.stride,
+        short_side=p.short_side,
+        rule=PSEUDO_LABEL_RULE,
+        old_checkpoint=folder.step_dir(step - 1) / "model_final.pth",
+        dataset_dicts=dicts,
+    )
+
+
+def step_prepass(cfg, task: Task, folder, step: int, dicts, old_model) -> PrepassStore:
+    """Step ``step``'s prepass maps of ``dicts``: ``step_t/prepass.npz`` of ``folder`` when its key
+    matches, else computed with ``old_model`` (and saved by the main process)."""
+    path = folder.step_dir(step) / PREPASS_FILE
+    key = step_prepass_key(cfg, folder, step, dicts)
+    if path.is_file():
+        try:
+            return PrepassStore.load(path, task=task, step=step, key=key)
+        except StalePrepassError as e:
+            logger.info("Recomputing the prepass of step %d: %s", step, e)
+        except (OSError, ValueError) as e:
+            raise RuntimeError(f"{path} cannot be read ({e}): delete it and rerun to compute it again") from e
+    p = cfg.eir.prepass
+    store = run_prepass(
+        old_model,
+        dicts,
+        task,
+        step,
+        tau=p.tau,
+        short_side=p.short_side,
+        stride=p.stride,
+        num_workers=cfg.dataloader.train.num_workers,
+        key=key,
+    )
+    if comm.is_main_process():
+        store.save(path)
+    comm.synchronize()
     return store

@@ -1,19 +1,25 @@
-"""What keeps one output folder one run: its lock, its recorded config, its steps' DONE records.
+"""RunFolder: one output folder holds one run; its records say what it holds and whether a
+step's files can be trusted.
 
 * ``run.lock`` (pid, host, start time) is taken when a command starts training into the
   folder and removed when it ends; a second command is refused while the holder lives. A
   lock whose process is gone (same host, pid not running) is taken over.
+* ``task.json`` names the folder's task; a command of another task is refused.
 * ``run_config.json`` records the config keys that change results (:func:`results_config`);
   a rerun with other values is refused, naming the keys, unless it opts in with
-  ``train.allow_config_change=True``.
+  ``train.allow_config_change=True``. Records of older versions of the config schema are
+  read through :func:`upgrade_record`.
 * ``step_t/DONE`` holds a line of text, then the SHA-256 of every artifact the step wrote
   (``sha256sum`` format); a done step whose artifacts are missing or changed is reported,
   never skipped silently.
+* ``step_t/metrics.json`` is the step's evaluation; ``step_t/training_log.json`` its
+  per-iteration log, trimmed on resume so that each iteration appears once.
+
+This module does not know about processes: the runner claims the folder on the main process.
 """
 from __future__ import annotations
 
 import datetime
-import difflib
 import json
 import logging
 import os
@@ -22,13 +28,17 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from eir.fileio import atomic_write_json, atomic_write_text, sha256_file
+from eir.fileio import atomic_write_json, atomic_write_text, remove_temp_files, sha256_file
+from eir.tasks import Task, same_task, task_text
 
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = "run.lock"
+TASK_FILE = "task.json"
 CONFIG_RECORD = "run_config.json"
 DONE_FILE = "DONE"
+METRICS_FILE = "metrics.json"
+TRAINING_LOG = "training_log.json"
 
 #: Config keys (dotted prefixes) that do not change a run's results: where it runs and
 #: what it logs. Every other key of the config is compared on a rerun.
@@ -47,7 +57,7 @@ RESULT_NEUTRAL_KEYS = (
 
 
 class RunFolderError(RuntimeError):
-    """The output folder is held by another run, or records another config."""
+    """The output folder is held by another run, or records another task or config."""
 
 
 # --------------------------------------------------------------------------- lock
@@ -143,7 +153,7 @@ class RunLock:
         self.held = False
 
 
-# --------------------------------------------------------------------------- config
+# --------------------------------------------------------------------------- config record
 
 
 def _plain(value: Any) -> Any:
@@ -160,7 +170,7 @@ def _plain(value: Any) -> Any:
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted key -> JSON leaf value of a (LazyConfig) config tree."""
+    """Dotted key -> JSON leaf value of a (LazyConfig) config tree, interpolations resolved."""
     if hasattr(node, "keys") and not isinstance(node, str):
         out: dict[str, Any] = {}
         for key in node.keys():
@@ -178,6 +188,35 @@ def _neutral(key: str) -> bool:
 def results_config(cfg) -> dict[str, Any]:
     """The dotted keys of ``cfg`` that change results (all but :data:`RESULT_NEUTRAL_KEYS`)."""
     return {k: v for k, v in flatten(cfg).items() if not _neutral(k)}
+
+
+#: Keys of the first config schema, before the losses became ``eir.criterion`` (an
+#: EIRCriterion) and the prepass got its own threshold: old key -> new key.
+_RENAMED_V1 = {
+    "eir.w_bce": "eir.criterion.w_bce",
+    "eir.w_kd": "eir.criterion.w_kd",
+    "eir.rskd_mask": "eir.criterion.rskd_mask",
+    "eir.rskd_normalize": "eir.criterion.rskd_normalize",
+}
+
+
+def upgrade_record(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded config in today's keys. A record of the first schema (``eir.pseudo_label``
+    and ``eir.tau``, loss weights directly under ``eir``) means the same run as today's
+    ``eir.criterion.*`` and ``eir.prepass.tau``: pseudo-labels off is ``tau=None``, and the
+    prepass always detected at ``eir.tau``."""
+    record = dict(recorded)
+    if "eir.pseudo_label" not in record:
+        return record
+    pseudo_label = record.pop("eir.pseudo_label")
+    tau = record.pop("eir.tau")
+    record["eir.criterion.tau"] = tau if pseudo_label else None
+    record["eir.prepass.tau"] = tau
+    for old, new in _RENAMED_V1.items():
+        if old in record:
+            record[new] = record.pop(old)
+    record["eir.criterion._target_"] = "eir.modeling.criterion.EIRCriterion"
+    return record
 
 
 def config_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
@@ -200,14 +239,15 @@ def check_recorded_config(folder: Path, cfg, allow_change: bool) -> dict | None:
     if not path.is_file():
         return current
     try:
-        recorded = json.loads(path.read_text())["config"]
+        stored = json.loads(path.read_text())["config"]
+        recorded = upgrade_record(stored)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise RunFolderError(
             f"{path} is damaged ({e}): restore it, or delete it to record this command's config"
         ) from e
     diff = config_differences(recorded, current)
     if not diff:
-        return None
+        return None if recorded == stored else current
     listing = "\n  ".join(diff)
     if not allow_change:
         raise RunFolderError(
@@ -224,21 +264,6 @@ def write_config_record(folder: Path, record: Mapping[str, Any]) -> None:
         folder / CONFIG_RECORD,
         {"about": "config keys that change results, checked on every rerun", "config": dict(record)},
     )
-
-
-def check_override_keys(cfg, overrides: Iterable[str]) -> None:
-    """Every ``key=value`` override must name a key of ``cfg``; else name the nearest known key."""
-    known = set()
-    for key in flatten(cfg):
-        parts = key.split(".")
-        known.update(".".join(parts[: i + 1]) for i in range(len(parts)))
-    for item in overrides:
-        key = item.split("=", 1)[0].strip()
-        if key in known:
-            continue
-        near = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
-        hint = f"; did you mean {near[0]}?" if near else ""
-        raise ValueError(f"unknown config key {key!r} in override {item!r}{hint}")
 
 
 # --------------------------------------------------------------------------- DONE records
@@ -271,3 +296,133 @@ def done_problems(step_dir: Path, required: Iterable[str]) -> list[str]:
         elif rel in recorded and sha256_file(path) != recorded[rel]:
             problems.append(f"{path} is damaged or was changed (its SHA-256 differs from the one in DONE)")
     return problems
+
+
+def trim_training_log(path: Path, start_iter: int) -> None:
+    """Drop the rows of iterations >= ``start_iter`` (written before an interruption, about to
+    be trained again), so the log of a resumed step has each iteration once."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a row cut short by the interruption
+        if isinstance(row, dict) and int(row.get("iteration", -1)) < start_iter:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
+        atomic_write_text(path, "".join(kept))
+
+
+# --------------------------------------------------------------------------- the folder
+
+
+class RunFolder:
+    """The output folder of a run of ``task``: its lock, records, step folders and their files.
+
+    :meth:`claim` takes the folder for a command (checks first, writes only once every check
+    passed) and :meth:`release` gives it up; :meth:`check_done` / :meth:`mark_done` keep a
+    step's DONE record; :meth:`finished_summaries` reads the evaluations of the done steps.
+    """
+
+    def __init__(self, path: str | os.PathLike, task: Task):
+        self.path = Path(path).expanduser().resolve()
+        self.task = task
+        self.lock: RunLock | None = None
+
+    # ----------------------------------------------------------------- paths
+    def step_dir(self, step: int) -> Path:
+        return self.path / f"step_{step}"
+
+    def is_done(self, step: int) -> bool:
+        return (self.step_dir(step) / DONE_FILE).is_file()
+
+    # ----------------------------------------------------------------- claim
+    def claim(self, cfg) -> None:
+        """Take the lock; refuse a folder of another task or config; record ours.
+
+        Everything is checked before anything is written, so a refused command leaves the
+        folder as it found it. Temporary files of killed writes are removed once the lock is held.
+        """
+        existed = self.path.exists()
+        lock = RunLock(self.path)
+        lock.acquire()
+        try:
+            self.check_task()
+            record = check_recorded_config(self.path, cfg, bool(cfg.train.get("allow_config_change", False)))
+        except BaseException:
+            lock.release()
+            if not existed:
+                self.path.rmdir()
+            raise
+        self.lock = lock
+        for path in remove_temp_files(self.path, keep_prefix=f".{LOCK_FILE}."):
+            logger.info("Removed %s, left by an interrupted write", path)
+        if not (self.path / TASK_FILE).is_file():
+            atomic_write_json(self.path / TASK_FILE, self.task.to_dict())
+        if record is not None:
+            write_config_record(self.path, record)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+        self.lock = None
+
+    def check_task(self) -> None:
+        """Refuse a folder that holds a run of another task."""
+        marker = self.path / TASK_FILE
+        if not marker.is_file():
+            return
+        try:
+            theirs = json.loads(marker.read_text())
+            Task.from_dict(theirs)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{marker} is damaged ({e}): restore it or choose another train.output_dir") from e
+        if not same_task(theirs, self.task):
+            raise ValueError(
+                f"{self.path} holds a run of task {theirs}, not {self.task.to_dict()}: "
+                "choose another train.output_dir"
+            )
+
+    # ----------------------------------------------------------------- steps
+    def check_done(self, step: int, artifacts: Iterable[str]) -> None:
+        """Raise, naming the files and what to do, when done step ``step``'s artifacts fail their checks."""
+        problems = done_problems(self.step_dir(step), artifacts)
+        if problems:
+            done = self.step_dir(step) / DONE_FILE
+            raise RuntimeError(
+                f"step {step} is marked done ({done}), but " + "; ".join(problems) + ". Restore the "
+                f"file(s), or delete {done} and the damaged file(s) and rerun to rebuild them "
+                "(a kept model_final.pth is not retrained)."
+            )
+
+    def mark_done(self, step: int, message: str, artifacts: Iterable[str]) -> None:
+        write_done(self.step_dir(step), message, artifacts)
+
+    def write_metrics(self, step: int, summary: Mapping[str, Any]) -> None:
+        atomic_write_json(
+            self.step_dir(step) / METRICS_FILE, {"task": self.task.to_dict(), "step": step, "summary": summary}
+        )
+
+    def trim_training_log(self, step: int, start_iter: int) -> None:
+        trim_training_log(self.step_dir(step) / TRAINING_LOG, start_iter)
+
+    def finished_summaries(self) -> dict[int, dict]:
+        """The metrics of every done step, read back from their ``metrics.json``."""
+        out = {}
+        for step in range(self.task.num_steps):
+            path = self.step_dir(step) / METRICS_FILE
+            if self.is_done(step) and path.is_file():
+                try:
+                    out[step] = json.loads(path.read_text())["summary"]
+                except (ValueError, KeyError, TypeError) as e:
+                    raise ValueError(
+                        f"{path} is damaged ({e}): delete it and {self.step_dir(step) / DONE_FILE}, then "
+                        "rerun to evaluate the step again"
+                    ) from e
+        return out
+
+    def __repr__(self) -> str:
+        return f"RunFolder({self.path}, {task_text(self.task.to_dict())})"

@@ -4,7 +4,7 @@ sees exactly the samples the uninterrupted step would have seen.
 Detectron2's ``TrainingSampler`` draws its permutations one after another from a single
 generator, so it can only start at the beginning of its stream: a step resumed at iteration
 100 would replay the samples of iterations 0-99. Here the stream is a sequence of epochs,
-epoch ``e`` being the permutation drawn from ``(seed, step, e)``; its sample at global
+epoch ``e`` being the permutation drawn from :func:`eir.seeding.epoch_seed` ``(seed, step, e)``; its sample at global
 position ``p`` (``p = iteration * total_batch_size + slot``) is computable directly, so the
 sampler starts at any position. Each yielded item is ``(position, index)``: the position
 travels with the sample into the mapper (:data:`eir.data.mapper.POSITION_KEY`), whose
@@ -18,25 +18,19 @@ import eir.require_detectron2  # noqa: F401  (first: says how to install a missi
 # isort: split
 from typing import Iterator
 
-import numpy as np
 import torch
 from detectron2.data.common import DatasetFromList
 from detectron2.utils import comm
 from torch.utils.data import Dataset, Sampler
 
 from eir.data.mapper import POSITION_KEY
-
-
-def derived_seed(*parts: int) -> int:
-    """A 63-bit seed determined by ``parts`` (non-negative integers), well mixed by SeedSequence."""
-    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint32)
-    return int(state[0]) << 31 | int(state[1]) >> 1
+from eir.seeding import epoch_seed
 
 
 def epoch_order(size: int, seed: int, step: int, epoch: int) -> list[int]:
     """The permutation of ``range(size)`` that epoch ``epoch`` of step ``step`` visits."""
     g = torch.Generator()
-    g.manual_seed(derived_seed(seed, step, epoch))
+    g.manual_seed(epoch_seed(seed, step, epoch))
     return torch.randperm(size, generator=g).tolist()
 
 

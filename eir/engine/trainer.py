@@ -4,14 +4,14 @@ One iteration (METHOD.md section 4):
 
 1. take a batch from the mapper (images with pasted old-class instances, labels, paste maps);
 2. forward the new model (through DDP when distributed) to logits in channel space;
-3. with the frozen old model on the same batch: pseudo-labels where the label is background
-   and the old model is confident, and its logits for region-specific distillation;
-4. soft targets (one-hot, blended with the pasted instances' alphas), BCE + RSKD, backward.
+3. when the step's plan has a teacher: the frozen old model on the same batch, whose logits
+   give pseudo-labels and region-specific distillation;
+4. the step's :class:`~eir.modeling.criterion.EIRCriterion` on them (soft targets, BCE,
+   RSKD), backward.
 
-Step 0 (and a run with neither pseudo-labels nor distillation) has no old model and
-trains with BCE alone. torch's generator (dropout) is seeded from (seed, step, iteration)
-before each forward pass, so a step resumed at iteration i draws what the uninterrupted one did. The trainer holds no algorithm of its
-own: targets and losses come from :mod:`eir.modeling.losses`.
+torch's generator (dropout) is seeded from :func:`eir.seeding.iteration_seed` before each
+forward pass, so a step resumed at iteration i draws what the uninterrupted one did. The
+trainer holds no algorithm of its own: targets and losses are the criterion's.
 """
 from __future__ import annotations
 
@@ -22,24 +22,13 @@ import time
 
 import torch
 from detectron2.engine import AMPTrainer
-from torch.nn.parallel import DistributedDataParallel
 
-from eir.engine.sampling import derived_seed
-from eir.modeling.losses import (
-    bce_loss,
-    distillation_mask,
-    pseudo_labels,
-    rskd_loss,
-    soft_targets,
-)
+from eir.constants import IGNORE_LABEL
+from eir.engine.step_plan import StepPlan
+from eir.modeling.criterion import EIRCriterion
+from eir.modeling.meta_arch import unwrap_model
+from eir.seeding import iteration_seed
 from eir.tasks import Task
-
-IGNORE = 255
-
-
-def unwrap(model):
-    """The module inside a DistributedDataParallel wrapper (or the model itself)."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def pad_batch(maps, size, fill, device):
@@ -61,15 +50,12 @@ class EIRTrainer(AMPTrainer):
     Args:
         model: the step's model (an ``EIRSegmentor``, possibly wrapped in DDP) in train mode.
         data_loader, optimizer: as in Detectron2's trainers.
-        task, step: the continual protocol and the step being trained.
-        old_model: the frozen model of the previous step, or None (step 0, or a run without
-            pseudo-labels and distillation: plain fine-tuning). Never wrapped in DDP: it
-            only runs forward passes.
-        tau: pseudo-label confidence threshold on the old model's sigmoid scores; None
-            turns pseudo-labels off.
-        w_bce, w_kd: loss weights.
-        rskd_mask, rskd_normalize: see :func:`eir.modeling.losses.distillation_mask` and
-            :func:`eir.modeling.losses.rskd_loss`.
+        task: the continual protocol.
+        plan: the step's :class:`~eir.engine.step_plan.StepPlan`; ``plan.teacher`` runs the
+            old model in every iteration.
+        criterion: the step's :class:`~eir.modeling.criterion.EIRCriterion`.
+        old_model: the frozen model of the previous step, needed when ``plan.teacher``. Never
+            wrapped in DDP: it only runs forward passes.
         amp: use mixed precision (float16 with a grad scaler on CUDA, bfloat16 on CPU).
         seed: the run's seed; torch's generator is seeded from (seed, step, iteration) before
             each forward pass. None leaves torch's generator alone.
@@ -82,18 +68,14 @@ class EIRTrainer(AMPTrainer):
         optimizer,
         *,
         task: Task,
-        step: int,
+        plan: StepPlan,
+        criterion: EIRCriterion,
         old_model=None,
-        tau: float | None = 0.7,
-        w_bce: float = 1.0,
-        w_kd: float = 5.0,
-        rskd_mask: str = "not_new",
-        rskd_normalize: str = "mask",
         amp: bool = True,
         seed: int | None = None,
         gather_metric_period: int = 1,
     ):
-        device = unwrap(model).device
+        device = unwrap_model(model).device
         precision = torch.float16 if device.type == "cuda" else torch.bfloat16
         scaler = torch.amp.GradScaler(device.type, enabled=amp and precision == torch.float16)
         super().__init__(
@@ -104,23 +86,18 @@ class EIRTrainer(AMPTrainer):
             grad_scaler=scaler,
             precision=precision,
         )
-        if old_model is not None and step == 0:
-            raise ValueError("step 0 has no previous step, so it takes no old model")
+        if plan.teacher and old_model is None:
+            raise ValueError(f"step {plan.step} trains with the old model (plan.teacher) but none was given")
         self.task = task
-        self.step = step
-        self.old_model = old_model
+        self.plan = plan
+        self.step = plan.step
+        self.criterion = criterion
+        self.old_model = old_model if plan.teacher else None
         self.device = device
         self.amp = amp
         self.seed = seed
-        self.tau = tau
-        self.w_bce = w_bce
-        self.w_kd = w_kd
-        self.rskd_mask = rskd_mask
-        self.rskd_normalize = rskd_normalize
-        self.num_channels = task.num_channels(step)
-        self.num_old_channels = task.num_channels(step - 1) if step > 0 else 0
         self.class_to_channel = torch.as_tensor(
-            task.class_to_channel_lut(step), dtype=torch.long, device=device
+            task.class_to_channel_lut(plan.step), dtype=torch.long, device=device
         )
 
     def compute_losses(self, data) -> dict[str, torch.Tensor]:
@@ -128,30 +105,15 @@ class EIRTrainer(AMPTrainer):
         logits = self.model(data)
         size = logits.shape[-2:]
         lut = self.class_to_channel
-        labels = lut[pad_batch([d["sem_seg"].long() for d in data], size, IGNORE, self.device)]
+        labels = lut[pad_batch([d["sem_seg"].long() for d in data], size, IGNORE_LABEL, self.device)]
         paste_class = lut[pad_batch([d["paste_class"].long() for d in data], size, 0, self.device)]
         paste_alpha = pad_batch([d["paste_alpha"] for d in data], size, 0.0, self.device)
-
-        losses = {}
-        if self.old_model is None or (self.tau is None and self.w_kd == 0):
-            targets = soft_targets(labels, self.num_channels, paste_class, paste_alpha)
-            losses["loss_bce"] = self.w_bce * bce_loss(logits, targets)
-            return losses
-
-        with torch.no_grad():
-            old = self.old_model
-            old_logits = old.logits(old.preprocess_image(data).tensor)
-        hard = labels
-        if self.tau is not None:
-            hard = pseudo_labels(labels, old_logits, self.tau, self.num_old_channels)
-        targets = soft_targets(hard, self.num_channels, paste_class, paste_alpha)
-        losses["loss_bce"] = self.w_bce * bce_loss(logits, targets)
-        if self.w_kd > 0:
-            mask = distillation_mask(labels, self.num_old_channels, self.rskd_mask)
-            losses["loss_rskd"] = self.w_kd * rskd_loss(
-                logits, old_logits, mask, normalize=self.rskd_normalize
-            )
-        return losses
+        old_logits = None
+        if self.old_model is not None:
+            with torch.no_grad():
+                old = self.old_model
+                old_logits = old.logits(old.preprocess_image(data).tensor)
+        return self.criterion(logits, labels, paste_class, paste_alpha, old_logits)
 
     def close_data_loader(self) -> None:
         """Drop the loader's iterator so its worker processes exit (the training sampler is
@@ -159,13 +121,18 @@ class EIRTrainer(AMPTrainer):
         self._data_loader_iter_obj = None
 
     def run_step(self):
+        """AMPTrainer.run_step with three changes: the batch's losses come from
+        :meth:`compute_losses` (new and old model, criterion) instead of the model; torch's
+        generator is reseeded per iteration (exact resume); autocast takes the device's own
+        type and precision (``torch.autocast``), so the CPU runs bfloat16 where Detectron2's
+        AMPTrainer asserts CUDA. It is otherwise Detectron2's loop, step for step."""
         assert self.model.training, "[EIRTrainer] model was changed to eval mode!"
         start = time.perf_counter()
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
         if self.seed is not None:
             # After the batch is taken: creating the loader's iterator draws from this generator.
-            torch.manual_seed(derived_seed(self.seed, self.step, self.iter) % 2**31)
+            torch.manual_seed(iteration_seed(self.seed, self.step, self.iter))
 
         if self.zero_grad_before_forward:
             self.optimizer.zero_grad()

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-IGNORE_LABEL = 255
+from eir.constants import IGNORE_LABEL
 
 NA_NOTE = "n/a: absent from ground truth and prediction, left out of the means"
 NEW_NOTE = "*: new class (added after step 0)"

@@ -97,7 +97,7 @@ def prediction_grid(runner, num_images: int = NUM_IMAGES, seed: int = 0) -> Pred
     seen there; the test augmentations are the same at every step).
     """
     task = runner.task
-    steps = [t for t in range(task.num_steps) if runner.is_done(t)]
+    steps = [t for t in range(task.num_steps) if runner.folder.is_done(t)]
     if not steps:
         raise ValueError(f"{runner.output_dir} has no finished step (no step_*/DONE): nothing to show")
     dicts, mapper = runner.test_data(task.num_steps - 1)

@@ -17,28 +17,19 @@ import eir.require_detectron2  # noqa: F401  (first: says how to install a missi
 
 # isort: split
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Sequence
 
 import fvcore.nn.weight_init as weight_init
 import torch
-from detectron2.config import configurable
-from detectron2.layers import ASPP, Conv2d, ShapeSpec, get_norm
+from detectron2.layers import ASPP, Conv2d, get_norm
 from torch import nn
 
 from eir.modeling.norm import resolve_norm
-from eir.tasks import Task, build_task
 
-__all__ = ["IncrementalHead", "NEW_HEAD_INITS", "task_from_cfg"]
+__all__ = ["IncrementalHead", "NEW_HEAD_INITS"]
 
 NEW_HEAD_INITS = ("random", "aux")
 _CLASSIFIER_STD = 0.01
-
-
-def task_from_cfg(cfg) -> Tuple[Task, int]:
-    """The task and step named by a yacs ``cfg.MODEL.EIR`` (see ``meta_arch.add_eir_config``)."""
-    eir = cfg.MODEL.EIR
-    task = build_task(eir.DATASET, eir.TASK, eir.SETTING, list(eir.ORDER) or None)
-    return task, task.check_step(eir.STEP)
 
 
 def _check_init(init: str) -> str:
@@ -54,7 +45,6 @@ class IncrementalHead(nn.Module):
     [N, 1 + sum(step_sizes), h, w] = cat(aux, cls_0, ..., cls_t) at feature resolution.
     """
 
-    @configurable
     def __init__(
         self,
         *,
@@ -134,24 +124,6 @@ class IncrementalHead(nn.Module):
         self.cls = nn.ModuleList()
         for n in step_sizes:
             self.add_step(n, init="random")
-
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        """Yacs route (``cfg.MODEL.EIR``, see :func:`eir.modeling.meta_arch.add_eir_config`)."""
-        eir = cfg.MODEL.EIR
-        task, step = task_from_cfg(cfg)
-        shape = input_shape[eir.IN_FEATURE] if isinstance(input_shape, dict) else input_shape
-        if isinstance(shape, ShapeSpec):
-            shape = shape.channels
-        return {
-            "in_channels": shape,
-            "step_sizes": task.step_sizes(step),
-            "channels": eir.HEAD_CHANNELS,
-            "aspp_dilations": list(eir.ASPP_DILATIONS),
-            "norm": eir.NORM,
-            "aspp_dropout": eir.ASPP_DROPOUT,
-            "new_head_init": eir.NEW_HEAD_INIT,
-        }
 
     @property
     def num_steps(self) -> int:

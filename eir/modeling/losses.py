@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_LABEL = 255
+from eir.constants import IGNORE_LABEL
 
 DISTILLATION_RULES = ("not_new", "background", "all")
 #: Names the rule :func:`pseudo_labels` implements; stored artifacts made with another rule

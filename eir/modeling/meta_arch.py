@@ -19,50 +19,22 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
-from detectron2.config import CfgNode, configurable
 from detectron2.layers import ASPP, FrozenBatchNorm2d
-from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 from torch.nn import functional as F
 
-from eir.modeling.head import IncrementalHead, task_from_cfg
-
 __all__ = [
     "EIRSegmentor",
-    "add_eir_config",
     "build_param_groups",
     "freeze_for_incremental",
     "load_previous_step",
     "load_step_weights",
+    "unwrap_model",
 ]
 
 
-def add_eir_config(cfg: CfgNode) -> CfgNode:
-    """Add ``cfg.MODEL.EIR`` for the yacs route (``build_model(cfg)``); LazyConfigs do not need it.
-
-    The backbone then comes from ``cfg.MODEL.BACKBONE`` (for DeepLab: Detectron2's
-    ``build_resnet_backbone`` with ``RESNETS.RES5_DILATION = 2``,
-    ``RESNETS.STRIDE_IN_1X1 = False``, ``RESNETS.OUT_FEATURES = ["res5"]``).
-    """
-    cfg.MODEL.EIR = CfgNode()
-    cfg.MODEL.EIR.DATASET = "voc"
-    cfg.MODEL.EIR.TASK = "15-1"
-    cfg.MODEL.EIR.SETTING = "overlap"
-    cfg.MODEL.EIR.ORDER = []  # empty: class-id order
-    cfg.MODEL.EIR.STEP = 0
-    cfg.MODEL.EIR.IN_FEATURE = "res5"
-    cfg.MODEL.EIR.HEAD_CHANNELS = 256
-    cfg.MODEL.EIR.ASPP_DILATIONS = [6, 12, 18]
-    cfg.MODEL.EIR.ASPP_DROPOUT = 0.1
-    cfg.MODEL.EIR.NORM = "BN"
-    cfg.MODEL.EIR.NEW_HEAD_INIT = "random"
-    cfg.MODEL.EIR.SIZE_DIVISIBILITY = 0
-    return cfg
-
-
-@META_ARCH_REGISTRY.register()
 class EIRSegmentor(nn.Module):
     """Backbone + :class:`IncrementalHead`; sigmoid logits per channel.
 
@@ -78,7 +50,6 @@ class EIRSegmentor(nn.Module):
       height, width] float32 in class-id order (see :meth:`class_scores`).
     """
 
-    @configurable
     def __init__(
         self,
         *,
@@ -121,21 +92,6 @@ class EIRSegmentor(nn.Module):
         )
         self.register_buffer("channel_to_class", torch.zeros(1, dtype=torch.long), False)
         self._set_channel_classes(channel_classes)
-
-    @classmethod
-    def from_config(cls, cfg):
-        task, step = task_from_cfg(cfg)
-        backbone = build_backbone(cfg)
-        return {
-            "backbone": backbone,
-            "head": IncrementalHead(cfg, backbone.output_shape()),
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "channel_classes": task.channel_classes(step),
-            "num_classes": task.num_classes,
-            "in_feature": cfg.MODEL.EIR.IN_FEATURE,
-            "size_divisibility": cfg.MODEL.EIR.SIZE_DIVISIBILITY,
-        }
 
     # ------------------------------------------------------------------ channels
     def _set_channel_classes(self, channel_classes: Sequence[int]) -> None:
@@ -254,7 +210,8 @@ class EIRSegmentor(nn.Module):
 
 
 # ---------------------------------------------------------------------- helpers
-def _unwrap_model(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel (or DataParallel) wrapper, or the model itself."""
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
@@ -326,7 +283,7 @@ def _checked_load(model: nn.Module, sd: Dict[str, torch.Tensor], exclude_prefix:
 
 def load_step_weights(model: nn.Module, state_dict: Mapping[str, Any]) -> None:
     """Strictly load a checkpoint of the *same* step (e.g. the frozen old model)."""
-    _checked_load(_unwrap_model(model), _plain_state_dict(state_dict), None, "step checkpoint")
+    _checked_load(unwrap_model(model), _plain_state_dict(state_dict), None, "step checkpoint")
 
 
 def load_previous_step(
@@ -340,7 +297,7 @@ def load_previous_step(
     initialised with ``new_head_init`` ("random" or "aux"; None = the head's
     ``new_head_init``). BatchNorm's ``num_batches_tracked`` counters are ignored.
     """
-    m = _unwrap_model(model)
+    m = unwrap_model(model)
     head = m.head
     t = head.num_steps - 1
     if t < 1:
@@ -363,7 +320,7 @@ def freeze_for_incremental(model: nn.Module) -> nn.Module:
     dict keys. ASPP's dropout rate and every ``nn.Dropout`` are set to 0. Call it after
     loading the weights and before building the optimizer.
     """
-    m = _unwrap_model(model)
+    m = unwrap_model(model)
     FrozenBatchNorm2d.convert_frozen_batchnorm(m)
     for mod in m.modules():
         if isinstance(mod, ASPP):
@@ -388,7 +345,7 @@ def build_param_groups(
     Weight decay: everywhere at step 0; at step > 0 only on "head_new" (0 elsewhere).
     Each group has a "name" key for logging.
     """
-    m = _unwrap_model(model)
+    m = unwrap_model(model)
     head = m.head
     if step != head.num_steps - 1:
         raise ValueError(

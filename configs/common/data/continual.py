@@ -20,7 +20,7 @@ dataloader = dict(
     test=dict(
         dataset="eir_voc_val",
         batch_size=1,  # per process
-        num_workers=4,
+        num_workers="${..train.num_workers}",  # the training loader's
         # shorter side 512 then centre crop 512; crop=None evaluates the full resized image
         augmentations=L(build_test_augmentations)(short_side=512, crop=512),
     ),

@@ -6,6 +6,7 @@ therefore keeps the statistics of step 0's whole batch. norm="BN" gives per-GPU 
 """
 from detectron2.config import LazyCall as L
 
+from eir.constants import IMAGENET_MEAN, IMAGENET_STD
 from eir.modeling.backbone import build_resnet_deeplab
 from eir.modeling.head import IncrementalHead
 from eir.modeling.meta_arch import EIRSegmentor
@@ -15,13 +16,13 @@ model = L(EIRSegmentor)(
     backbone=L(build_resnet_deeplab)(depth=101, norm="SyncBN", output_stride=16),
     head=L(IncrementalHead)(
         in_channels=2048,  # res5 channels of the backbone
-        step_sizes=None,  # classes per step up to the current one: set by the runner per step
+        step_sizes=None,  # classes per step up to the current one: set per step from the task
         channels=256,  # ASPP and decoder width
         aspp_dilations=(6, 12, 18),  # ASPP rates at output stride 16
-        norm="SyncBN",  # as the backbone: synchronised at step 0, frozen later
+        norm="${..backbone.norm}",  # the backbone's: synchronised at step 0, frozen later
     ),
-    pixel_mean=(123.675, 116.28, 103.53),  # ImageNet mean, RGB (inputs are RGB)
-    pixel_std=(58.395, 57.12, 57.375),  # ImageNet std, RGB
-    channel_classes=None,  # class id of each output channel: set by the runner per step
-    num_classes=None,  # foreground classes of the dataset: set by the runner
+    pixel_mean=IMAGENET_MEAN,  # inputs are RGB
+    pixel_std=IMAGENET_STD,
+    channel_classes=None,  # class id of each output channel: set per step from the task
+    num_classes=None,  # foreground classes of the dataset: set from the task
 )

@@ -9,7 +9,7 @@ benchmarks/results/synthetic_design.md.
 import torch
 from detectron2.config import LazyCall as L
 
-from eir.modeling.backbone import build_resnet_deeplab
+from eir.modeling.backbone import SMALL_RESNET, build_resnet_deeplab, resnet_out_channels
 
 from ....configs.common.data.continual import dataloader
 from ....configs.common.eir import eir
@@ -27,14 +27,15 @@ task = dict(
 
 # A bottleneck ResNet with one block per stage and narrow widths (res5: 256 channels).
 model.backbone = L(build_resnet_deeplab)(
-    depth=None, num_blocks=(1, 1, 1, 1), stem_out_channels=16, width_per_group=8,
-    res2_out_channels=32, output_stride=8,  # 128-pixel inputs give 16x16 features
-    norm="naiveSyncBN",  # synchronised at step 0 like the paper model's SyncBN, also in CPU processes
+    depth=None, **SMALL_RESNET,
+    output_stride=8,  # 128-pixel inputs give 16x16 features
+    # synchronised at step 0 like the paper model's SyncBN; torch's SyncBN needs CUDA, this
+    # one runs under gloo too (the head follows the backbone's norm)
+    norm="naiveSyncBN",
 )
-model.head.in_channels = 256
+model.head.in_channels = resnet_out_channels(SMALL_RESNET["res2_out_channels"])
 model.head.channels = 64
 model.head.aspp_dilations = (2, 4, 6)  # rates for 16x16 features
-model.head.norm = "naiveSyncBN"  # torch's SyncBN needs CUDA; this one runs under gloo too
 model.head.prior_prob = 0.01  # from scratch, start class scores near 1% (see IncrementalHead)
 
 dataloader.train.dataset = "eir_synthetic_train"
@@ -45,7 +46,6 @@ dataloader.train.total_batch_size = 16
 # samples do not depend on the workers (each is seeded by its stream position); the weights
 # came out the same bit for bit (README, Crash safety). On a GPU, workers keep it fed.
 dataloader.train.num_workers = 2 if torch.cuda.is_available() else 0
-dataloader.test.num_workers = dataloader.train.num_workers
 # Training views: windows of 0.5-2x a 160-px image's area resized to 128 px, i.e. scales of
 # 0.8-1.13 around the test scale (128-px images made every view a zoom-in).
 dataloader.train.augmentations.crop_size = 128

@@ -11,5 +11,5 @@ train.output_dir = "output/eir/voc_15-1_overlap_finetune"
 
 eir.memory = 0
 eir.paste = None
-eir.pseudo_label = False
-eir.w_kd = 0
+eir.criterion.tau = None
+eir.criterion.w_kd = 0

@@ -1,0 +1,188 @@
+"""The builders of a continual step, as free functions of the config (like Detectron2's
+``DefaultTrainer.build_*``): the runner, the benchmarks and the tests build the same objects
+the same way.
+
+Each takes the run's LazyConfig ``cfg`` and what varies per step (the task, the step, the
+step's data). Per-step values of the config (``schedule.lr`` vs ``schedule.incremental_lr``,
+the head's step sizes, the optimizer's model) are filled in here, on a copy: ``cfg`` itself
+is never changed.
+"""
+from __future__ import annotations
+
+import eir.require_detectron2  # noqa: F401  (first: says how to install a missing Detectron2)
+
+# isort: split
+import copy
+import math
+
+import torch
+from detectron2.config import instantiate
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.solver import LRMultiplier
+from fvcore.common.param_scheduler import (
+    CompositeParamScheduler,
+    LinearParamScheduler,
+    PolynomialDecayParamScheduler,
+)
+
+from eir.data.mapper import EIRDatasetMapper
+from eir.data.paste import InstancePaster
+from eir.engine.sampling import PositionedDataset, ResumableTrainingSampler
+from eir.engine.step_plan import StepPlan
+from eir.modeling.criterion import EIRCriterion
+from eir.modeling.meta_arch import freeze_for_incremental, load_step_weights
+from eir.tasks import Task
+
+__all__ = [
+    "build_criterion",
+    "build_lr_scheduler",
+    "build_old_model",
+    "build_optimizer",
+    "build_paster",
+    "build_step_model",
+    "build_test_loader",
+    "build_test_mapper",
+    "build_train_loader",
+    "build_train_mapper",
+    "max_iter",
+    "resolve_device",
+]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` is CUDA when available, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def build_step_model(cfg, task: Task, step: int, device) -> torch.nn.Module:
+    """Instantiate ``cfg.model`` with the head and channel layout of ``step``, on ``device``.
+
+    At steps after the first, BatchNorm is frozen (METHOD.md section 3) so that a step's
+    checkpoint loads into a model built here without key mismatches.
+    """
+    task.check_step(step)
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.head.step_sizes = task.step_sizes(step)
+    model_cfg.channel_classes = task.channel_classes(step)
+    model_cfg.num_classes = task.num_classes
+    model = instantiate(model_cfg)
+    if step > 0:
+        freeze_for_incremental(model)
+    return model.to(device)
+
+
+def build_old_model(cfg, task: Task, step: int, weights, device) -> torch.nn.Module:
+    """The frozen model of ``step`` with ``weights`` (a step checkpoint's state dict): eval mode,
+    no gradients. Step ``step + 1`` runs it for pseudo-labels, RSKD and the prepass."""
+    model = build_step_model(cfg, task, step, device)
+    load_step_weights(model, weights)
+    return model.eval().requires_grad_(False)
+
+
+def build_criterion(cfg) -> EIRCriterion:
+    """The training objective, ``cfg.eir.criterion``."""
+    return instantiate(cfg.eir.criterion)
+
+
+# --------------------------------------------------------------------------- optimisation
+
+
+def max_iter(cfg, step: int, num_samples: int) -> int:
+    """Iterations of ``step``: ``schedule.max_iter`` when set, else its epochs over ``num_samples``."""
+    s = cfg.schedule
+    if s.max_iter:
+        return int(s.max_iter)
+    epochs = s.epochs if step == 0 else s.incremental_epochs
+    return max(1, math.ceil(epochs * num_samples / cfg.dataloader.train.total_batch_size))
+
+
+def build_optimizer(cfg, model, step: int) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over ``model``'s parameter groups at the step's learning rate
+    (``schedule.lr`` at step 0, ``schedule.incremental_lr`` after)."""
+    s = cfg.schedule
+    lr = s.lr if step == 0 else s.incremental_lr
+    opt_cfg = copy.deepcopy(cfg.optimizer)
+    opt_cfg.params.model = model
+    opt_cfg.params.base_lr = lr
+    opt_cfg.params.step = step
+    opt_cfg.lr = lr
+    return instantiate(opt_cfg)
+
+
+def build_lr_scheduler(cfg, optimizer, max_iter: int) -> LRMultiplier:
+    """Poly decay (``schedule.poly_power``) per iteration over ``max_iter``, after a linear warm-up
+    over the first ``schedule.warmup_fraction`` of the step when it is positive."""
+    s = cfg.schedule
+    poly = PolynomialDecayParamScheduler(1.0, s.poly_power)
+    if s.warmup_fraction > 0:
+        poly = CompositeParamScheduler(
+            [LinearParamScheduler(1e-3, 1.0), poly],
+            lengths=[s.warmup_fraction, 1.0 - s.warmup_fraction],
+            interval_scaling=["rescaled", "rescaled"],
+        )
+    return LRMultiplier(optimizer, poly, max_iter)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def build_paster(cfg, task: Task, plan: StepPlan, bank, prepass) -> InstancePaster | None:
+    """The step's pasting (``cfg.eir.paste`` from ``bank``, guided by the ``prepass`` maps), or
+    None when the plan does not paste or the bank is empty."""
+    if not plan.paste or bank is None or not len(bank):
+        return None
+    return InstancePaster(bank, prepass, instantiate(cfg.eir.paste), task.old_classes(plan.step))
+
+
+def build_train_mapper(cfg, task: Task, step: int, bank=None, paste=None) -> EIRDatasetMapper:
+    """The training mapper of ``step``: the config's augmentations, ``bank``'s replayed entries,
+    ``paste`` (:func:`build_paster`) applied to every sample."""
+    return EIRDatasetMapper(
+        is_train=True,
+        task=task,
+        step=step,
+        augmentations=instantiate(cfg.dataloader.train.augmentations),
+        bank=bank,
+        paste=paste,
+        seed=cfg.train.seed,
+    )
+
+
+def build_train_loader(cfg, dicts: list[dict], mapper, step: int, start_iter: int = 0):
+    """Step ``step``'s training batches from iteration ``start_iter`` on. The batch of an
+    iteration depends on (seed, step, iteration), not on the loader's number of workers
+    (:mod:`eir.engine.sampling`)."""
+    batch = cfg.dataloader.train.total_batch_size
+    return build_detection_train_loader(
+        dataset=PositionedDataset(dicts, mapper),
+        mapper=None,
+        sampler=ResumableTrainingSampler(len(dicts), seed=cfg.train.seed, step=step, start=start_iter * batch),
+        total_batch_size=batch,
+        aspect_ratio_grouping=False,
+        num_workers=cfg.dataloader.train.num_workers,
+    )
+
+
+def build_test_mapper(cfg, task: Task, step: int) -> EIRDatasetMapper:
+    """The evaluation mapper of ``step`` (its test labels, the config's test augmentations)."""
+    return EIRDatasetMapper(
+        is_train=False,
+        task=task,
+        step=step,
+        augmentations=instantiate(cfg.dataloader.test.augmentations),
+    )
+
+
+def build_test_loader(cfg, dicts: list[dict], mapper):
+    """Detectron2's inference loader over ``dicts``."""
+    return build_detection_test_loader(
+        dataset=dicts,
+        mapper=mapper,
+        batch_size=cfg.dataloader.test.batch_size,
+        num_workers=cfg.dataloader.test.num_workers,
+    )

@@ -1,0 +1,73 @@
+"""StepPlan: what one step of a continual run does, decided once from the config.
+
+Whether a step runs the old model, replays the bank, pastes, runs the prepass and writes a
+bank for the next step are switches of the method (METHOD.md sections 3-6) that the runner,
+the trainer and the mapper builder all act on; :func:`plan_step` decides each of them here,
+in one place, and everything else reads the plan. A new ablation is a field here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eir.tasks import Task
+
+__all__ = ["StepPlan", "plan_step"]
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The switches of step ``step``.
+
+    Attributes:
+        step: the step.
+        last: the task's last step.
+        teacher: the frozen old model runs in every training iteration (pseudo-labels, RSKD).
+        replay: the bank written when step - 1 ended is loaded; its entries join the
+            training set as replayed samples.
+        paste: instances of that bank are pasted into the training samples, which needs the
+            prepass (the old model's pseudo-label maps of the step's images).
+        save_bank: a bank for step + 1 is built and saved when the step ends.
+    """
+
+    step: int
+    last: bool
+    teacher: bool
+    replay: bool
+    paste: bool
+    save_bank: bool
+
+    @property
+    def old_model(self) -> bool:
+        """Whether the step builds the frozen model of step - 1 (for the teacher or the prepass)."""
+        return self.teacher or self.paste
+
+    @property
+    def prepass(self) -> bool:
+        """Whether the step runs the prepass (``step_t/prepass.npz``): pasting needs it."""
+        return self.paste
+
+    @property
+    def artifacts(self) -> tuple[str, ...]:
+        """The files (relative to the step's folder) a finished step holds, recorded in its DONE."""
+        names = ["model_final.pth", "metrics.json"]
+        if self.save_bank:
+            names.append("bank/manifest.json")
+        if self.prepass:
+            names.append("prepass.npz")
+        return tuple(names)
+
+
+def plan_step(cfg, task: Task, step: int, criterion) -> StepPlan:
+    """The plan of ``step`` under ``cfg`` (its ``eir.memory`` and ``eir.paste``) and ``criterion``
+    (an :class:`~eir.modeling.criterion.EIRCriterion`, which says whether it needs the old model)."""
+    step = task.check_step(step)
+    incremental = step > 0
+    memory = int(cfg.eir.memory) > 0
+    return StepPlan(
+        step=step,
+        last=step + 1 == task.num_steps,
+        teacher=incremental and criterion.needs_old_model,
+        replay=incremental and memory,
+        paste=incremental and memory and cfg.eir.paste is not None,
+        save_bank=memory and step + 1 < task.num_steps,
+    )
