@@ -8,6 +8,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 CORE_MODULES = [
+    "eir.constants",
+    "eir.seeding",
     "eir.tasks",
     "eir.data.bank",
     "eir.data.io",
@@ -15,6 +17,8 @@ CORE_MODULES = [
     "eir.data.prepass",
     "eir.data.synthetic",
     "eir.modeling.losses",
+    "eir.modeling.criterion",
+    "eir.engine.step_plan",
     "eir.evaluation.metrics",
     "eir.evaluation.report",
 ]

@@ -305,3 +305,97 @@ def test_damaged_presence_cache_is_recomputed(finished, tmp_path):
     rerun(out)
     assert all(np.array_equal(np.load(c)["presence"], w) for c, w in zip(caches, whole))
     assert summary(out) == summary(finished)
+
+
+# --------------------------------------------------------------------------- checkpoints, earlier versions
+
+
+@requires_detectron2
+@pytest.mark.slow
+def test_model_final_holds_weights_and_tag_and_periodic_checkpoints_the_trainer_state(finished):
+    import torch
+
+    for step in (0, 1):
+        final = torch.load(finished / f"step_{step}" / "model_final.pth", map_location="cpu", weights_only=False)
+        assert set(final) == {"model", "eir"}
+        assert final["eir"]["step"] == step
+        periodic = torch.load(finished / f"step_{step}" / "model_0000049.pth", map_location="cpu", weights_only=False)
+        assert {"model", "eir", "trainer", "iteration"} <= set(periodic)
+        assert periodic["iteration"] == 49 and "optimizer" in periodic["trainer"]
+        assert periodic["trainer"]["optimizer"]["state"]  # SGD's momentum buffers
+
+
+def _first_schema(record: dict) -> dict:
+    """A run record as the first config schema wrote it (eir.pseudo_label, eir.tau, loss keys under eir)."""
+    old = {k: v for k, v in record.items() if not k.startswith("eir.criterion.") and k != "eir.prepass.tau"}
+    old.update({
+        "eir.pseudo_label": record["eir.criterion.tau"] is not None,
+        "eir.tau": record["eir.prepass.tau"],
+        **{f"eir.{k}": record[f"eir.criterion.{k}"] for k in ("w_bce", "w_kd", "rskd_mask", "rskd_normalize")},
+    })
+    return old
+
+
+@requires_detectron2
+@pytest.mark.slow
+def test_a_folder_written_by_the_first_schema_is_continued_and_evaluated(finished, tmp_path):
+    """A run folder of the earlier version (a record in the first config schema, model_final.pth
+    with the trainer state) is recognised as this config's run: its steps are skipped, its record
+    is rewritten in today's keys, and its checkpoints evaluate to the metrics it recorded."""
+    import torch
+
+    out = copy_of(finished, tmp_path)
+    record_path = out / "run_config.json"
+    record = json.loads(record_path.read_text())
+    record["config"] = _first_schema(record["config"])
+    assert "eir.pseudo_label" in record["config"] and "eir.criterion.tau" not in record["config"]
+    record_path.write_text(json.dumps(record))
+    for step in (0, 1):
+        final = out / f"step_{step}" / "model_final.pth"
+        fat = torch.load(out / f"step_{step}" / "model_0000049.pth", map_location="cpu", weights_only=False)
+        fat["model"] = weights(final)
+        fat["iteration"] = 59
+        torch.save(fat, final)
+        done = out / f"step_{step}" / "DONE"
+        lines = done.read_text().splitlines()
+        run_folder().write_done(done.parent, lines[0], [line.partition("  ")[2] for line in lines[1:]])
+    finals = {p: p.read_bytes() for p in out.glob("step_*/model_final.pth")}
+
+    rerun(out)  # every step is done: nothing trains
+    assert {p: p.read_bytes() for p in out.glob("step_*/model_final.pth")} == finals
+    upgraded = json.loads(record_path.read_text())["config"]
+    assert upgraded == json.loads((finished / "run_config.json").read_text())["config"]
+
+    from eir.engine.runner import ContinualRunner
+
+    runner = ContinualRunner(tiny_cfg(out, "train.checkpointer.max_to_keep=10"))
+    recorded = json.loads((finished / "step_1" / "metrics.json").read_text())["summary"]
+    assert json.loads(json.dumps(runner.evaluate_checkpoint(1))) == recorded
+
+
+@requires_detectron2
+def test_a_config_of_the_first_schema_is_upgraded(tmp_path):
+    """A run's config.yaml written before eir.criterion loads in today's schema."""
+    from pathlib import Path
+
+    from detectron2.config import LazyConfig, instantiate
+
+    from eir.engine.config_checks import load_config
+    from eir.modeling.criterion import EIRCriterion
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = LazyConfig.load(str(root / "projects/EIR/configs/synthetic/4-2_overlap.py"))
+    cfg.eir.prepass.pop("tau")
+    cfg.eir.pop("criterion")
+    cfg.eir.update(pseudo_label=False, tau=0.6, w_bce=1.0, w_kd=2.0, rskd_mask="all", rskd_normalize="all")
+    old = tmp_path / "config.yaml"
+    LazyConfig.save(cfg, str(old))
+
+    upgraded = load_config(old, ["eir.criterion.w_bce=3.0"])
+    assert "pseudo_label" not in upgraded.eir and "tau" not in upgraded.eir
+    assert upgraded.eir.prepass.tau == 0.6
+    criterion = instantiate(upgraded.eir.criterion)
+    assert isinstance(criterion, EIRCriterion)
+    assert (criterion.tau, criterion.w_bce, criterion.w_kd, criterion.rskd_mask, criterion.rskd_normalize) == (
+        None, 3.0, 2.0, "all", "all",
+    )
