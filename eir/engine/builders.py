@@ -25,6 +25,8 @@ from fvcore.common.param_scheduler import (
     PolynomialDecayParamScheduler,
 )
 
+from eir.data.bank import InstanceBank
+from eir.data.datasets import replay_dataset_dicts, step_dataset_dicts
 from eir.data.mapper import EIRDatasetMapper
 from eir.data.paste import InstancePaster
 from eir.engine.sampling import PositionedDataset, ResumableTrainingSampler
@@ -34,14 +36,17 @@ from eir.modeling.meta_arch import freeze_for_incremental, load_step_weights
 from eir.tasks import Task
 
 __all__ = [
+    "build_bank",
     "build_criterion",
     "build_lr_scheduler",
     "build_old_model",
     "build_optimizer",
     "build_paster",
     "build_step_model",
+    "build_test_dicts",
     "build_test_loader",
     "build_test_mapper",
+    "build_train_dicts",
     "build_train_loader",
     "build_train_mapper",
     "max_iter",
@@ -129,6 +134,40 @@ def build_lr_scheduler(cfg, optimizer, max_iter: int) -> LRMultiplier:
 
 
 # --------------------------------------------------------------------------- data
+
+
+def build_train_dicts(cfg, task: Task, step: int, bank=None, cache_dir=None) -> tuple[list[dict], list[dict]]:
+    """Step ``step``'s training images, and the list its loader samples: those images followed
+    by the replay entries of ``bank`` (the bank written when step - 1 ended, or None).
+    ``cache_dir`` holds the dataset's presence table (the run folder)."""
+    train = cfg.dataloader.train
+    images = step_dataset_dicts(train.dataset, task, step, "train", cache_dir=cache_dir, num_workers=train.num_workers)
+    if not images:
+        raise ValueError(
+            f"no image of {train.dataset} qualifies for step {step} ({task.setting}): check the dataset and task.*"
+        )
+    return images, images + replay_dataset_dicts(bank)
+
+
+def build_test_dicts(cfg, task: Task, step: int, cache_dir=None) -> list[dict]:
+    """Step ``step``'s test images: those with a class the step has seen."""
+    test = cfg.dataloader.test
+    return step_dataset_dicts(test.dataset, task, step, "test", cache_dir=cache_dir, num_workers=test.num_workers)
+
+
+def build_bank(cfg, task: Task, step: int, train_dicts: list[dict], previous) -> InstanceBank:
+    """The bank for step ``step + 1``: ``cfg.eir.memory`` entries from step ``step``'s training
+    images and the ``previous`` bank (METHOD.md section 5)."""
+    return InstanceBank.build(
+        train_dicts,
+        task,
+        step,
+        budget=cfg.eir.memory,
+        seed=cfg.train.seed,
+        previous=previous,
+        storage=cfg.eir.storage,
+        num_workers=cfg.dataloader.train.num_workers,
+    )
 
 
 def build_paster(cfg, task: Task, plan: StepPlan, bank, prepass) -> InstancePaster | None:

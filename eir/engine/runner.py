@@ -38,16 +38,19 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 
 from eir.data.bank import InstanceBank
-from eir.data.datasets import register_eir_datasets, replay_dataset_dicts, step_dataset_dicts
+from eir.data.datasets import register_eir_datasets
 from eir.engine.builders import (
+    build_bank,
     build_criterion,
     build_lr_scheduler,
     build_old_model,
     build_optimizer,
     build_paster,
     build_step_model,
+    build_test_dicts,
     build_test_loader,
     build_test_mapper,
+    build_train_dicts,
     build_train_loader,
     build_train_mapper,
     max_iter,
@@ -206,7 +209,7 @@ class ContinualRunner:
             folder.write_metrics(step, summary)
             write_eval_events(step_dir, summary, step)
             if plan.save_bank:
-                self.build_bank(step, train_dicts, bank).save(step_dir / "bank")
+                build_bank(cfg, task, step, train_dicts, bank).save(step_dir / "bank")
             message = f"step {step} of {task} done in {time.perf_counter() - started:.0f} s"
             folder.mark_done(step, message, plan.artifacts)
         comm.synchronize()
@@ -244,32 +247,8 @@ class ContinualRunner:
             ) from e
 
     def train_data(self, step: int, bank) -> tuple[list[dict], list[dict]]:
-        """Step ``step``'s training images, and the list the loader samples: those images
-        followed by the replay entries of ``bank`` (the bank of step - 1, or None)."""
-        cfg = self.cfg
-        train_dicts = step_dataset_dicts(
-            cfg.dataloader.train.dataset, self.task, step, "train",
-            cache_dir=self.output_dir, num_workers=cfg.dataloader.train.num_workers,
-        )
-        if not train_dicts:
-            raise ValueError(
-                f"no image of {cfg.dataloader.train.dataset} qualifies for step {step} "
-                f"({self.task.setting}): check the dataset and task.*"
-            )
-        return train_dicts, train_dicts + replay_dataset_dicts(bank)
-
-    def build_bank(self, step: int, train_dicts, previous) -> InstanceBank:
-        cfg = self.cfg
-        return InstanceBank.build(
-            train_dicts,
-            self.task,
-            step,
-            budget=cfg.eir.memory,
-            seed=cfg.train.seed,
-            previous=previous,
-            storage=cfg.eir.storage,
-            num_workers=cfg.dataloader.train.num_workers,
-        )
+        """:func:`~eir.engine.builders.build_train_dicts` of this run."""
+        return build_train_dicts(self.cfg, self.task, step, bank, cache_dir=self.output_dir)
 
     def fit(self, plan: StepPlan, model, old_model, dicts, mapper) -> None:
         """Train ``model`` on ``dicts`` through ``mapper`` to the step's last iteration, from its
@@ -337,12 +316,7 @@ class ContinualRunner:
 
     # ----------------------------------------------------------------- evaluation
     def test_dicts(self, step: int) -> list[dict]:
-        """Step ``step``'s test images (those with a class seen by the step)."""
-        cfg = self.cfg
-        return step_dataset_dicts(
-            cfg.dataloader.test.dataset, self.task, step, "test",
-            cache_dir=self.output_dir, num_workers=cfg.dataloader.test.num_workers,
-        )
+        return build_test_dicts(self.cfg, self.task, step, cache_dir=self.output_dir)
 
     def test_data(self, step: int):
         """Step ``step``'s test set: its dataset dicts and the evaluation mapper."""
