@@ -136,19 +136,18 @@ def test_synthetic_generated_on_first_use(tmp_path, monkeypatch):
     assert len(calls) == 1  # present now: not generated again
 
 
-def test_synthetic_of_an_older_format_is_regenerated(tmp_path, monkeypatch):
-    """A cached dataset of an older generator is handed to ensure_synthetic (which regenerates it)."""
+def test_synthetic_of_an_older_format_is_refused_not_replaced(tmp_path):
+    """A dataset written by an older generator is left as it is (a run may have trained on it)."""
     from eir.data import synthetic
 
     base = tmp_path / "eir_synthetic"
     generate(base, num_train=4, num_val=2, size=48, verbose=False)
     meta = json.loads((base / "meta.json").read_text())
     (base / "meta.json").write_text(json.dumps({**meta, "format_version": synthetic.FORMAT_VERSION - 1}))
-    calls = []
-    monkeypatch.setattr(synthetic, "ensure_synthetic", lambda root, **kw: calls.append(Path(root)))
     D.register_eir_datasets(tmp_path)
-    assert len(DatasetCatalog.get("eir_synthetic_train")) == 4
-    assert calls == [base]
+    with pytest.raises(ValueError, match="earlier version of this generator"):
+        DatasetCatalog.get("eir_synthetic_train")
+    assert len(list((base / "JPEGImages").iterdir())) == 6
 
 
 @pytest.mark.parametrize("devkit", [False, True])

@@ -372,20 +372,19 @@ def _set_format(root, version):
     (root / "meta.json").write_text(json.dumps({**meta, "format_version": version}))
 
 
-def test_ensure_synthetic_regenerates_an_older_format(tmp_path, capsys):
-    """A cache written by an older generator version is replaced by this version's dataset,
-    with the requested arguments (defaults for the rest), and nothing is left beside it."""
+def test_ensure_synthetic_refuses_an_older_format_and_changes_nothing(tmp_path):
+    """A dataset written by an older generator version is never replaced (a run may have trained
+    on it): it is refused, saying what to do, and left as it is. A newer format and a foreign
+    meta.json are refused too."""
     args = {"num_train": 4, "num_val": 2, "size": 40, "seed": 2}
-    root = generate(tmp_path / "e", verbose=False, **{**args, "num_train": 7})
+    root = generate(tmp_path / "e", verbose=False, **args)
     _set_format(root, synthetic.FORMAT_VERSION - 1)
-    (root / "JPEGImages" / "train_000006.jpg").write_bytes(b"old")
     assert synthetic.is_stale(root)
-    assert ensure_synthetic(root, **args) == root
-    assert "regenerating it" in capsys.readouterr().err
-    assert not synthetic.is_stale(root)
-    assert _files(root) == _files(generate(tmp_path / "fresh", verbose=False, **args))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["e", "fresh"]
-    # A newer format is not this code's to overwrite: it is refused, as is a foreign meta.json.
+    before = _files(root)
+    with pytest.raises(ValueError, match="earlier version of this generator.*DETECTRON2_DATASETS"):
+        ensure_synthetic(root, **args)
+    assert _files(root) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
     _set_format(root, synthetic.FORMAT_VERSION + 1)
     assert not synthetic.is_stale(root)
     with pytest.raises(ValueError, match="format version"):
@@ -393,19 +392,57 @@ def test_ensure_synthetic_regenerates_an_older_format(tmp_path, capsys):
     assert json.loads((root / "meta.json").read_text())["format_version"] == synthetic.FORMAT_VERSION + 1
 
 
-def test_failed_regeneration_keeps_the_old_dataset(tmp_path, monkeypatch):
+def test_temporary_folders_of_a_killed_generation_are_removed_by_the_next(tmp_path):
+    killed = tmp_path / ".e.tmp-killed"
+    (killed / "JPEGImages").mkdir(parents=True)
+    (killed / "JPEGImages" / "train_000000.jpg").write_bytes(b"half")
     root = generate(tmp_path / "e", verbose=False, num_train=3, num_val=1, size=40)
-    _set_format(root, synthetic.FORMAT_VERSION - 1)
-    before = _files(root)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
+    validate(root)
 
-    def failing(job):
-        raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(synthetic, "_write_one", failing)
-    with pytest.raises(RuntimeError, match="disk on fire"):
-        ensure_synthetic(root, verbose=False)
-    assert _files(root) == before
-    assert [p.name for p in tmp_path.iterdir()] == ["e"]
+_KILLED_GENERATION = """
+import sys
+from eir.data.synthetic import generate
+generate(sys.argv[1], num_train=100000, num_val=1, size=64, verbose=False, num_workers=2)
+"""
+
+
+def _children(pid):
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads processes from /proc (Linux)")
+def test_generator_workers_end_with_a_killed_parent(tmp_path):
+    """SIGKILL of a generating process: its worker processes (a spawn pool, waiting for work)
+    exit by themselves instead of blocking forever, and the next generation cleans up."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_GENERATION, str(tmp_path / "e")], env=env)
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".e.tmp-") for p in tmp_path.iterdir()) or len(_children(proc.pid)) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, "the generation did not start its workers"
+        time.sleep(0.2)
+    time.sleep(2)  # the workers are rendering
+    workers = _children(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{w}").exists() and "Z" not in Path(f"/proc/{w}/stat").read_text().split()[2] for w in workers):
+        assert time.monotonic() < deadline, f"worker processes {workers} outlived their parent"
+        time.sleep(0.2)
+    generate(tmp_path / "e", verbose=False, num_train=3, num_val=1, size=40)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
 
 
 def test_cli(tmp_path):

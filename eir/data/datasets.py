@@ -190,7 +190,8 @@ def _ensure_synthetic(base: Path) -> None:
 
     if (base / "meta.json").is_file() and not synthetic.is_stale(base):
         return
-    logger.info("Generating the synthetic dataset at %s (first use, or written by an older generator)", base)
+    if not base.exists():
+        logger.info("Generating the synthetic dataset at %s (first use)", base)
     synthetic.ensure_synthetic(base, num_workers=min(8, os.cpu_count() or 1))  # same files for any count
 
 

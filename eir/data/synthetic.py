@@ -68,8 +68,12 @@ Layout (read by the VOC-style loader of ``eir.data.datasets``)::
 
 Generation is deterministic: image ``i`` of a split is drawn from its own seed
 (``numpy.random.SeedSequence(seed, spawn_key=(split, i))``), so the same arguments
-give byte-identical files whatever the number of worker processes. A dataset of an
-older ``FORMAT_VERSION`` found by :func:`ensure_synthetic` is regenerated.
+give byte-identical files whatever the number of worker processes. Generation happens
+only where no dataset is yet, under a lock (on the parent folder), into a temporary
+sibling renamed to ``DIR`` at the end; the temporary folders of a killed generation are
+removed by the next one, and worker processes end with the process that started them. A
+dataset on disk is never deleted or regenerated: one of an older ``FORMAT_VERSION`` is
+refused by :func:`ensure_synthetic`, with what to do.
 
 Usage::
 
@@ -81,6 +85,8 @@ from __future__ import annotations
 
 import argparse
 import colorsys
+import contextlib
+import fcntl
 import functools
 import json
 import multiprocessing
@@ -88,6 +94,8 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
@@ -630,8 +638,15 @@ def _write_one(job: tuple[str, str, int, int, int]) -> tuple[list[int], bool, in
     return present, _single_regions(label), info["instances"]
 
 
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)  # the parent died (killed): a pool worker would otherwise wait for work forever
+
+
 def _worker_init() -> None:
     cv2.setNumThreads(1)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
 
 def _check_size(size: int) -> None:
@@ -756,31 +771,49 @@ def generate(
     """
     args = _check_args(num_train, num_val, size, seed, num_workers)
     root = Path(root)
-    if root.exists():
-        if _check_existing(root, args, verbose):
-            return root
+    if root.exists() and _check_existing(root, args, verbose):
+        return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
-        _write_dataset(tmp, args, verbose, num_workers)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)
+    with _generation_lock(root):
+        # Another process (another rank, a second command) may have written it meanwhile.
+        if root.exists() and _check_existing(root, args, verbose):
+            return root
+        _remove_killed_generations(root)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
         try:
+            _write_dataset(tmp, args, verbose, num_workers)
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o777 & ~mask)
             if _is_empty_dir(root):
                 root.rmdir()
             os.rename(tmp, root)
-        except OSError:
-            # Another process (e.g. another rank) may have finished the same dataset first.
-            if not (root.exists() and _check_existing(root, args, verbose=False)):
-                raise
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            raise
     if verbose:
         print(f"synthetic dataset written to {root}", file=sys.stderr)
     return root
+
+
+@contextlib.contextmanager
+def _generation_lock(root: Path):
+    """Hold a lock on ``root``'s parent folder for the duration: one generation at a time. It
+    is a ``flock`` on the folder itself (no lock file is left behind) and ends with its
+    process, so a killed generator never blocks the next one."""
+    fd = os.open(root.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_killed_generations(root: Path) -> None:
+    """Remove the temporary folders of generations that were killed (called under the lock,
+    which their writers would hold if they were alive)."""
+    for stale in root.parent.glob(f".{root.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _check_existing(root: Path, args: dict, verbose: bool) -> bool:
@@ -851,25 +884,6 @@ def is_stale(root: str | os.PathLike) -> bool:
     return _stale_version(Path(root)) is not None
 
 
-def _replace_stale(root: Path, generate_kwargs: dict) -> Path:
-    """Regenerate a dataset of an older format in place: the old one is moved aside first and
-    deleted once the new one is there (restored if generating fails)."""
-    old = Path(tempfile.mkdtemp(prefix=f".{root.name}.stale-", dir=root.parent))
-    try:
-        os.replace(root, old / root.name)
-    except FileNotFoundError:  # another process moved it first; generate() copes with the race
-        pass
-    try:
-        generate(root, **generate_kwargs)
-    except BaseException:
-        if (old / root.name).exists() and not root.exists():
-            os.replace(old / root.name, root)
-        shutil.rmtree(old, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    return root
-
-
 def ensure_synthetic(root: str | os.PathLike, **kwargs: Any) -> Path:
     """Generate the dataset at ``root`` if it is absent (or an empty directory), else validate it.
 
@@ -877,8 +891,8 @@ def ensure_synthetic(root: str | os.PathLike, **kwargs: Any) -> Path:
     For an existing dataset, the arguments given must match its meta.json (those left out
     are not checked), so the Detectron2 layer can call ``ensure_synthetic(root)`` on
     whatever the user generated. A dataset written by an older format version of this
-    generator (a cache from an earlier checkout) is regenerated in place, with the arguments
-    given and the defaults for the rest: its old arguments described another generator.
+    generator (a copy from an earlier checkout) is refused, never replaced: a run may have
+    trained on it, and its steps must not continue on other data.
     """
     allowed = set(DEFAULTS) | {"verbose", "num_workers"}
     unknown = sorted(set(kwargs) - allowed)
@@ -889,9 +903,12 @@ def ensure_synthetic(root: str | os.PathLike, **kwargs: Any) -> Path:
         return generate(root, **kwargs)
     version = _stale_version(root)
     if version is not None:
-        if kwargs.get("verbose", True):
-            print(f"{root} holds synthetic format {version}; regenerating it as format {FORMAT_VERSION}", file=sys.stderr)
-        return _replace_stale(root, kwargs)
+        raise ValueError(
+            f"{root} holds a synthetic dataset of format {version}, written by an earlier version of "
+            f"this generator (format {FORMAT_VERSION} now); runs trained on it continue only on it. "
+            "To use this version's dataset, point DETECTRON2_DATASETS at another folder, or move "
+            f"{root} away (it is generated there on first use)"
+        )
     meta = validate(root)
     wanted = {k: kwargs[k] for k in DEFAULTS if k in kwargs}
     differ = {k: (meta["args"].get(k), v) for k, v in wanted.items() if meta["args"].get(k) != v}
