@@ -399,3 +399,46 @@ def test_a_config_of_the_first_schema_is_upgraded(tmp_path):
     assert (criterion.tau, criterion.w_bce, criterion.w_kd, criterion.rskd_mask, criterion.rskd_normalize) == (
         None, 3.0, 2.0, "all", "all",
     )
+
+
+# --------------------------------------------------------------------------- allowed config changes, divergence
+
+
+def _step_1_trained_afresh(finished, out, *overrides):
+    """``finished`` with its step 1 trained again from nothing under ``overrides``."""
+    shutil.copytree(finished, out)
+    shutil.rmtree(out / "step_1")
+    rerun(out, *overrides, "train.allow_config_change=True")
+    return out / "step_1" / "model_final.pth"
+
+
+@requires_detectron2
+@pytest.mark.slow
+def test_an_allowed_config_change_restarts_the_interrupted_step(finished, tmp_path):
+    """Step 1 interrupted (its checkpoints kept, up to the last iteration), then rerun with a new
+    learning rate and allow_config_change: the step trains again from its first iteration under
+    the new schedule, to the weights of a step 1 trained from nothing under it."""
+    change = "schedule.incremental_lr=0.0003"
+    out = copy_of(finished, tmp_path)
+    for name in ("DONE", "model_final.pth", "metrics.json"):
+        (out / "step_1" / name).unlink()
+    assert (out / "step_1" / "model_0000059.pth").is_file()
+    rerun(out, change, "train.allow_config_change=True")
+    assert_same_weights(out / "step_1" / "model_final.pth", _step_1_trained_afresh(finished, tmp_path / "fresh", change))
+    rows = [json.loads(line) for line in (out / "step_1" / "training_log.json").read_text().splitlines()]
+    assert rows[0]["iteration"] == 4  # the log starts again with the step (log period 5)
+    # step 0, done, is kept as it was
+    assert_same_weights(out / "step_0" / "model_final.pth", finished / "step_0" / "model_final.pth")
+
+
+@requires_detectron2
+@pytest.mark.slow
+def test_a_diverged_step_says_what_to_do_and_the_advice_works(finished, tmp_path):
+    out = copy_of(finished, tmp_path)
+    shutil.rmtree(out / "step_1")
+    with pytest.raises(RuntimeError, match=r"step 1 diverged \(Loss became infinite or NaN at iteration=\d+!\); a rerun .*allow_config_change=True"):
+        rerun(out, "schedule.incremental_lr=1e9", "train.allow_config_change=True")
+    assert not (out / "step_1" / "DONE").exists()
+    sane = "schedule.incremental_lr=0.0003"
+    rerun(out, sane, "train.allow_config_change=True")
+    assert_same_weights(out / "step_1" / "model_final.pth", _step_1_trained_afresh(finished, tmp_path / "fresh", sane))

@@ -229,15 +229,16 @@ def config_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) 
     ]
 
 
-def check_recorded_config(folder: Path, cfg, allow_change: bool) -> dict | None:
+def check_recorded_config(folder: Path, cfg, allow_change: bool) -> tuple[dict | None, list[str]]:
     """Compare ``cfg`` with the folder's record; raise unless equal or ``allow_change``.
 
-    Returns the record to write (None when the folder's record already matches).
+    Returns the record to write (None when the folder's record already matches) and the
+    differences (``key: recorded -> current``) that ``allow_change`` let through.
     """
     current = results_config(cfg)
     path = folder / CONFIG_RECORD
     if not path.is_file():
-        return current
+        return current, []
     try:
         stored = json.loads(path.read_text())["config"]
         recorded = upgrade_record(stored)
@@ -247,7 +248,7 @@ def check_recorded_config(folder: Path, cfg, allow_change: bool) -> dict | None:
         ) from e
     diff = config_differences(recorded, current)
     if not diff:
-        return None if recorded == stored else current
+        return (None if recorded == stored else current), []
     listing = "\n  ".join(diff)
     if not allow_change:
         raise RunFolderError(
@@ -256,7 +257,7 @@ def check_recorded_config(folder: Path, cfg, allow_change: bool) -> dict | None:
             "continue this run under the new config (finished steps keep their results)."
         )
     logger.warning("train.allow_config_change=True: continuing %s under a changed config:\n  %s", folder, listing)
-    return current
+    return current, diff
 
 
 def write_config_record(folder: Path, record: Mapping[str, Any]) -> None:
@@ -351,7 +352,9 @@ class RunFolder:
         lock.acquire()
         try:
             self.check_task()
-            record = check_recorded_config(self.path, cfg, bool(cfg.train.get("allow_config_change", False)))
+            record, changes = check_recorded_config(
+                self.path, cfg, bool(cfg.train.get("allow_config_change", False))
+            )
         except BaseException:
             lock.release()
             if not existed:
@@ -362,8 +365,27 @@ class RunFolder:
             logger.info("Removed %s, left by an interrupted write", path)
         if not (self.path / TASK_FILE).is_file():
             atomic_write_json(self.path / TASK_FILE, self.task.to_dict())
+        if changes:
+            self.restart_unfinished_steps()  # before the record: a kill in between restarts them again
         if record is not None:
             write_config_record(self.path, record)
+
+    def restart_unfinished_steps(self) -> None:
+        """Delete the checkpoints of every step that is not done, so that it trains again from its
+        first iteration: they were written under the config a change just replaced, and resuming
+        from them would mix the two (the old schedule's state, the old weights)."""
+        for step in range(self.task.num_steps):
+            step_dir = self.step_dir(step)
+            if self.is_done(step) or not step_dir.is_dir():
+                continue
+            stale = sorted(step_dir.glob("model_*.pth")) + sorted(step_dir.glob("last_checkpoint"))
+            for path in stale:
+                path.unlink()
+            if stale:
+                logger.warning(
+                    "Step %d restarts from its first iteration under the changed config: removed %s",
+                    step, ", ".join(p.name for p in stale),
+                )
 
     def release(self) -> None:
         if self.lock is not None:

@@ -307,12 +307,29 @@ class ContinualRunner:
         logger.info("Step %d: %d iterations", step, iterations)
         try:
             trainer.train(start_iter, iterations)
+        except FloatingPointError as e:
+            raise RuntimeError(self.divergence_advice(step, e)) from e
         finally:
             trainer.close_data_loader()
         if main and not (step_dir / "model_final.pth").is_file():
             # Resumed from the checkpoint of the last iteration: nothing was left to train.
             checkpointer.save("model_final", iteration=iterations - 1)
         comm.synchronize()
+
+    def divergence_advice(self, step: int, error: FloatingPointError) -> str:
+        """What to do when step ``step``'s loss became NaN or infinite: a plain rerun resumes
+        from the same checkpoint under the same config, and diverges again."""
+        kept = [p.name for p in periodic_checkpoints(self.step_dir(step))]
+        resume = (
+            f"a rerun resumes from {kept[-1]} and diverges the same way" if kept
+            else "a rerun trains it again the same way"
+        )
+        return (
+            f"step {step} diverged ({str(error).splitlines()[0]}); {resume}. Rerun with a change that "
+            "prevents it (e.g. a lower schedule.lr / schedule.incremental_lr, or train.amp.enabled=False) "
+            f"and train.allow_config_change=True: the step then restarts from its first iteration "
+            f"(its checkpoints in {self.step_dir(step)} are deleted)."
+        )
 
     # ----------------------------------------------------------------- evaluation
     def test_dicts(self, step: int) -> list[dict]:
