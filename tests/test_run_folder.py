@@ -442,3 +442,65 @@ def test_a_diverged_step_says_what_to_do_and_the_advice_works(finished, tmp_path
     sane = "schedule.incremental_lr=0.0003"
     rerun(out, sane, "train.allow_config_change=True")
     assert_same_weights(out / "step_1" / "model_final.pth", _step_1_trained_afresh(finished, tmp_path / "fresh", sane))
+
+
+# --------------------------------------------------------------------------- the data record
+
+
+def test_data_differences_name_added_removed_and_changed_files():
+    recorded = {"train": {"a.png": [10, 1], "b.png": [10, 1], "c.png": [10, 1]}, "val": {"v.png": [5, 1]}}
+    current = {"train": {"a.png": [10, 1], "b.png": [11, 2], "d.png": [10, 1]}, "val": {"v.png": [5, 1]}}
+    assert run_folder().data_differences(recorded, current) == [
+        "train: 1 file(s) added: d.png",
+        "train: 1 file(s) removed: c.png",
+        "train: 1 file(s) changed (size or modification time): b.png",
+    ]
+    assert run_folder().data_differences(recorded, recorded) == []
+
+
+@requires_detectron2
+def test_data_fingerprint_is_relative_and_follows_size_and_time(tmp_path):
+    from eir.data.datasets import data_fingerprint
+
+    for root in (tmp_path / "a", tmp_path / "b"):
+        (root / "img").mkdir(parents=True)
+        (root / "lbl").mkdir()
+        (root / "img" / "1.jpg").write_bytes(b"12345")
+        (root / "lbl" / "1.png").write_bytes(b"123")
+        for f in (root / "img" / "1.jpg", root / "lbl" / "1.png"):
+            os.utime(f, ns=(10**18, 10**18))
+    dicts = [{"file_name": str(tmp_path / "a/img/1.jpg"), "sem_seg_file_name": str(tmp_path / "a/lbl/1.png")}]
+    moved = [{k: v.replace("/a/", "/b/") for k, v in d.items()} for d in dicts]
+    assert data_fingerprint(dicts) == {"img/1.jpg": [5, 10**18], "lbl/1.png": [3, 10**18]}
+    assert data_fingerprint(moved) == data_fingerprint(dicts)
+    (tmp_path / "b/lbl/1.png").write_bytes(b"321")  # same size, new time
+    assert data_fingerprint(moved)["lbl/1.png"][1] != 10**18
+
+
+@requires_detectron2
+@pytest.mark.slow
+def test_a_label_changed_between_steps_is_refused_naming_it(finished, datasets, tmp_path, monkeypatch):
+    """A label rewritten with valid values between step 0 and step 1 would change which images
+    step 1 selects: the rerun refuses, naming the file, and runs with allow_data_change."""
+    import numpy as np
+
+    from eir.data.io import read_label
+
+    data = tmp_path / "datasets"
+    shutil.copytree(datasets / "eir_synthetic", data / "eir_synthetic")  # copy2 keeps the times
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(data))
+    out = copy_of(finished, tmp_path)
+    shutil.rmtree(out / "step_1")
+    record = json.loads((out / "run_data.json").read_text())["datasets"]
+    assert set(record) == {"eir_synthetic_train", "eir_synthetic_val"}
+    label = sorted((data / "eir_synthetic" / "SegmentationClassAug").glob("train_*.png"))[0]
+    values = read_label(str(label))
+    import cv2
+
+    cv2.imwrite(str(label), np.where(values == 0, 9, values).astype(np.uint8))  # background -> class 9
+    with pytest.raises(RuntimeError, match=rf"(?s)eir_synthetic_train: 1 file\(s\) changed .*{label.name}.*allow_data_change"):
+        rerun(out)
+    assert not (out / "step_1").exists()
+    rerun(out, "train.allow_data_change=True")
+    assert (out / "step_1" / "DONE").is_file()
+    rerun(out)  # the record now holds the data as it is

@@ -15,4 +15,5 @@ train = dict(
     log_period=20,  # iterations between log lines
     seed=0,  # seeds sampling, augmentation, pasting and bank selection
     allow_config_change=False,  # True: continue a run folder whose recorded config differs
+    allow_data_change=False,  # True: continue a run whose datasets' files changed since recorded
 )

@@ -52,6 +52,7 @@ from eir.tasks import DATASETS, Task
 __all__ = [
     "DATASET_NAMES",
     "class_presence",
+    "data_fingerprint",
     "register_eir_datasets",
     "replay_dataset_dicts",
     "step_dataset_dicts",
@@ -270,12 +271,33 @@ def _presence_row(path: str, num_classes: int) -> np.ndarray:
     return counts[: num_classes + 1] > 0
 
 
+def _stat(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1, -1  # a missing file: reading it fails later, naming it
+    return st.st_size, st.st_mtime_ns
+
+
 def _presence_key(files: Sequence[str], num_classes: int) -> str:
+    """The cache key of a presence table: the label files with their sizes and modification
+    times, so a label rewritten in place under its name is read again."""
     h = hashlib.sha1(f"{num_classes}\n".encode())
     for f in files:
-        h.update(f.encode("utf-8", "surrogateescape"))
-        h.update(b"\n")
+        size, mtime = _stat(f)
+        h.update(f"{f}\t{size}\t{mtime}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
+
+
+def data_fingerprint(dataset_dicts: Sequence[dict]) -> dict[str, list[int]]:
+    """``{file: [size, mtime_ns]}`` of every image and label file of ``dataset_dicts``, each file
+    named relative to the folder that holds them all (so a dataset moved or copied with its
+    times kept has the same fingerprint). Cheap: one ``stat`` per file, no file is read."""
+    files = [str(d[key]) for d in dataset_dicts for key in ("file_name", "sem_seg_file_name") if key in d]
+    if not files:
+        return {}
+    base = os.path.commonpath(files) if len(files) > 1 else os.path.dirname(files[0])
+    return {os.path.relpath(f, base): list(_stat(f)) for f in files}
 
 
 def class_presence(
@@ -290,9 +312,8 @@ def class_presence(
     Labels are read in ``num_workers`` threads (0: in this thread). A label with a
     value outside ``0..num_classes`` and 255 raises ValueError naming the file.
     With ``cache_file`` (an .npz), the table is reused when it was computed for the
-    same list of label files and ``num_classes``, and recomputed (and rewritten)
-    otherwise; the key is the file list, so a dataset rewritten in place under the
-    same names needs its cache deleted. Only the main process writes the cache.
+    same label files (names, sizes and modification times) and ``num_classes``, and
+    recomputed (and rewritten) otherwise. Only the main process writes the cache.
     ``verbose=None`` shows the progress bar on the main process only.
     """
     if verbose is None:

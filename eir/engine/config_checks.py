@@ -116,8 +116,9 @@ def check_train_config(train) -> None:
     step = train.step
     if step is not None and (isinstance(step, bool) or not re.fullmatch(r"\d+", str(step))):
         raise ValueError(f"train.step must be a step number (0, 1, ...) or None (every step), got {step!r}")
-    if not isinstance(train.get("allow_config_change", False), bool):
-        raise ValueError(f"train.allow_config_change must be True or False, got {train.allow_config_change!r}")
+    for key in ("allow_config_change", "allow_data_change"):
+        if not isinstance(train.get(key, False), bool):
+            raise ValueError(f"train.{key} must be True or False, got {train[key]!r}")
 
 
 def check_config(cfg) -> None:

@@ -9,6 +9,9 @@ step's files can be trusted.
   a rerun with other values is refused, naming the keys, unless it opts in with
   ``train.allow_config_change=True``. Records of older versions of the config schema are
   read through :func:`upgrade_record`.
+* ``run_data.json`` records the datasets' files (size and modification time of every image
+  and label); a step that finds them changed is refused, naming the files, unless the
+  command opts in with ``train.allow_data_change=True``.
 * ``step_t/DONE`` holds a line of text, then the SHA-256 of every artifact the step wrote
   (``sha256sum`` format); a done step whose artifacts are missing or changed is reported,
   never skipped silently.
@@ -36,6 +39,7 @@ logger = logging.getLogger(__name__)
 LOCK_FILE = "run.lock"
 TASK_FILE = "task.json"
 CONFIG_RECORD = "run_config.json"
+DATA_RECORD = "run_data.json"
 DONE_FILE = "DONE"
 METRICS_FILE = "metrics.json"
 TRAINING_LOG = "training_log.json"
@@ -51,6 +55,7 @@ RESULT_NEUTRAL_KEYS = (
     "train.checkpointer",  # resumption is exact, so checkpoint period and count do not matter
     "train.ddp.find_unused_parameters",  # a DDP bookkeeping switch
     "train.allow_config_change",  # the opt-in itself
+    "train.allow_data_change",  # the opt-in for data
     "dataloader.train.num_workers",  # sample streams do not depend on workers
     "dataloader.test.num_workers",
 )
@@ -267,6 +272,26 @@ def write_config_record(folder: Path, record: Mapping[str, Any]) -> None:
     )
 
 
+# --------------------------------------------------------------------------- data record
+
+
+def data_differences(recorded: Mapping[str, Any], current: Mapping[str, Any], shown: int = 5) -> list[str]:
+    """What changed between two data records (``{dataset: {file: [size, mtime_ns]}}``): per
+    dataset, the counts of files added, removed and changed, with the first ``shown`` names."""
+    lines = []
+    for name in sorted(set(recorded) | set(current)):
+        old, new = recorded.get(name, {}), current.get(name, {})
+        for what, files in (
+            ("added", sorted(set(new) - set(old))),
+            ("removed", sorted(set(old) - set(new))),
+            ("changed (size or modification time)", sorted(f for f in set(old) & set(new) if old[f] != new[f])),
+        ):
+            if files:
+                more = f" and {len(files) - shown} more" if len(files) > shown else ""
+                lines.append(f"{name}: {len(files)} file(s) {what}: {', '.join(files[:shown])}{more}")
+    return lines
+
+
 # --------------------------------------------------------------------------- DONE records
 
 
@@ -386,6 +411,37 @@ class RunFolder:
                     "Step %d restarts from its first iteration under the changed config: removed %s",
                     step, ", ".join(p.name for p in stale),
                 )
+
+    def check_data(self, current: Mapping[str, Any], allow_change: bool, write: bool = True) -> None:
+        """Compare the datasets' files (``{dataset: data_fingerprint}``) with the folder's data
+        record, written by the command that first trained here; refuse a difference, naming it,
+        unless ``allow_change`` (then the record is rewritten). Datasets not yet recorded are
+        added to the record (written when ``write``: by the main process)."""
+        path = self.path / DATA_RECORD
+        recorded = {}
+        if path.is_file():
+            try:
+                recorded = json.loads(path.read_text())["datasets"]
+                if not isinstance(recorded, dict):
+                    raise TypeError("'datasets' is not a mapping")
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise RunFolderError(
+                    f"{path} is damaged ({e}): restore it, or delete it to record the data as it is now"
+                ) from e
+        known = [name for name in current if name in recorded]
+        diff = data_differences({k: recorded[k] for k in known}, {k: current[k] for k in known})
+        if diff and not allow_change:
+            listing = "\n  ".join(diff)
+            raise RunFolderError(
+                f"the data of the run in {self.path} changed since it was recorded in {path}:\n  {listing}\n"
+                "Its finished steps were trained on the recorded files. Restore them, or add "
+                "train.allow_data_change=True to continue on the data as it is now."
+            )
+        if diff:
+            logger.warning("train.allow_data_change=True: continuing on changed data:\n  %s", "\n  ".join(diff))
+        merged = {**recorded, **current}
+        if merged != recorded and write:
+            atomic_write_json(path, {"about": "the datasets' files (size, mtime_ns), checked at every step", "datasets": merged})
 
     def release(self) -> None:
         if self.lock is not None:

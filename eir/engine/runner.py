@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog
 from detectron2.engine import hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset
@@ -38,7 +39,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 
 from eir.data.bank import InstanceBank
-from eir.data.datasets import register_eir_datasets
+from eir.data.datasets import data_fingerprint, register_eir_datasets
 from eir.engine.builders import (
     build_bank,
     build_criterion,
@@ -141,6 +142,7 @@ class ContinualRunner:
         claimed_here = not self.claimed
         self.claim_output_dir()
         try:
+            self.check_data()
             self.check_test_sets(steps)
             for step in steps:
                 if self.folder.is_done(step):
@@ -157,6 +159,15 @@ class ContinualRunner:
             if claimed_here:
                 self.release_output_dir()
         return summaries
+
+    def check_data(self) -> None:
+        """Refuse datasets whose files changed since the run recorded them (``run_data.json``):
+        checked when a command starts and before each step trains."""
+        names = dict.fromkeys([self.cfg.dataloader.train.dataset, self.cfg.dataloader.test.dataset])
+        current = {name: data_fingerprint(DatasetCatalog.get(name)) for name in names}
+        allow = bool(self.cfg.train.get("allow_data_change", False))
+        self.folder.check_data(current, allow, write=comm.is_main_process())
+        comm.synchronize()
 
     def check_test_sets(self, steps) -> None:
         """Read every requested step's test set now (labels checked, none empty), not after training."""
@@ -184,6 +195,8 @@ class ContinualRunner:
         comm.synchronize()
         started = time.perf_counter()
         logger.info("==== step %d of %s: classes %s", step, task, task.new_classes(step))
+        if step != self.steps_to_run()[0]:
+            self.check_data()  # the data may have changed while the previous steps trained
         # The step is a function of (config, seed, step), not of what this process did before.
         seed_all_rng(step_seed(cfg.train.seed, step))
 
