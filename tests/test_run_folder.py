@@ -504,3 +504,20 @@ def test_a_label_changed_between_steps_is_refused_naming_it(finished, datasets, 
     rerun(out, "train.allow_data_change=True")
     assert (out / "step_1" / "DONE").is_file()
     rerun(out)  # the record now holds the data as it is
+
+
+def test_a_record_without_a_key_added_since_describes_what_the_run_did():
+    rf = run_folder()
+    assert rf.upgrade_record({"train.seed": 0}) == {"train.seed": 0, "train.float32_precision": ""}
+    assert rf.upgrade_record({"train.float32_precision": "high"})["train.float32_precision"] == "high"
+
+
+@requires_detectron2
+def test_gpu_settings_of_detectron2s_default_setup_can_be_set(tmp_path):
+    from eir.engine.config_checks import check_override_keys
+
+    cfg = tiny_cfg(tmp_path)
+    check_override_keys(cfg, ["train.cudnn_benchmark=True", "train.float32_precision=high"])
+    assert cfg.train.cudnn_benchmark is False and cfg.train.float32_precision == ""
+    keys = run_folder().results_config(cfg)
+    assert "train.float32_precision" in keys and "train.cudnn_benchmark" not in keys

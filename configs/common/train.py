@@ -10,6 +10,12 @@ train = dict(
     eval_checkpoint="",  # --eval-only: checkpoint to evaluate (default: that step's model_final.pth)
     device="auto",  # "auto" (CUDA when available), "cuda" or "cpu"
     amp=dict(enabled=True),  # mixed precision: float16 on CUDA, bfloat16 on CPU
+    # GPU only, read by Detectron2's default_setup: cuDNN autotuning (pays off with fixed crops
+    # and dilated convolutions; the algorithms it picks may differ between runs), and the float32
+    # precision of matmuls and convolutions ("" keeps torch's defaults, in which cuDNN
+    # convolutions already use TF32; "highest": no TF32; "high" / "medium": TF32 matmuls too).
+    cudnn_benchmark=False,
+    float32_precision="",
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     checkpointer=dict(period=1000, max_to_keep=2),  # periodic checkpoints within a step
     log_period=20,  # iterations between log lines

@@ -13,11 +13,13 @@ import eir.require_detectron2  # noqa: F401  (first: says how to install a missi
 
 # isort: split
 import copy
+import inspect
 import math
 
 import torch
 from detectron2.config import instantiate
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine.defaults import create_ddp_model
 from detectron2.solver import LRMultiplier
 from fvcore.common.param_scheduler import (
     CompositeParamScheduler,
@@ -38,6 +40,7 @@ from eir.tasks import Task
 __all__ = [
     "build_bank",
     "build_criterion",
+    "build_ddp_model",
     "build_lr_scheduler",
     "build_old_model",
     "build_optimizer",
@@ -49,6 +52,7 @@ __all__ = [
     "build_train_dicts",
     "build_train_loader",
     "build_train_mapper",
+    "ddp_arguments",
     "max_iter",
     "resolve_device",
 ]
@@ -224,4 +228,31 @@ def build_test_loader(cfg, dicts: list[dict], mapper):
         mapper=mapper,
         batch_size=cfg.dataloader.test.batch_size,
         num_workers=cfg.dataloader.test.num_workers,
+    )
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def ddp_arguments(cfg, device: torch.device) -> dict:
+    """The keyword arguments of ``DistributedDataParallel`` from ``cfg.train.ddp``.
+
+    ``broadcast_buffers`` (whether buffers are synced from rank 0 in every forward) is passed
+    as ``forward_sync_buffers`` where torch has it (2.14 deprecates the old name); that one
+    also syncs the buffers once at the start, which changes nothing here: every rank starts
+    from the same weights. On the CPU (gloo) DDP takes no device ids.
+    """
+    kwargs = {k: v for k, v in cfg.train.ddp.items() if k != "fp16_compression"}
+    if "forward_sync_buffers" in inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters:
+        kwargs["forward_sync_buffers"] = kwargs.pop("broadcast_buffers")
+    if device.type != "cuda":
+        kwargs["device_ids"] = None
+    return kwargs
+
+
+def build_ddp_model(cfg, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` wrapped for data-parallel training when there are several processes
+    (Detectron2's ``create_ddp_model``), else ``model``."""
+    return create_ddp_model(
+        model, fp16_compression=cfg.train.ddp.fp16_compression, **ddp_arguments(cfg, device)
     )

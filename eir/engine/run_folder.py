@@ -56,6 +56,7 @@ RESULT_NEUTRAL_KEYS = (
     "train.ddp.find_unused_parameters",  # a DDP bookkeeping switch
     "train.allow_config_change",  # the opt-in itself
     "train.allow_data_change",  # the opt-in for data
+    "train.cudnn_benchmark",  # the choice of cuDNN algorithms: speed (GPU runs are not bitwise reproducible anyway)
     "dataloader.train.num_workers",  # sample streams do not depend on workers
     "dataloader.test.num_workers",
 )
@@ -205,12 +206,18 @@ _RENAMED_V1 = {
 }
 
 
+#: Result-changing keys added to the config after runs were recorded, with the value that
+#: describes what those runs did.
+_ADDED_KEYS = {"train.float32_precision": ""}
+
+
 def upgrade_record(recorded: Mapping[str, Any]) -> dict[str, Any]:
     """A recorded config in today's keys. A record of the first schema (``eir.pseudo_label``
     and ``eir.tau``, loss weights directly under ``eir``) means the same run as today's
     ``eir.criterion.*`` and ``eir.prepass.tau``: pseudo-labels off is ``tau=None``, and the
-    prepass always detected at ``eir.tau``."""
-    record = dict(recorded)
+    prepass always detected at ``eir.tau``. Keys added since (:data:`_ADDED_KEYS`) get the
+    value that describes the recorded run."""
+    record = {**_ADDED_KEYS, **recorded}
     if "eir.pseudo_label" not in record:
         return record
     pseudo_label = record.pop("eir.pseudo_label")

@@ -32,7 +32,6 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 from detectron2.engine import hooks
-from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
@@ -43,6 +42,7 @@ from eir.data.datasets import data_fingerprint, register_eir_datasets
 from eir.engine.builders import (
     build_bank,
     build_criterion,
+    build_ddp_model,
     build_lr_scheduler,
     build_old_model,
     build_optimizer,
@@ -279,9 +279,8 @@ class ContinualRunner:
             )
         loader = build_train_loader(cfg, dicts, mapper, step, start_iter)
         optimizer = build_optimizer(cfg, model, step)
-        kwargs = {} if self.device.type == "cuda" else {"device_ids": None}
         trainer = EIRTrainer(
-            create_ddp_model(model, **cfg.train.ddp, **kwargs),
+            build_ddp_model(cfg, model, self.device),
             loader,
             optimizer,
             task=self.task,
