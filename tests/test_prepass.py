@@ -6,6 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 from conftest import requires_detectron2
 
 from eir.data.prepass import PrepassStore, StalePrepassError, prepass_key
@@ -188,6 +189,32 @@ def test_prepass_key_records_every_input(tmp_path):
     assert _key(tmp_path)["old_checkpoint_sha256"] != key["old_checkpoint_sha256"]
 
 
+def test_a_prepass_made_on_another_device_or_precision_is_not_reused(tmp_path):
+    """A CPU prepass (float32) is not the maps a GPU run with AMP (float16) would make."""
+    from omegaconf import OmegaConf
+
+    prepass_module = pytest.importorskip("eir.engine.prepass", reason="needs Detectron2")
+    from eir.engine.run_folder import RunFolder
+
+    (tmp_path / "step_0").mkdir()
+    (tmp_path / "step_0" / "model_final.pth").write_bytes(b"weights")
+    folder = RunFolder(tmp_path, TASK)
+    dicts = [{"image_id": "a", "file_name": "a.jpg", "sem_seg_file_name": "a.png"}]
+
+    def key(device, amp):
+        cfg = OmegaConf.create({"eir": {"prepass": {"tau": 0.7, "short_side": 512, "stride": 8}},
+                                "train": {"amp": {"enabled": amp}}})
+        return prepass_module.step_prepass_key(cfg, folder, 1, dicts, torch.device(device))
+
+    cpu = key("cpu", True)
+    assert (cpu["device"], cpu["precision"]) == ("cpu", "float32")  # AMP or not, the CPU prepass is float32
+    assert key("cpu", False) == cpu
+    assert (key("cuda", True)["device"], key("cuda", True)["precision"]) == ("cuda", "float16")
+    assert key("cuda", False)["precision"] == "float32"
+    assert len({str(k) for k in (cpu, key("cuda", True), key("cuda", False))}) == 3
+    assert PrepassStore(TASK, 1, 8, cpu).key != key("cuda", True)
+
+
 def test_load_compares_the_key(tmp_path):
     key = _key(tmp_path)
     store = PrepassStore(TASK, 1, 8, key)
@@ -230,7 +257,7 @@ def test_a_stale_prepass_is_recomputed(tmp_path, monkeypatch, caplog):
 
     calls = []
 
-    def fake_run_prepass(old_model, dicts, task, step, *, tau, short_side, stride, num_workers, key=None):
+    def fake_run_prepass(old_model, dicts, task, step, *, tau, short_side, stride, num_workers, key=None, amp=True):
         calls.append((tau, short_side, stride))
         store = PrepassStore(task.to_dict(), step, stride, key)
         for d in dicts:
@@ -240,7 +267,7 @@ def test_a_stale_prepass_is_recomputed(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(prepass_module, "run_prepass", fake_run_prepass)
     folder = RunFolder(tmp_path, TASK)
     cfg = OmegaConf.create({"eir": {"prepass": {"tau": 0.7, "short_side": 512, "stride": 8}},
-                            "dataloader": {"train": {"num_workers": 0}}})
+                            "dataloader": {"train": {"num_workers": 0}}, "train": {"amp": {"enabled": True}}})
     (tmp_path / "step_0").mkdir()
     (tmp_path / "step_0" / "model_final.pth").write_bytes(b"weights A")
     (tmp_path / "step_1").mkdir()

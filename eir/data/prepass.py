@@ -46,13 +46,16 @@ class StalePrepassError(ValueError):
 
 def prepass_key(
     *, tau: float, stride: int, short_side: int, rule: str, old_checkpoint: str | os.PathLike,
-    dataset_dicts: Any,
+    dataset_dicts: Any, device: str = "cpu", precision: str = "float32",
 ) -> dict[str, Any]:
     """What a step's prepass maps depend on besides the task and step (stored in the file).
 
     ``rule`` names the pseudo-label rule (``eir.modeling.losses.PSEUDO_LABEL_RULE``);
     ``old_checkpoint`` is the old model's weights file, hashed (SHA-256); the image list
-    is hashed from each dict's ``image_id``, ``file_name`` and ``sem_seg_file_name``.
+    is hashed from each dict's ``image_id``, ``file_name`` and ``sem_seg_file_name``;
+    ``device`` (its type: "cpu", "cuda") and ``precision`` ("float32", "float16") are where
+    and how the old model ran: maps near the threshold differ between them, so a map made on
+    one is not reused by a run on the other.
     """
     images = hashlib.sha256()
     for d in dataset_dicts:
@@ -65,6 +68,8 @@ def prepass_key(
         "pseudo_label_rule": str(rule),
         "old_checkpoint_sha256": sha256_file(old_checkpoint),
         "images_sha256": images.hexdigest(),
+        "device": str(device),
+        "precision": str(precision),
     }
 
 

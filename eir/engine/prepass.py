@@ -81,10 +81,20 @@ def pseudo_label_map(old_model, image: torch.Tensor, label: torch.Tensor, tau: f
     return channel_to_class[detected][0].to(torch.uint8).cpu().numpy()
 
 
-def run_prepass(old_model, dicts, task: Task, step: int, *, tau, short_side, stride, num_workers=0, key=None):
+def prepass_precision(device: torch.device, amp: bool) -> str:
+    """The precision the prepass runs the old model in: float16 autocast on CUDA when the run
+    uses AMP, else float32 (on the CPU too: bfloat16's 8-bit mantissa would move sigmoid scores
+    across the threshold, and the prepass runs once per step, so its speed matters little)."""
+    return "float16" if device.type == "cuda" and amp else "float32"
+
+
+def run_prepass(
+    old_model, dicts, task: Task, step: int, *, tau, short_side, stride, num_workers=0, key=None, amp=True,
+):
     """Run the old model over ``dicts`` (sharded over ranks); every rank gets the full store.
 
-    ``key`` (:func:`eir.data.prepass.prepass_key`) is recorded in the store.
+    ``key`` (:func:`eir.data.prepass.prepass_key`) is recorded in the store; ``amp``: the run's
+    AMP setting (:func:`prepass_precision`).
     """
     rank, world = comm.get_rank(), comm.get_world_size()
     shard = dicts[rank::world]
@@ -97,8 +107,8 @@ def run_prepass(old_model, dicts, task: Task, step: int, *, tau, short_side, str
     device = old_model.device
     channel_to_class = torch.as_tensor(task.channel_classes(step - 1), device=device)
     store = PrepassStore(task.to_dict(), step, stride, key)
-    amp = device.type == "cuda"
-    with torch.autocast(device.type, enabled=amp):
+    half = prepass_precision(device, amp) == "float16"
+    with torch.autocast(device.type, dtype=torch.float16, enabled=half):
         for item in tqdm(loader, desc=f"prepass step {step}", disable=not comm.is_main_process()):
             store.add(
                 item["image_id"],
@@ -116,9 +126,10 @@ def run_prepass(old_model, dicts, task: Task, step: int, *, tau, short_side, str
 PREPASS_FILE = "prepass.npz"
 
 
-def step_prepass_key(cfg, folder, step: int, dicts) -> dict:
+def step_prepass_key(cfg, folder, step: int, dicts, device: torch.device) -> dict:
     """What step ``step``'s prepass maps depend on: ``cfg.eir.prepass``'s settings, the
-    pseudo-label rule, the weights of step - 1 in ``folder`` (a RunFolder) and the images."""
+    pseudo-label rule, the weights of step - 1 in ``folder`` (a RunFolder), the images, and
+    the device and precision the old model runs in."""
     p = cfg.eir.prepass
     return prepass_key(
         tau=p.tau,
@@ -127,6 +138,8 @@ def step_prepass_key(cfg, folder, step: int, dicts) -> dict:
         rule=PSEUDO_LABEL_RULE,
         old_checkpoint=folder.step_dir(step - 1) / "model_final.pth",
         dataset_dicts=dicts,
+        device=device.type,
+        precision=prepass_precision(device, cfg.train.amp.enabled),
     )
 
 
@@ -134,7 +147,8 @@ def step_prepass(cfg, task: Task, folder, step: int, dicts, old_model) -> Prepas
     """Step ``step``'s prepass maps of ``dicts``: ``step_t/prepass.npz`` of ``folder`` when its key
     matches, else computed with ``old_model`` (and saved by the main process)."""
     path = folder.step_dir(step) / PREPASS_FILE
-    key = step_prepass_key(cfg, folder, step, dicts)
+    device = old_model.device if old_model is not None else torch.device("cpu")
+    key = step_prepass_key(cfg, folder, step, dicts, device)
     if path.is_file():
         try:
             return PrepassStore.load(path, task=task, step=step, key=key)
@@ -153,6 +167,7 @@ def step_prepass(cfg, task: Task, folder, step: int, dicts, old_model) -> Prepas
         stride=p.stride,
         num_workers=cfg.dataloader.train.num_workers,
         key=key,
+        amp=cfg.train.amp.enabled,
     )
     if comm.is_main_process():
         store.save(path)
