@@ -13,7 +13,8 @@ the position it is made at, never from how much a process drew before:
 * :func:`sample_rng`: the crop, flip and pastes of one training sample, from its position
   in the step's sample stream (not from a worker's call counter);
 * :func:`iteration_seed`: torch's global generator before each training iteration (dropout),
-  so a step resumed at iteration ``i`` draws what the uninterrupted step drew;
+  so a step resumed at iteration ``i`` draws what the uninterrupted step drew, and each
+  process of a multi-GPU run draws its own;
 * :func:`bank_rng`: the bank's selection when step ``step`` ends (pool and class order).
 
 :func:`epoch_seed` and :func:`iteration_seed` mix the same three numbers; they seed
@@ -56,12 +57,15 @@ def epoch_seed(seed: int, step: int, epoch: int) -> int:
     return derived_seed(seed, step, epoch)
 
 
-def iteration_seed(seed: int, step: int, iteration: int) -> int:
-    """The seed of torch's global generator before training iteration ``iteration`` (dropout).
+def iteration_seed(seed: int, step: int, iteration: int, rank: int = 0) -> int:
+    """The seed of torch's global generator before training iteration ``iteration`` (dropout)
+    in process ``rank``: each process of a multi-GPU run draws its own dropout masks for its
+    part of the batch (rank 0 draws what a single-process run draws).
 
     Set after the iteration's batch is taken: creating the loader's iterator draws from it.
     """
-    return derived_seed(seed, step, iteration) % 2**31
+    parts = (seed, step, iteration) if rank == 0 else (seed, step, iteration, rank)
+    return derived_seed(*parts) % 2**31
 
 
 def _image_key(image_id) -> int:

@@ -23,6 +23,13 @@ def test_step_and_iteration_seeds_are_pinned():
     assert seeding.step_seed(42, 2) == seeding.derived_seed(42, 2) % 2**31
 
 
+def test_each_process_draws_its_own_dropout_and_rank_0_the_single_process_draws():
+    assert seeding.iteration_seed(42, 2, 100, rank=0) == 140979740
+    others = {seeding.iteration_seed(42, 2, 100, rank=r) for r in range(1, 8)}
+    assert len(others) == 7 and 140979740 not in others
+    assert seeding.iteration_seed(42, 2, 100, rank=1) == seeding.derived_seed(42, 2, 100, 1) % 2**31
+
+
 def test_epoch_seed_gives_the_pinned_permutation():
     g = torch.Generator()
     g.manual_seed(seeding.epoch_seed(42, 1, 3))

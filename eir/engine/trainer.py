@@ -22,6 +22,7 @@ import time
 
 import torch
 from detectron2.engine import AMPTrainer
+from detectron2.utils import comm
 
 from eir.constants import IGNORE_LABEL
 from eir.engine.step_plan import StepPlan
@@ -115,6 +116,18 @@ class EIRTrainer(AMPTrainer):
                 old_logits = old.logits(old.preprocess_image(data).tensor)
         return self.criterion(logits, labels, paste_class, paste_alpha, old_logits)
 
+    def load_state_dict(self, state_dict):
+        """AMPTrainer's, for a step resumed on another device: the grad scaler's state carries
+        over only between two enabled scalers. A step interrupted with the scaler disabled (on
+        the CPU, or AMP off: its state is empty) and resumed with it enabled (CUDA with AMP)
+        starts the scaler afresh, which re-calibrates its scale within a few iterations; the
+        reverse drops the saved state, as a disabled scaler has none."""
+        if self.grad_scaler.is_enabled() and not state_dict.get("grad_scaler"):
+            state_dict = {k: v for k, v in state_dict.items() if k != "grad_scaler"}
+            super(AMPTrainer, self).load_state_dict(state_dict)  # SimpleTrainer's: all but the scaler
+            return
+        super().load_state_dict(state_dict)
+
     def close_data_loader(self) -> None:
         """Drop the loader's iterator so its worker processes exit (the training sampler is
         infinite, so they would otherwise live on into the next step)."""
@@ -132,7 +145,7 @@ class EIRTrainer(AMPTrainer):
         data_time = time.perf_counter() - start
         if self.seed is not None:
             # After the batch is taken: creating the loader's iterator draws from this generator.
-            torch.manual_seed(iteration_seed(self.seed, self.step, self.iter))
+            torch.manual_seed(iteration_seed(self.seed, self.step, self.iter, comm.get_rank()))
 
         if self.zero_grad_before_forward:
             self.optimizer.zero_grad()
