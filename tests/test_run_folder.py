@@ -521,3 +521,23 @@ def test_gpu_settings_of_detectron2s_default_setup_can_be_set(tmp_path):
     assert cfg.train.cudnn_benchmark is False and cfg.train.float32_precision == ""
     keys = run_folder().results_config(cfg)
     assert "train.float32_precision" in keys and "train.cudnn_benchmark" not in keys
+
+
+@requires_detectron2
+@pytest.mark.slow
+@pytest.mark.parametrize("content", [b"", b"step 1 done\n", b"\xff\xfe not text"])
+def test_an_empty_or_unreadable_done_is_not_done(finished, tmp_path, content):
+    """Step 1's DONE emptied, cut to its message, or garbage, and its metrics.json edited: the step
+    is not taken as done (an edited metrics.json would otherwise reach summary.json); the rerun
+    finishes it again from its model_final.pth (not retrained) and evaluates it afresh."""
+    out = copy_of(finished, tmp_path)
+    (out / "step_1" / "DONE").write_bytes(content)
+    metrics = json.loads((out / "step_1" / "metrics.json").read_text())
+    metrics["summary"]["all"] = 99.9
+    (out / "step_1" / "metrics.json").write_text(json.dumps(metrics))
+    final = (out / "step_1" / "model_final.pth").read_bytes()
+    assert not run_folder().RunFolder(out, None).is_done(1)
+    rerun(out)
+    assert (out / "step_1" / "model_final.pth").read_bytes() == final
+    assert summary(out) == summary(finished)
+    assert run_folder().done_problems(out / "step_1", ["model_final.pth", "metrics.json"]) == []

@@ -313,20 +313,34 @@ def write_done(step_dir: Path, message: str, artifacts: Iterable[str]) -> None:
     atomic_write_text(step_dir / DONE_FILE, "\n".join(lines) + "\n")
 
 
-def done_problems(step_dir: Path, required: Iterable[str]) -> list[str]:
-    """What is wrong with a done step's artifacts: each ``required`` file must exist and each
-    file recorded in DONE must still have its recorded SHA-256."""
-    problems = []
+def read_done(step_dir: Path) -> dict[str, str] | None:
+    """The artifacts recorded in ``step_dir``'s DONE (``{file: sha256}``), or None when there is
+    no DONE or it records nothing (empty, cut short, unreadable): such a step is not done, and
+    its artifacts are not trusted."""
+    try:
+        lines = (step_dir / DONE_FILE).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
     recorded = {}
-    for line in (step_dir / DONE_FILE).read_text().splitlines()[1:]:
+    for line in lines[1:]:
         digest, _, rel = line.partition("  ")
-        if rel:
+        if rel and len(digest) == 64:
             recorded[rel] = digest
+    return recorded or None
+
+
+def done_problems(step_dir: Path, required: Iterable[str]) -> list[str]:
+    """What is wrong with a done step's artifacts: each ``required`` file must be recorded in
+    DONE and exist, and each recorded file must still have its recorded SHA-256."""
+    problems = []
+    recorded = read_done(step_dir) or {}
     for rel in sorted(set(required) | set(recorded)):
         path = step_dir / rel
         if not path.is_file():
             problems.append(f"{path} is missing")
-        elif rel in recorded and sha256_file(path) != recorded[rel]:
+        elif rel not in recorded:
+            problems.append(f"{path} is not recorded in DONE")
+        elif sha256_file(path) != recorded[rel]:
             problems.append(f"{path} is damaged or was changed (its SHA-256 differs from the one in DONE)")
     return problems
 
@@ -370,7 +384,9 @@ class RunFolder:
         return self.path / f"step_{step}"
 
     def is_done(self, step: int) -> bool:
-        return (self.step_dir(step) / DONE_FILE).is_file()
+        """Whether the step's DONE records its artifacts (an empty or unreadable DONE does not:
+        the step is finished again, from its model_final.pth when there is one)."""
+        return read_done(self.step_dir(step)) is not None
 
     # ----------------------------------------------------------------- claim
     def claim(self, cfg) -> None:
