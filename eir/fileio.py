@@ -81,3 +81,38 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+#: The prefix of a checkpoint's digest in a DONE record: a digest of what it holds, not of its bytes.
+TENSOR_DIGEST_PREFIX = "tensors-sha256:"
+
+
+def tensor_digest(path: str | os.PathLike) -> str:
+    """The SHA-256 (hex) of what a ``torch.save`` file holds: every tensor's name, dtype, shape
+    and values, and the other values, in key order. Not of its bytes: torch writes a
+    per-process serialization id into each file, so equal weights saved by an uninterrupted
+    and by a resumed run differ in bytes but not in this digest."""
+    import torch
+
+    data = torch.load(path, map_location="cpu", weights_only=False)
+    h = hashlib.sha256()
+
+    def update(obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().contiguous().cpu()
+            h.update(f"tensor {t.dtype} {tuple(t.shape)}\n".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(obj, dict):
+            h.update(f"dict {len(obj)}\n".encode())
+            for key in sorted(obj, key=repr):
+                h.update(f"{key!r}\n".encode())
+                update(obj[key])
+        elif isinstance(obj, (list, tuple)):
+            h.update(f"{type(obj).__name__} {len(obj)}\n".encode())
+            for item in obj:
+                update(item)
+        else:
+            h.update(f"{type(obj).__name__} {obj!r}\n".encode())
+
+    update(data)
+    return h.hexdigest()

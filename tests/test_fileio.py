@@ -53,3 +53,34 @@ def test_a_failed_write_names_the_file_and_keeps_the_previous_version(tmp_path):
         atomic_write(path, full_disk)
     assert info.value.errno == errno.ENOSPC
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["model.pth"]
+
+
+_SAVE = """
+import sys, torch
+torch.save({"model": {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2, dtype=torch.bfloat16)},
+            "eir": {"step": 1}}, sys.argv[1])
+"""
+
+
+def test_tensor_digest_is_equal_for_equal_tensors_saved_by_two_processes(tmp_path):
+    """torch.save writes a per-process id: two processes saving equal weights write other bytes.
+    The digest of what the file holds is the same, and it changes with any value, dtype or key."""
+    import torch
+
+    from eir.fileio import sha256_file, tensor_digest
+
+    a, b = tmp_path / "a.pth", tmp_path / "b.pth"
+    for path in (a, b):
+        subprocess.run([sys.executable, "-c", _SAVE, str(path)], check=True)
+    assert sha256_file(a) != sha256_file(b)
+    assert tensor_digest(a) == tensor_digest(b)
+    data = torch.load(a, weights_only=False)
+    variants = [
+        {**data, "model": {**data["model"], "w": data["model"]["w"] + 1}},
+        {**data, "model": {**data["model"], "w": data["model"]["w"].double()}},
+        {**data, "model": {**data["model"], "w": data["model"]["w"].reshape(3, 2)}},
+        {**data, "eir": {"step": 2}},
+    ]
+    for i, variant in enumerate(variants):
+        torch.save(variant, tmp_path / f"v{i}.pth")
+        assert tensor_digest(tmp_path / f"v{i}.pth") != tensor_digest(a), i

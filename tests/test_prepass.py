@@ -10,9 +10,16 @@ import torch
 from conftest import requires_detectron2
 
 from eir.data.prepass import PrepassStore, StalePrepassError, prepass_key
+from eir.fileio import tensor_digest
 from eir.tasks import build_task
 
 TASK = build_task("voc", "15-1")
+
+
+def _save_weights(path, value):
+    """A checkpoint file of one weight (the prepass key digests what a checkpoint holds)."""
+    torch.save({"model": {"w": torch.tensor([float(value)])}}, path)
+
 
 
 def _maps():
@@ -168,7 +175,7 @@ def test_pickle_is_compact():
 def _key(tmp_path, **change):
     ckpt = tmp_path / "model_final.pth"
     if not ckpt.exists():
-        ckpt.write_bytes(b"old weights")
+        _save_weights(ckpt, 1)
     args = dict(tau=0.7, stride=8, short_side=512, rule="argmax over all old channels",
                 old_checkpoint=ckpt, dataset_dicts=[{"image_id": "a", "file_name": "a.jpg",
                                                      "sem_seg_file_name": "a.png"}])
@@ -179,14 +186,16 @@ def test_prepass_key_records_every_input(tmp_path):
     key = _key(tmp_path)
     assert key["tau"] == 0.7 and key["stride"] == 8 and key["short_side"] == 512
     assert key["pseudo_label_rule"] == "argmax over all old channels"
-    assert key["old_checkpoint_sha256"] == hashlib.sha256(b"old weights").hexdigest()
+    assert key["old_checkpoint_tensors_sha256"] == tensor_digest(tmp_path / "model_final.pth")
     assert key["images_sha256"] == hashlib.sha256(b"a\ta.jpg\ta.png\n").hexdigest()
     assert _key(tmp_path) == key  # deterministic
     for change in ({"tau": 0.5}, {"stride": 4}, {"short_side": 256}, {"rule": "classes only"},
                    {"dataset_dicts": [{"image_id": "b", "file_name": "a.jpg", "sem_seg_file_name": "a.png"}]}):
         assert _key(tmp_path, **change) != key, change
-    (tmp_path / "model_final.pth").write_bytes(b"other weights")
-    assert _key(tmp_path)["old_checkpoint_sha256"] != key["old_checkpoint_sha256"]
+    _save_weights(tmp_path / "model_final.pth", 2)
+    assert _key(tmp_path)["old_checkpoint_tensors_sha256"] != key["old_checkpoint_tensors_sha256"]
+    _save_weights(tmp_path / "model_final.pth", 1)  # saved again: other bytes, the same weights
+    assert _key(tmp_path) == key
 
 
 def test_a_prepass_made_on_another_device_or_precision_is_not_reused(tmp_path):
@@ -197,7 +206,7 @@ def test_a_prepass_made_on_another_device_or_precision_is_not_reused(tmp_path):
     from eir.engine.run_folder import RunFolder
 
     (tmp_path / "step_0").mkdir()
-    (tmp_path / "step_0" / "model_final.pth").write_bytes(b"weights")
+    _save_weights(tmp_path / "step_0" / "model_final.pth", 1)
     folder = RunFolder(tmp_path, TASK)
     dicts = [{"image_id": "a", "file_name": "a.jpg", "sem_seg_file_name": "a.png"}]
 
@@ -269,7 +278,7 @@ def test_a_stale_prepass_is_recomputed(tmp_path, monkeypatch, caplog):
     cfg = OmegaConf.create({"eir": {"prepass": {"tau": 0.7, "short_side": 512, "stride": 8}},
                             "dataloader": {"train": {"num_workers": 0}}, "train": {"amp": {"enabled": True}}})
     (tmp_path / "step_0").mkdir()
-    (tmp_path / "step_0" / "model_final.pth").write_bytes(b"weights A")
+    _save_weights(tmp_path / "step_0" / "model_final.pth", 1)
     (tmp_path / "step_1").mkdir()
     dicts = [{"image_id": "a", "file_name": "a.jpg", "sem_seg_file_name": "a.png"}]
 
@@ -293,8 +302,9 @@ def test_a_stale_prepass_is_recomputed(tmp_path, monkeypatch, caplog):
     run(3, "stride 8 -> 4")
     cfg.eir.prepass.short_side = 256
     run(4, "short_side 512 -> 256")
-    (tmp_path / "step_0" / "model_final.pth").write_bytes(b"weights B")
-    run(5, "old_checkpoint_sha256 " + hashlib.sha256(b"weights A").hexdigest())
+    weights_a = tensor_digest(tmp_path / "step_0" / "model_final.pth")
+    _save_weights(tmp_path / "step_0" / "model_final.pth", 2)
+    run(5, "old_checkpoint_tensors_sha256 " + weights_a)
     dicts.append({"image_id": "b", "file_name": "b.jpg", "sem_seg_file_name": "b.png"})
     store = run(6, "images_sha256")
     assert store.key["tau"] == 0.5 and store.key["pseudo_label_rule"] == prepass_module.PSEUDO_LABEL_RULE

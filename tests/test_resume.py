@@ -53,6 +53,17 @@ def assert_same_run(a, b):
         assert not different, f"step {step}: {different[:5]}"
 
 
+def assert_same_records(a, b):
+    """Each step's DONE records (after their message line) and step 1's prepass key are those of
+    the other run: they digest what the checkpoints hold, not the bytes torch wrote."""
+    from eir.data.prepass import PrepassStore
+
+    for step in (0, 1):
+        done_a, done_b = ((r / f"step_{step}/DONE").read_text().splitlines()[1:] for r in (a, b))
+        assert done_a == done_b and any(line.startswith("tensors-sha256:") for line in done_a)
+    assert PrepassStore.load(a / "step_1/prepass.npz").key == PrepassStore.load(b / "step_1/prepass.npz").key
+
+
 def logged_iterations(path):
     return [json.loads(line)["iteration"] for line in path.read_text().splitlines()]
 
@@ -77,6 +88,7 @@ def test_kill_in_the_middle_of_a_step_then_rerun_gives_the_uninterrupted_run(ref
     lock_left = (tmp_path / "run.lock").is_file()  # by the killed process: taken over by the rerun
     run(tmp_path)
     assert_same_run(reference, tmp_path)
+    assert_same_records(reference, tmp_path)
     assert lock_left and not (tmp_path / "run.lock").exists()
     # The resumed step's log holds each logged iteration once, as the uninterrupted one does.
     log = logged_iterations(tmp_path / f"step_{step}/training_log.json")
@@ -93,6 +105,7 @@ def test_one_command_per_step_gives_the_run_of_one_command(reference, tmp_path):
     assert not (tmp_path / "step_1").exists()
     run(tmp_path, "train.step=1")
     assert_same_run(reference, tmp_path)
+    assert_same_records(reference, tmp_path)
 
 
 def test_number_of_workers_does_not_change_the_batches(reference):

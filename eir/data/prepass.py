@@ -31,7 +31,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from eir.fileio import atomic_write, sha256_file
+from eir.fileio import atomic_write, tensor_digest
 from eir.tasks import task_text
 
 __all__ = ["PrepassStore", "StalePrepassError", "prepass_key", "FORMAT", "VERSION"]
@@ -51,7 +51,8 @@ def prepass_key(
     """What a step's prepass maps depend on besides the task and step (stored in the file).
 
     ``rule`` names the pseudo-label rule (``eir.modeling.losses.PSEUDO_LABEL_RULE``);
-    ``old_checkpoint`` is the old model's weights file, hashed (SHA-256); the image list
+    ``old_checkpoint`` is the old model's weights file, hashed by what it holds
+    (:func:`eir.fileio.tensor_digest`: the same after a resume); the image list
     is hashed from each dict's ``image_id``, ``file_name`` and ``sem_seg_file_name``;
     ``device`` (its type: "cpu", "cuda") and ``precision`` ("float32", "float16") are where
     and how the old model ran: maps near the threshold differ between them, so a map made on
@@ -66,7 +67,7 @@ def prepass_key(
         "stride": int(stride),
         "short_side": int(short_side),
         "pseudo_label_rule": str(rule),
-        "old_checkpoint_sha256": sha256_file(old_checkpoint),
+        "old_checkpoint_tensors_sha256": tensor_digest(old_checkpoint),
         "images_sha256": images.hexdigest(),
         "device": str(device),
         "precision": str(precision),

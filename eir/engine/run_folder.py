@@ -31,7 +31,14 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from eir.fileio import atomic_write_json, atomic_write_text, remove_temp_files, sha256_file
+from eir.fileio import (
+    TENSOR_DIGEST_PREFIX,
+    atomic_write_json,
+    atomic_write_text,
+    remove_temp_files,
+    sha256_file,
+    tensor_digest,
+)
 from eir.tasks import Task, same_task, task_text
 
 logger = logging.getLogger(__name__)
@@ -302,14 +309,35 @@ def data_differences(recorded: Mapping[str, Any], current: Mapping[str, Any], sh
 # --------------------------------------------------------------------------- DONE records
 
 
+def artifact_digest(path: Path) -> str:
+    """How DONE records an artifact: the SHA-256 of a file's bytes, or for a checkpoint (.pth)
+    of the tensors it holds (:func:`eir.fileio.tensor_digest`, prefixed), so that a step
+    finished after a resume records what the uninterrupted step records."""
+    if path.suffix == ".pth":
+        return TENSOR_DIGEST_PREFIX + tensor_digest(path)
+    return sha256_file(path)
+
+
+def _digest_matches(path: Path, recorded: str) -> bool:
+    """Whether ``path`` still has ``recorded`` (either form: DONE records of earlier versions
+    hold the file SHA-256 of checkpoints too)."""
+    try:
+        if recorded.startswith(TENSOR_DIGEST_PREFIX):
+            return TENSOR_DIGEST_PREFIX + tensor_digest(path) == recorded
+        return sha256_file(path) == recorded
+    except Exception:  # a checkpoint torch cannot read is damaged
+        return False
+
+
 def write_done(step_dir: Path, message: str, artifacts: Iterable[str]) -> None:
-    """Mark the step done: ``message``, then ``<sha256>  <file>`` for each artifact (relative)."""
+    """Mark the step done: ``message``, then ``<digest>  <file>`` for each artifact (relative;
+    :func:`artifact_digest`)."""
     lines = [message.rstrip("\n")]
     for rel in artifacts:
         path = step_dir / rel
         if not path.is_file():
             raise FileNotFoundError(f"cannot mark {step_dir} done: its artifact {path} is missing")
-        lines.append(f"{sha256_file(path)}  {rel}")
+        lines.append(f"{artifact_digest(path)}  {rel}")
     atomic_write_text(step_dir / DONE_FILE, "\n".join(lines) + "\n")
 
 
@@ -324,7 +352,7 @@ def read_done(step_dir: Path) -> dict[str, str] | None:
     recorded = {}
     for line in lines[1:]:
         digest, _, rel = line.partition("  ")
-        if rel and len(digest) == 64:
+        if rel and len(digest.removeprefix(TENSOR_DIGEST_PREFIX)) == 64:
             recorded[rel] = digest
     return recorded or None
 
@@ -340,7 +368,7 @@ def done_problems(step_dir: Path, required: Iterable[str]) -> list[str]:
             problems.append(f"{path} is missing")
         elif rel not in recorded:
             problems.append(f"{path} is not recorded in DONE")
-        elif sha256_file(path) != recorded[rel]:
+        elif not _digest_matches(path, recorded[rel]):
             problems.append(f"{path} is damaged or was changed (its SHA-256 differs from the one in DONE)")
     return problems
 
