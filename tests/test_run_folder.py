@@ -280,14 +280,30 @@ def test_temporary_files_of_killed_writes_are_removed_at_start_up(finished, tmp_
 
 @requires_detectron2
 @pytest.mark.slow
-def test_checkpoint_beyond_a_shortened_schedule_is_refused(finished, tmp_path):
+def test_shortened_schedule_restarts_the_unfinished_step(finished, tmp_path):
     """A rerun that shortens the schedule (opted in) must not mark a step done from the
-    checkpoint of a later iteration, nor train nothing and skip model_final.pth."""
+    checkpoint of a later iteration: the unfinished step restarts from its first iteration
+    and ends at the new schedule's last one."""
     out = copy_of(finished, tmp_path)
     for name in ("model_final.pth", "DONE", "metrics.json"):
         (out / "step_1" / name).unlink()
-    with pytest.raises(ValueError, match="model_0000059.pth is of iteration 59, beyond this schedule's 30"):
-        rerun(out, "schedule.max_iter=30", "train.allow_config_change=True")
+    rerun(out, "schedule.max_iter=30", "train.allow_config_change=True")
+    assert (out / "step_1" / "DONE").is_file()
+    names = sorted(p.name for p in (out / "step_1").glob("model_*.pth"))
+    assert names == ["model_0000009.pth", "model_0000019.pth", "model_0000029.pth", "model_final.pth"]
+
+
+@requires_detectron2
+@pytest.mark.slow
+def test_checkpoint_beyond_the_schedule_is_refused(finished, tmp_path):
+    """A periodic checkpoint of a later iteration than the step's schedule (as left when an epoch
+    schedule's dataset shrank under train.allow_data_change) is refused, not resumed past its end."""
+    out = copy_of(finished, tmp_path)
+    for name in ("model_final.pth", "DONE", "metrics.json"):
+        (out / "step_1" / name).unlink()
+    (out / "step_1" / "model_0000059.pth").rename(out / "step_1" / "model_0000079.pth")
+    with pytest.raises(ValueError, match="model_0000079.pth is of iteration 79, beyond this schedule's 60"):
+        rerun(out)
     assert not (out / "step_1" / "DONE").exists()
 
 
