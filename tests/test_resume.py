@@ -116,7 +116,8 @@ def test_number_of_workers_does_not_change_the_batches(reference):
     from conftest import tiny_cfg
 
     from eir.engine.builders import build_paster, build_train_loader, build_train_mapper
-    from eir.engine.prepass import step_prepass
+    from eir.data.prepass import PrepassStore
+    from eir.engine.prepass import PREPASS_FILE, step_prepass_key
     from eir.engine.runner import ContinualRunner
 
     def batches(num_workers, count=15):  # 15 batches of 4: the step's 60 iterations
@@ -124,7 +125,9 @@ def test_number_of_workers_does_not_change_the_batches(reference):
         cfg, task, plan = runner.cfg, runner.task, runner.plan(1)
         bank = runner.load_bank(plan)
         train_dicts, dicts = runner.train_data(1, bank)
-        prepass = step_prepass(cfg, task, runner.folder, 1, train_dicts, old_model=None)  # the run's prepass.npz
+        # The run's prepass.npz, read under this command's key (a stale one fails, naming what differs).
+        key = step_prepass_key(cfg, runner.folder, 1, train_dicts, torch.device("cpu"))
+        prepass = PrepassStore.load(runner.folder.step_dir(1) / PREPASS_FILE, task=task, step=1, key=key)
         mapper = build_train_mapper(cfg, task, 1, bank, build_paster(cfg, task, plan, bank, prepass))
         loader = iter(build_train_loader(cfg, dicts, mapper, 1))
         return [next(loader) for _ in range(count)]
