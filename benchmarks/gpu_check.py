@@ -439,9 +439,10 @@ class Check:
             shutil.copy(self.results, self.out / self.results.name)
             logs = self.out / "gpu_check_logs"
             logs.mkdir(exist_ok=True)
-            for path in [*self.logs.glob("*.log"), *self.work.glob("*.json"), *self.work.glob("*.xml"),
-                         *self.work.glob("*_bench_train/*.md")]:
+            for path in [*self.logs.glob("*.log"), *self.work.glob("*.json"), *self.work.glob("*.xml")]:
                 shutil.copy(path, logs / path.name)
+            for path in self.work.glob("*_bench_train/*.md"):  # one per part: b_..., c_...
+                shutil.copy(path, logs / f"{path.parent.name}_{path.name}")
 
     def render(self) -> str:
         v = self.versions
