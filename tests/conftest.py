@@ -21,6 +21,27 @@ DETECTRON2_SKIP_REASON = (
 
 requires_detectron2 = pytest.mark.skipif(not HAS_DETECTRON2, reason=DETECTRON2_SKIP_REASON)
 
+CUDA_SKIP_REASON = (
+    "CUDA is not available (torch.cuda.is_available() is False): the CUDA-marked tests run on a GPU "
+    "machine, `python -m pytest -m cuda` or benchmarks/gpu_check.sh (README.md, Benchmarks)"
+)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+#: ``@pytest.mark.parametrize("device", DEVICES)``: the same test body on the CPU and, marked
+#: ``cuda`` and skipped with :data:`CUDA_SKIP_REASON` where there is no GPU, on CUDA.
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not _cuda_available(), reason=CUDA_SKIP_REASON)]
+    ),
+]
+
 REQUIRED_FOR_THE_DETECTRON2_LAYER = ("torchvision", "detectron2", "detectron2.engine", "detectron2.config")
 
 
