@@ -115,8 +115,8 @@ def test_number_of_workers_does_not_change_the_batches(reference):
     keys a rerun compares."""
     from conftest import tiny_cfg
 
-    from eir.engine.builders import build_paster, build_train_loader, build_train_mapper
     from eir.data.prepass import PrepassStore
+    from eir.engine.builders import build_paster, build_train_loader, build_train_mapper
     from eir.engine.prepass import PREPASS_FILE, step_prepass_key
     from eir.engine.runner import ContinualRunner
 
