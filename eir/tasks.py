@@ -69,22 +69,32 @@ def ade_palette(n: int) -> tuple[tuple[int, int, int], ...]:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset's classes as the tasks see them.
+    """A dataset's classes as the tasks see them, and how its label values become class ids.
 
-    ``class_names[0]`` is the background name ("background", or "other" for ADE20K);
-    ``colors[c]`` is the RGB colour of class id c (used for Detectron2 metadata and
-    visualisation); ``unseen_test_label`` is what a not-yet-seen class becomes in a
-    test label (0 for VOC and synthetic, 255 = ignored for ADE20K);
-    ``named_tasks`` are the tasks the paper reports, listed in error messages.
+    ``class_names[c]`` names class id c, ``class_names[0]`` the background ("background", or
+    "other" for ADE20K); ``colors[c]`` is its RGB colour (visualisation only; default: VOC's
+    colour map); ``unseen_test_label`` is what a not-yet-seen class becomes in a test label
+    (0 = background for VOC and synthetic, 255 = ignored for ADE20K); ``named_tasks`` are
+    the tasks the paper reports, listed in error messages.
+
+    Label files hold the dataset's values, turned into class ids by :meth:`label_lut`:
+    ``background=True`` (VOC style): value 0 is the background, 1..K the classes, and
+    ``unlabelled_value`` marks pixels that are ignored. ``background=False`` (Detectron2's
+    ADE20K and Cityscapes formats): values 0..K-1 are the K classes (class ids 1..K) and
+    ``unlabelled_value`` marks pixels of none of them, which become the background (class 0):
+    in training it stands for "none of the step's classes".
     """
 
     name: str
     class_names: tuple[str, ...]
     unseen_test_label: int
-    colors: tuple[tuple[int, int, int], ...]
-    named_tasks: tuple[str, ...] = ()
+    colors: tuple[tuple[int, int, int], ...] | None = field(default=None, compare=False)
+    named_tasks: tuple[str, ...] = field(default=(), compare=False)
+    background: bool = True
+    unlabelled_value: int = IGNORE_LABEL
 
     def __post_init__(self):
+        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
         if len(self.class_names) < 2:
             raise ValueError(f"dataset {self.name!r} needs a background name and at least one class")
         if len(self.class_names) > IGNORE_LABEL:
@@ -92,20 +102,109 @@ class DatasetSpec:
                 f"dataset {self.name!r} has {len(self.class_names) - 1} classes; at most 254 fit "
                 "uint8 labels with 255 reserved for ignore"
             )
-        if len(self.colors) != len(self.class_names):
+        colors = voc_colormap(len(self.class_names)) if self.colors is None else self.colors
+        colors = tuple(tuple(int(v) for v in c) for c in colors)
+        if len(colors) != len(self.class_names) or any(len(c) != 3 for c in colors):
             raise ValueError(
-                f"dataset {self.name!r}: {len(self.colors)} colours for {len(self.class_names)} "
+                f"dataset {self.name!r}: {len(colors)} colours for {len(self.class_names)} "
                 "class ids; give one RGB colour per id, background included"
             )
+        object.__setattr__(self, "colors", colors)
         if self.unseen_test_label not in (0, IGNORE_LABEL):
             raise ValueError(
-                f"dataset {self.name!r}: unseen_test_label must be 0 or 255, got {self.unseen_test_label}"
+                f"dataset {self.name!r}: unseen_test_label must be 0 (background) or 255 (ignored), "
+                f"got {self.unseen_test_label!r}"
             )
+        k = self.num_classes
+        class_values = range(k + 1) if self.background else range(k)
+        if not isinstance(self.unlabelled_value, int) or not 0 <= self.unlabelled_value <= 255 or (
+            self.unlabelled_value in class_values
+        ):
+            raise ValueError(
+                f"dataset {self.name!r}: the unlabelled value (Detectron2's ignore_label) must be a "
+                f"uint8 value that is no class value ({class_values.start}..{class_values.stop - 1}), "
+                f"got {self.unlabelled_value!r}"
+            )
+
+    @classmethod
+    def from_label_values(
+        cls, name: str, value_names: Sequence[str], *, background: bool, unlabelled_value: int = IGNORE_LABEL,
+        unseen_test_label: int | None = None, value_colors: Sequence[Sequence[int]] | None = None,
+        named_tasks: Sequence[str] = (),
+    ) -> DatasetSpec:
+        """The spec of a dataset described as Detectron2's metadata describes it:
+        ``value_names[v]`` (``stuff_classes``) and ``value_colors[v]`` (``stuff_colors``) name
+        and colour label value v, ``unlabelled_value`` is its ``ignore_label``. Without a
+        background value, class 0 is named "background" and drawn black. ``unseen_test_label``
+        None: 0 with a background class (VOC's protocol), 255 without (ADE20K's)."""
+        names, colors = list(value_names), None if value_colors is None else [tuple(c) for c in value_colors]
+        if colors is not None and len(colors) != len(names):
+            raise ValueError(
+                f"dataset {name!r}: {len(colors)} stuff_colors for {len(names)} stuff_classes; give one "
+                "colour per label value"
+            )
+        if not background:
+            names = ["background"] + names
+            colors = None if colors is None else [(0, 0, 0)] + colors
+        if unseen_test_label is None:
+            unseen_test_label = 0 if background else IGNORE_LABEL
+        return cls(
+            name=name, class_names=tuple(names), unseen_test_label=unseen_test_label,
+            colors=None if colors is None else tuple(colors), named_tasks=tuple(named_tasks),
+            background=bool(background), unlabelled_value=unlabelled_value,
+        )
 
     @property
     def num_classes(self) -> int:
         """Number of foreground classes (ids 1..num_classes)."""
         return len(self.class_names) - 1
+
+    @property
+    def value_names(self) -> tuple[str, ...]:
+        """The name of each class label value (Detectron2's ``stuff_classes``)."""
+        return self.class_names if self.background else self.class_names[1:]
+
+    def label_lut(self) -> np.ndarray:
+        """uint8 table of 256: a label value of the dataset -> class id (0 background,
+        1..K, 255 ignored). With a background value the table is the identity but for the
+        unlabelled value (-> 255); without, value v < K -> v + 1 and the unlabelled value -> 0.
+        Values that are no class of the dataset (:meth:`invalid_values`) map to 255, or to
+        themselves with a background value."""
+        k = self.num_classes
+        if self.background:
+            lut = np.arange(256, dtype=np.uint8)
+            lut[self.unlabelled_value] = IGNORE_LABEL
+        else:
+            lut = np.full(256, IGNORE_LABEL, dtype=np.uint8)
+            lut[:k] = np.arange(1, k + 1)
+            lut[self.unlabelled_value] = 0
+        return lut
+
+    def invalid_values(self, label: np.ndarray) -> list[int]:
+        """Values of a uint8 label file that are neither a class value nor the unlabelled one
+        (empty when the label is valid)."""
+        top = self.num_classes + 1 if self.background else self.num_classes  # values below are classes
+        if not label.size or int(label.max()) < top:
+            return []
+        counts = np.bincount(label.ravel(), minlength=256)
+        counts[: top] = 0
+        counts[self.unlabelled_value] = 0
+        return [int(v) for v in np.flatnonzero(counts)]
+
+    def describe_values(self) -> str:
+        """The valid label values, for messages: ``0..20 and 255 (ignored)``."""
+        if self.background:
+            return f"0..{self.num_classes} and {self.unlabelled_value} (ignored)"
+        return f"0..{self.num_classes - 1} and {self.unlabelled_value} (unlabelled)"
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a task records of a dataset that is not built in (colours are left out)."""
+        return {
+            "class_names": list(self.class_names),
+            "unseen_test_label": self.unseen_test_label,
+            "background": self.background,
+            "unlabelled_value": self.unlabelled_value,
+        }
 
 
 VOC_CLASSES = (
@@ -276,15 +375,16 @@ class Task:
     Accessors return fresh lists / arrays; the task itself cannot be changed.
     """
 
-    dataset: str
+    dataset: str | DatasetSpec
     name: str
     setting: str = "overlap"
     order: tuple[int, ...] | None = None
+    _spec: DatasetSpec = field(init=False, repr=False)
     _steps: tuple[tuple[int, ...], ...] = field(init=False, compare=False)
     _step_lut: np.ndarray = field(init=False, compare=False, hash=False)
 
     def __post_init__(self):
-        spec = get_dataset(self.dataset)
+        spec = self.dataset if isinstance(self.dataset, DatasetSpec) else get_dataset(self.dataset)
         name, base, inc = _parse_name(spec, self.name)
         if not isinstance(self.setting, str) or self.setting.strip().lower() not in SETTINGS:
             raise ValueError(f"unknown setting {self.setting!r}; use 'overlap' or 'disjoint'")
@@ -301,6 +401,7 @@ class Task:
             step_lut[np.asarray(classes, dtype=np.int64)] = t
         step_lut.setflags(write=False)
         object.__setattr__(self, "dataset", spec.name)
+        object.__setattr__(self, "_spec", spec)
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "setting", self.setting.strip().lower())
         object.__setattr__(self, "order", order)
@@ -313,29 +414,39 @@ class Task:
         """Rebuild a task from :meth:`to_dict` output (e.g. read from a manifest or checkpoint)."""
         if not isinstance(data, Mapping):
             raise ValueError(f"a task dict is expected (keys dataset, name, setting, order), got {data!r}")
-        allowed = {"dataset", "name", "setting", "order"}
+        allowed = {"dataset", "name", "setting", "order", "classes"}
         unknown = sorted(set(data) - allowed)
         missing = sorted({"dataset", "name"} - set(data))
         if unknown or missing:
             raise ValueError(
-                f"task dict must have keys dataset, name (and optionally setting, order); "
+                f"task dict must have keys dataset, name (and optionally setting, order, classes); "
                 f"unknown keys {unknown}, missing keys {missing}"
             )
-        return cls(**dict(data))
+        data = dict(data)
+        classes = data.pop("classes", None)
+        if classes is not None:
+            if not isinstance(classes, Mapping):
+                raise ValueError(f"a task dict's 'classes' must be a mapping, got {classes!r}")
+            data["dataset"] = DatasetSpec(name=data["dataset"], **classes)
+        return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able description; ``Task.from_dict(task.to_dict()) == task``."""
-        return {
+        """Plain JSON-able description; ``Task.from_dict(task.to_dict()) == task``. The classes
+        of a dataset that is not built in (:data:`DATASETS`) are recorded under "classes"."""
+        out = {
             "dataset": self.dataset,
             "name": self.name,
             "setting": self.setting,
             "order": list(self.order),
         }
+        if DATASETS.get(self.dataset) != self._spec:
+            out["classes"] = self._spec.to_dict()
+        return out
 
     # ----------------------------------------------------------------- structure
     @property
     def spec(self) -> DatasetSpec:
-        return DATASETS[self.dataset]
+        return self._spec
 
     @property
     def steps(self) -> list[list[int]]:
@@ -438,15 +549,17 @@ class Task:
 
     # ----------------------------------------------------------------- labels
     def train_label_lut(self, t: int) -> np.ndarray:
-        """uint8 table of 256 for step-t training labels: C_t kept, 255 kept, everything else 0."""
+        """uint8 table of 256 from a label file's values to step-t training labels: C_t kept,
+        255 kept, everything else 0 (the values first become class ids, :meth:`DatasetSpec.label_lut`)."""
         new = np.asarray(self.new_classes(t), dtype=np.int64)
         lut = np.zeros(256, dtype=np.uint8)
         lut[new] = new
         lut[IGNORE_LABEL] = IGNORE_LABEL
-        return lut
+        return lut[self._spec.label_lut()]
 
     def test_label_lut(self, t: int) -> np.ndarray:
-        """uint8 table of 256 for step-t test labels.
+        """uint8 table of 256 from a label file's values to step-t test labels (the values
+        first become class ids, :meth:`DatasetSpec.label_lut`).
 
         Seen classes and 0 are kept, 255 stays 255, dataset classes not yet seen become
         the dataset's ``unseen_test_label`` (0 VOC / synthetic, 255 ADE20K). Ids that are
@@ -459,7 +572,7 @@ class Task:
         lut[(step >= 0) & (step <= t)] = ids[(step >= 0) & (step <= t)]
         lut[step > t] = self.unseen_test_label
         lut[0] = 0
-        return lut
+        return lut[self._spec.label_lut()]
 
     def _present_steps(self, present_classes: Iterable[int]) -> np.ndarray:
         """Steps of the dataset classes among ``present_classes`` (0, 255 and other ids dropped)."""
@@ -516,12 +629,13 @@ class Task:
 
 
 def build_task(
-    dataset: str,
+    dataset: str | DatasetSpec,
     name: str,
     setting: str = "overlap",
     order: Sequence[int] | None = None,
 ) -> Task:
-    """The :class:`Task` for ``dataset`` ("voc", "ade", "synthetic") and ``name`` ("15-1", "joint", ...).
+    """The :class:`Task` for ``dataset`` (a built-in key, "voc", "ade", "synthetic", or a
+    :class:`DatasetSpec`) and ``name`` ("15-1", "joint", ...).
 
     ``order`` is a permutation of the class ids 1..N; steps then take the classes in that
     order (default: id order). Bad input raises ValueError saying what to change.

@@ -22,6 +22,7 @@ from eir.engine.builders import (  # noqa: E402
     build_old_model,
     build_optimizer,
     build_paster,
+    build_run_task,
     build_step_model,
     build_train_dicts,
     build_train_loader,
@@ -102,7 +103,7 @@ def tiny(tmp_path_factory):
     with tiny_datasets(root):
         register_eir_datasets(root)
         cfg = tiny_cfg(root / "out")
-        task = build_task(**cfg.task)
+        task = build_run_task(cfg)
         step0, _ = build_train_dicts(cfg, task, 0)
         torch.manual_seed(0)
         weights = build_step_model(cfg, task, 0, "cpu").state_dict()

@@ -16,6 +16,8 @@ from eir.data.io import read_label  # noqa: E402
 from eir.data.synthetic import generate  # noqa: E402
 from eir.tasks import DATASETS, build_task  # noqa: E402
 
+SYNTHETIC = DATASETS["synthetic"]
+
 # Hand-made VOC labels: the classes of each image (besides 0 and a 255 border).
 VOC_CLASSES = {
     "a": [1, 2],
@@ -214,7 +216,7 @@ def test_missing_paths_name_the_expected_layout(tmp_path):
 def test_class_presence_matches_np_unique(synthetic_root):
     D.register_eir_datasets(synthetic_root)
     dicts = DatasetCatalog.get("eir_synthetic_train") + DatasetCatalog.get("eir_synthetic_val")
-    table = D.class_presence(dicts, 10, verbose=False)
+    table = D.class_presence(dicts, SYNTHETIC, verbose=False)
     assert table.shape == (32, 11) and table.dtype == bool
     for row, d in zip(table, dicts):
         values = np.unique(cv2.imread(d["sem_seg_file_name"], cv2.IMREAD_UNCHANGED))
@@ -222,7 +224,7 @@ def test_class_presence_matches_np_unique(synthetic_root):
         expected[values[values <= 10]] = True
         np.testing.assert_array_equal(row, expected)
     assert table[:, 1:].any(axis=1).all()  # every synthetic image has an object
-    np.testing.assert_array_equal(D.class_presence(dicts, 10, num_workers=3, verbose=False), table)
+    np.testing.assert_array_equal(D.class_presence(dicts, SYNTHETIC, num_workers=3, verbose=False), table)
 
 
 def test_class_presence_cache_reused_and_invalidated(synthetic_root, tmp_path, monkeypatch):
@@ -232,20 +234,20 @@ def test_class_presence_cache_reused_and_invalidated(synthetic_root, tmp_path, m
     reads = []
     real = D._presence_row
     monkeypatch.setattr(D, "_presence_row", lambda p, n: reads.append(p) or real(p, n))
-    first = D.class_presence(dicts, 10, cache_file=cache, verbose=False)
+    first = D.class_presence(dicts, SYNTHETIC, cache_file=cache, verbose=False)
     assert cache.is_file() and len(reads) == 24
-    again = D.class_presence(dicts, 10, cache_file=cache, verbose=False)
+    again = D.class_presence(dicts, SYNTHETIC, cache_file=cache, verbose=False)
     assert len(reads) == 24  # reused: no label read
     np.testing.assert_array_equal(again, first)
     # another file list (fewer images) does not match the key: recomputed and rewritten
-    part = D.class_presence(dicts[:5], 10, cache_file=cache, verbose=False)
+    part = D.class_presence(dicts[:5], SYNTHETIC, cache_file=cache, verbose=False)
     assert len(reads) == 29
     np.testing.assert_array_equal(part, first[:5])
-    D.class_presence(dicts[:5], 10, cache_file=cache, verbose=False)
+    D.class_presence(dicts[:5], SYNTHETIC, cache_file=cache, verbose=False)
     assert len(reads) == 29
     # a corrupt cache is recomputed, not trusted
     cache.write_bytes(b"garbage")
-    np.testing.assert_array_equal(D.class_presence(dicts[:5], 10, cache_file=cache, verbose=False), part)
+    np.testing.assert_array_equal(D.class_presence(dicts[:5], SYNTHETIC, cache_file=cache, verbose=False), part)
     assert len(reads) == 34
 
 
@@ -257,9 +259,9 @@ def test_bad_label_values_raise(tmp_path):
     cv2.imwrite(str(base / "SegmentationClassAug" / "d.png"), bad)
     D.register_eir_datasets(tmp_path)
     with pytest.raises(ValueError, match=r"SegmentationClassAug/d.png holds values \[21, 99\]"):
-        D.class_presence(DatasetCatalog.get("eir_voc_train"), 20, verbose=False)
+        D.class_presence(DatasetCatalog.get("eir_voc_train"), DATASETS["voc"], verbose=False)
     with pytest.raises(ValueError, match=r"d.png holds values \[21, 99\]"):
-        D.class_presence(DatasetCatalog.get("eir_voc_train"), 20, num_workers=2, verbose=False)
+        D.class_presence(DatasetCatalog.get("eir_voc_train"), DATASETS["voc"], num_workers=2, verbose=False)
 
 
 @pytest.mark.parametrize(
@@ -299,7 +301,7 @@ def test_step_views_check_arguments(tmp_path):
         D.step_dataset_dicts("eir_voc_train", task, 0, "val", verbose=False)
     with pytest.raises(ValueError, match="out of range"):
         D.step_dataset_dicts("eir_voc_train", task, 6, "train", verbose=False)
-    with pytest.raises(ValueError, match="holds voc labels but the task is for synthetic"):
+    with pytest.raises(ValueError, match=r"dataset eir_voc_train names other classes \(21 stuff_classes\) than the task synthetic"):
         D.step_dataset_dicts("eir_voc_train", build_task("synthetic", "5-5"), 0, "train", verbose=False)
     # the task may come as its dict (e.g. from a manifest)
     out = D.step_dataset_dicts("eir_voc_train", task.to_dict(), 1, "train", verbose=False)

@@ -17,12 +17,12 @@ pytest.importorskip("detectron2", reason=DETECTRON2_SKIP_REASON)
 
 import torch  # noqa: E402
 from detectron2.config import LazyConfig  # noqa: E402
+from detectron2.data import MetadataCatalog  # noqa: E402
 
 from eir.data.bank import InstanceBank  # noqa: E402
 from eir.data.prepass import PrepassStore  # noqa: E402
-from eir.engine.builders import build_lr_scheduler, build_step_model  # noqa: E402
+from eir.engine.builders import build_lr_scheduler, build_run_task, build_step_model  # noqa: E402
 from eir.engine.runner import ContinualRunner  # noqa: E402
-from eir.tasks import build_task  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(
@@ -69,13 +69,14 @@ def finished_run(datasets_root, tmp_path_factory):
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT / "projects/EIR/configs")) for p in CONFIGS])
 def test_every_config_loads_and_builds_its_model(path):
     cfg = LazyConfig.load(str(path))
-    task = build_task(**cfg.task)
+    task = build_run_task(cfg)
     last = task.num_steps - 1
     with torch.device("meta"):
         model = build_step_model(cfg, task, last, "meta")
     assert model.num_channels == task.num_channels(last)
     assert list(model.head.step_sizes) == task.step_sizes(last)
-    assert cfg.dataloader.train.dataset.startswith(f"eir_{task.dataset}_")
+    # the classes are those the training dataset's MetadataCatalog entry names
+    assert task.spec.value_names == tuple(MetadataCatalog.get(cfg.dataloader.train.dataset).stuff_classes)
 
 
 @pytest.mark.slow
@@ -262,7 +263,7 @@ PAPER_CONFIGS = {
 def test_paper_task_configs_have_the_protocol_steps(name):
     key, setting = PAPER_CONFIGS[name]
     cfg = LazyConfig.load(str(ROOT / "projects/EIR/configs" / name))
-    task = build_task(**cfg.task)
+    task = build_run_task(cfg)
     assert (task.dataset, task.name, task.setting) == (key[:3], key[4:], setting)
     assert task.steps == PAPER_TASKS[key]
     assert [task.new_classes(t) for t in range(task.num_steps)] == PAPER_TASKS[key]

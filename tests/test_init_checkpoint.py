@@ -15,11 +15,10 @@ from detectron2.config import LazyCall as L  # noqa: E402
 from detectron2.config import LazyConfig  # noqa: E402
 from torchvision.models.resnet import Bottleneck, ResNet  # noqa: E402
 
-from eir.engine.builders import build_step_model  # noqa: E402
+from eir.engine.builders import build_run_task, build_step_model  # noqa: E402
 from eir.engine.init_checkpoint import check_init_checkpoint  # noqa: E402
 from eir.engine.runner import ContinualRunner  # noqa: E402
 from eir.modeling.backbone import build_resnet_deeplab  # noqa: E402
-from eir.tasks import build_task  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VOC = ROOT / "projects/EIR/configs/voc/15-1_overlap.py"
@@ -98,7 +97,7 @@ def test_converted_torchvision_weights_pass_and_fill_the_backbone(tmp_path):
     cfg.model.backbone = TINY_BACKBONE
     check_init_checkpoint(cfg)
     # What the check accepted is what step 0 loads: torchvision's tensors, in place.
-    model = build_step_model(cfg, build_task(**cfg.task), 0, "cpu")
+    model = build_step_model(cfg, build_run_task(cfg), 0, "cpu")
     DetectionCheckpointer(model).load(str(pkl))
     sd = model.state_dict()
     assert torch.equal(sd["backbone.stem.conv1.weight"], tv.conv1.weight)

@@ -164,7 +164,7 @@ def test_every_stage_reads_an_exif_rotated_jpeg_and_palette_label_alike(exif_sam
     # the class-presence table: indices 0 and 16 (255 is not a class)
     expected = np.zeros(21, bool)
     expected[[0, 16]] = True
-    np.testing.assert_array_equal(class_presence([d], 20, verbose=False)[0], expected)
+    np.testing.assert_array_equal(class_presence([d], TASK.spec, verbose=False)[0], expected)
 
     # the bank: the entry is the labelled block, its pixels those the mapper reads
     bank = InstanceBank.build([d], TASK, 1, budget=1, seed=0, verbose=False)

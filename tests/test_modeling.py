@@ -545,10 +545,10 @@ def test_batchnorm_synchronised_at_step0_of_multi_process_runs(config, num_norms
     from detectron2.config import LazyConfig
     from detectron2.utils import comm
 
-    from eir.engine.builders import build_step_model
+    from eir.engine.builders import build_run_task, build_step_model
 
     cfg = LazyConfig.load(str(ROOT / "projects/EIR/configs" / config))
-    task = build_task(**cfg.task)
+    task = build_run_task(cfg)
 
     def build(step, world_size):
         monkeypatch.setattr(comm, "get_world_size", lambda: world_size)

@@ -7,7 +7,7 @@ from conftest import DETECTRON2_SKIP_REASON
 
 pytest.importorskip("detectron2", reason=DETECTRON2_SKIP_REASON)
 
-from eir.engine.builders import build_criterion  # noqa: E402
+from eir.engine.builders import build_criterion, build_run_task  # noqa: E402
 from eir.engine.config_checks import load_config  # noqa: E402
 from eir.engine.step_plan import plan_step  # noqa: E402
 from eir.tasks import build_task  # noqa: E402
@@ -27,7 +27,7 @@ INCREMENTAL = {
 
 def _plans(config):
     cfg = load_config(CONFIGS / config)
-    task = build_task(cfg.task.dataset, cfg.task.name, cfg.task.setting)
+    task = build_run_task(cfg)
     criterion = build_criterion(cfg)
     return [plan_step(cfg, task, step, criterion) for step in range(task.num_steps)]
 

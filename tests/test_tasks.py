@@ -5,7 +5,15 @@ import pickle
 import numpy as np
 import pytest
 
-from eir.tasks import DATASETS, Task, build_task, get_dataset, voc_colormap
+from eir.tasks import (
+    DATASETS,
+    VOC_CLASSES,
+    DatasetSpec,
+    Task,
+    build_task,
+    get_dataset,
+    voc_colormap,
+)
 
 
 def r(a, b):
@@ -460,3 +468,31 @@ def test_step_out_of_range_other_methods():
         task.keeps_train_image([1], 2)
     with pytest.raises(ValueError, match=r"out of range 0\.\.1"):
         task.channel_of(1, 2)
+
+
+def test_dataset_spec_from_label_values_without_background():
+    """Detectron2's ADE20K / Cityscapes layout: values 0..K-1 are the classes, the unlabelled
+    value is none of them (background); tables worked out by hand for K = 3."""
+    spec = DatasetSpec.from_label_values("roads", ["sky", "grass", "road"], background=False, unlabelled_value=254)
+    assert spec.class_names == ("background", "sky", "grass", "road") and spec.num_classes == 3
+    assert spec.value_names == ("sky", "grass", "road") and spec.unseen_test_label == 255
+    lut = spec.label_lut()
+    assert lut[[0, 1, 2, 254, 3, 255]].tolist() == [1, 2, 3, 0, 255, 255]
+    assert spec.invalid_values(np.array([[0, 2, 254], [3, 255, 3]], np.uint8)) == [3, 255]
+    task = build_task(spec, "2-1")
+    # step 1 trains road alone; its test label keeps every class seen, and the unlabelled value
+    assert task.train_label_lut(1)[[0, 1, 2, 254]].tolist() == [0, 0, 3, 0]
+    assert task.test_label_lut(0)[[0, 1, 2, 254]].tolist() == [1, 2, 255, 0]
+    again = Task.from_dict(task.to_dict())
+    assert again == task and again.spec.label_lut().tolist() == lut.tolist()
+    other_labels = DatasetSpec.from_label_values("roads", ["sky", "grass", "road"], background=False)
+    assert build_task(other_labels, "2-1") != task  # another unlabelled value: another task
+
+
+def test_builtin_tasks_record_no_class_table():
+    """A built-in dataset's task dict stays as runs recorded it before catalog datasets."""
+    spec = DatasetSpec.from_label_values("voc", VOC_CLASSES, background=True)
+    assert spec == DATASETS["voc"]
+    assert build_task(spec, "15-1").to_dict() == {"dataset": "voc", "name": "15-1", "setting": "overlap",
+                                                  "order": list(range(1, 21))}
+    np.testing.assert_array_equal(DATASETS["voc"].label_lut(), np.arange(256))

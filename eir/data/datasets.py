@@ -20,7 +20,13 @@ Dataset dicts hold ``file_name``, ``sem_seg_file_name`` and ``image_id`` (the fi
 stem). They leave out ``height`` / ``width``: reading 20k image headers at start-up
 costs more than it helps, and the mapper reports sizes of what it returns.
 
-Labels are class ids as in the rest of the project (0 background, 255 ignore).
+Any other dataset in the catalogs works the same way: :func:`catalog_spec` reads a run's class
+table from the ``MetadataCatalog`` entries of its datasets (``stuff_classes``, ``stuff_colors``,
+``ignore_label``; the built-in six are registered with theirs), and :func:`catalog_dicts` gives
+their dicts an ``image_id`` where they have none (Detectron2's ``load_sem_seg``).
+
+Label files hold the dataset's values; the task's tables turn them into class ids as in the
+rest of the project (0 background, 255 ignore; :meth:`eir.tasks.DatasetSpec.label_lut`).
 :func:`class_presence` reads every label once (cached) to know which classes an
 image has; :func:`step_dataset_dicts` then selects a step's training or test
 images (METHOD.md section 2) and :func:`replay_dataset_dicts` joins the
@@ -47,10 +53,13 @@ from tqdm import tqdm
 from eir.constants import IGNORE_LABEL
 from eir.data.io import read_label
 from eir.fileio import atomic_write
-from eir.tasks import DATASETS, Task
+from eir.tasks import DATASETS, DatasetSpec, Task
 
 __all__ = [
     "DATASET_NAMES",
+    "catalog_dicts",
+    "catalog_spec",
+    "check_label_values",
     "class_presence",
     "data_fingerprint",
     "register_eir_datasets",
@@ -75,16 +84,6 @@ _registered_root: dict[str, str] = {}
 
 
 # --------------------------------------------------------------------------- label values
-
-
-def invalid_values(label: np.ndarray, num_classes: int) -> list[int]:
-    """Values of a uint8 label that are neither 0..num_classes nor 255 (empty list when valid)."""
-    top = int(label.max()) if label.size else 0
-    if top <= num_classes:
-        return []
-    counts = np.bincount(label.ravel(), minlength=256)
-    bad = np.flatnonzero(counts[num_classes + 1 : IGNORE_LABEL]) + num_classes + 1
-    return [int(v) for v in bad]
 
 
 # --------------------------------------------------------------------------- layouts
@@ -259,16 +258,22 @@ def register_eir_datasets(root: str | os.PathLike | None = None) -> list[str]:
 # --------------------------------------------------------------------------- class presence
 
 
-def _presence_row(path: str, num_classes: int) -> np.ndarray:
-    label = read_label(path)
-    bad = invalid_values(label, num_classes)
+def check_label_values(label: np.ndarray, spec: DatasetSpec, path) -> None:
+    """Raise ValueError naming ``path`` when its label holds a value that is no class of ``spec``."""
+    bad = spec.invalid_values(label)
     if bad:
         raise ValueError(
-            f"label {path} holds values {bad} outside the dataset's classes 0..{num_classes} "
-            "and 255 (ignore); check the dataset root and that labels are raw class-id PNGs"
+            f"label {path} holds values {bad} outside the label values of {spec.name} "
+            f"({spec.describe_values()}); check the dataset root, that labels are raw class-id "
+            "PNGs, and task.background (whether value 0 is the background)"
         )
-    counts = np.bincount(label.ravel(), minlength=256)
-    return counts[: num_classes + 1] > 0
+
+
+def _presence_row(path: str, spec: DatasetSpec) -> np.ndarray:
+    label = read_label(path)
+    check_label_values(label, spec, path)
+    counts = np.bincount(spec.label_lut()[label].ravel(), minlength=256)
+    return counts[: spec.num_classes + 1] > 0
 
 
 def _stat(path: str) -> tuple[int, int]:
@@ -279,10 +284,14 @@ def _stat(path: str) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _presence_key(files: Sequence[str], num_classes: int) -> str:
-    """The cache key of a presence table: the label files with their sizes and modification
-    times, so a label rewritten in place under its name is read again."""
-    h = hashlib.sha1(f"{num_classes}\n".encode())
+def _presence_key(files: Sequence[str], spec: DatasetSpec) -> str:
+    """The cache key of a presence table: how label values become class ids, and the label
+    files with their sizes and modification times, so a label rewritten in place under its
+    name is read again."""
+    head = f"{spec.num_classes}"
+    if not (spec.background and spec.unlabelled_value == IGNORE_LABEL):  # the built-in datasets' key is the class count
+        head += f"\t{spec.label_lut().tobytes().hex()}"
+    h = hashlib.sha1(f"{head}\n".encode())
     for f in files:
         size, mtime = _stat(f)
         h.update(f"{f}\t{size}\t{mtime}\n".encode("utf-8", "surrogateescape"))
@@ -302,24 +311,26 @@ def data_fingerprint(dataset_dicts: Sequence[dict]) -> dict[str, list[int]]:
 
 def class_presence(
     dataset_dicts: Sequence[dict],
-    num_classes: int,
+    spec: DatasetSpec,
     cache_file: str | os.PathLike | None = None,
     num_workers: int = 0,
     verbose: bool | None = None,
 ) -> np.ndarray:
-    """Which classes each label holds: bool ``[len(dataset_dicts), num_classes + 1]`` (column 0 = background).
+    """Which classes each label holds: bool ``[len(dataset_dicts), K + 1]`` (column c = class
+    id c of ``spec``, a :class:`~eir.tasks.DatasetSpec` of K classes; column 0 = background).
 
-    Labels are read in ``num_workers`` threads (0: in this thread). A label with a
-    value outside ``0..num_classes`` and 255 raises ValueError naming the file.
+    Labels are read in ``num_workers`` threads (0: in this thread). A label with a value
+    that is no label value of ``spec`` raises ValueError naming the file.
     With ``cache_file`` (an .npz), the table is reused when it was computed for the
-    same label files (names, sizes and modification times) and ``num_classes``, and
+    same label files (names, sizes and modification times) and the same class table, and
     recomputed (and rewritten) otherwise. Only the main process writes the cache.
     ``verbose=None`` shows the progress bar on the main process only.
     """
     if verbose is None:
         verbose = comm.is_main_process()
     files = [str(d["sem_seg_file_name"]) for d in dataset_dicts]
-    key = _presence_key(files, num_classes)
+    num_classes = spec.num_classes
+    key = _presence_key(files, spec)
     if cache_file is not None:
         cache_file = Path(cache_file)
         if cache_file.is_file():
@@ -334,7 +345,7 @@ def class_presence(
             logger.info("class-presence cache %s does not match the dataset or is damaged; recomputing", cache_file)
 
     def row(path: str) -> np.ndarray:
-        return _presence_row(path, num_classes)
+        return _presence_row(path, spec)
 
     table = np.zeros((len(files), num_classes + 1), dtype=bool)
     bar = tqdm(total=len(files), desc="reading labels", unit="img", disable=not verbose)
@@ -360,6 +371,80 @@ def class_presence(
 
 
 # --------------------------------------------------------------------------- step views
+
+
+def catalog_dicts(dataset_name: str) -> list[dict]:
+    """``DatasetCatalog.get(dataset_name)``, checked to be semantic segmentation dicts, each
+    with an ``image_id`` (the prepass and the bank key images by it; Detectron2's
+    ``load_sem_seg`` gives none): the file's stem, or its path below the images' common
+    folder when stems repeat."""
+    if dataset_name not in DatasetCatalog.list():
+        raise ValueError(
+            f"dataset {dataset_name!r} is not registered in Detectron2's DatasetCatalog; register it "
+            "(e.g. with detectron2.data.datasets.load_sem_seg) before the run, or name one of: "
+            + ", ".join(sorted(DatasetCatalog.list()))
+        )
+    dicts = DatasetCatalog.get(dataset_name)
+    lacking = [i for i, d in enumerate(dicts) if "file_name" not in d or "sem_seg_file_name" not in d]
+    if lacking:
+        raise ValueError(
+            f"dataset {dataset_name!r}: {len(lacking)} of its {len(dicts)} dicts (the first: number "
+            f"{lacking[0]}) lack 'file_name' or 'sem_seg_file_name'; a semantic segmentation "
+            "dataset gives both"
+        )
+    if all("image_id" in d for d in dicts):
+        return dicts
+    stems = [os.path.splitext(os.path.basename(str(d["file_name"])))[0] for d in dicts]
+    if len(set(stems)) < len(stems):
+        files = [str(d["file_name"]) for d in dicts]
+        base = os.path.commonpath(files) if len(files) > 1 else os.path.dirname(files[0])
+        stems = [os.path.splitext(os.path.relpath(f, base))[0] for f in files]
+    return [d if "image_id" in d else dict(d, image_id=stem) for d, stem in zip(dicts, stems)]
+
+
+def catalog_spec(
+    train_dataset: str, test_dataset: str, *, background: bool | None, unseen_test_label: int | None = None,
+) -> DatasetSpec:
+    """The class table of a continual run on the registered datasets ``train_dataset`` and
+    ``test_dataset``, from their ``MetadataCatalog`` entries: ``stuff_classes`` (the name of
+    each label value), ``stuff_colors`` (optional), ``ignore_label`` (default 255) and
+    ``eir_dataset`` (optional: the name runs record, default ``train_dataset``).
+    ``background`` and ``unseen_test_label``: :meth:`DatasetSpec.from_label_values` (the
+    config's ``task.background`` / ``task.unseen_test_label``)."""
+    for name in (train_dataset, test_dataset):
+        if name not in DatasetCatalog.list():
+            catalog_dicts(name)  # raises, naming the registered datasets
+    meta = MetadataCatalog.get(train_dataset)
+    classes = meta.get("stuff_classes")
+    if not classes:
+        raise ValueError(
+            f"dataset {train_dataset!r} has no stuff_classes in MetadataCatalog: set "
+            f"MetadataCatalog.get({train_dataset!r}).stuff_classes to the name of each label value"
+        )
+    test_classes = MetadataCatalog.get(test_dataset).get("stuff_classes")
+    if test_classes is not None and list(test_classes) != list(classes):
+        raise ValueError(
+            f"the training dataset {train_dataset!r} and the test dataset {test_dataset!r} name "
+            f"different classes ({len(classes)} and {len(test_classes)} stuff_classes); a run needs "
+            "one class table"
+        )
+    if background is None:
+        raise ValueError(
+            f"task.background is not set for {train_dataset!r}: set it to True when label value 0 "
+            f"({classes[0]!r}) is the background (VOC style), or False when values "
+            f"0..{len(classes) - 1} are the classes and ignore_label marks pixels of none "
+            "(Detectron2's ADE20K and Cityscapes formats)"
+        )
+    name = meta.get("eir_dataset", train_dataset)
+    return DatasetSpec.from_label_values(
+        name,
+        classes,
+        background=bool(background),
+        unlabelled_value=int(meta.get("ignore_label", IGNORE_LABEL)),
+        unseen_test_label=unseen_test_label,
+        value_colors=meta.get("stuff_colors"),
+        named_tasks=DATASETS[name].named_tasks if name in DATASETS else (),
+    )
 
 
 def _as_task(task: Any) -> Task:
@@ -388,16 +473,16 @@ def step_dataset_dicts(
     step = task.check_step(step)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    meta = MetadataCatalog.get(dataset_name)
-    ds = meta.get("eir_dataset")
-    if ds is not None and ds != task.dataset:
+    names = MetadataCatalog.get(dataset_name).get("stuff_classes")
+    if names is not None and tuple(names) != task.spec.value_names:
         raise ValueError(
-            f"dataset {dataset_name} holds {ds} labels but the task is for {task.dataset}; "
-            f"use eir_{task.dataset}_train / eir_{task.dataset}_val"
+            f"dataset {dataset_name} names other classes ({len(names)} stuff_classes) than the task "
+            f"{task} ({len(task.spec.value_names)}: {task.dataset}'s); build the task from this dataset's "
+            "MetadataCatalog (eir.data.datasets.catalog_spec)"
         )
-    dicts = DatasetCatalog.get(dataset_name)
+    dicts = catalog_dicts(dataset_name)
     cache_file = Path(cache_dir) / f"presence_{dataset_name}.npz" if cache_dir is not None else None
-    presence = class_presence(dicts, task.num_classes, cache_file, num_workers, verbose)
+    presence = class_presence(dicts, task.spec, cache_file, num_workers, verbose)
     keep = task.keeps_train_image if split == "train" else task.keeps_test_image
     out = [
         dict(d, eir_step=step)

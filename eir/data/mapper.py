@@ -22,7 +22,7 @@ from detectron2.utils import comm
 from fvcore.transforms.transform import CropTransform, Transform, TransformList
 
 from eir.constants import IGNORE_LABEL, IMAGENET_MEAN
-from eir.data.datasets import invalid_values
+from eir.data.datasets import check_label_values
 from eir.data.io import check_same_size, read_image, read_label
 from eir.seeding import numpy_global_seed, sample_rng, unpositioned_sample_rng
 from eir.tasks import Task
@@ -403,12 +403,7 @@ class EIRDatasetMapper:
         image = read_image(file_name)
         label = read_label(seg_file)
         check_same_size(image, label, file_name, seg_file)
-        bad = invalid_values(label, self.task.num_classes)
-        if bad:
-            raise ValueError(
-                f"label {seg_file} holds values {bad} outside the classes of {self.task.dataset} "
-                f"(0..{self.task.num_classes}, 255 = ignore); check the dataset's label files"
-            )
+        check_label_values(label, self.task.spec, seg_file)
         return image, self.lut[label], str(file_name)
 
     # ----------------------------------------------------------------- call

@@ -28,14 +28,19 @@ from fvcore.common.param_scheduler import (
 )
 
 from eir.data.bank import InstanceBank
-from eir.data.datasets import replay_dataset_dicts, step_dataset_dicts
+from eir.data.datasets import (
+    catalog_spec,
+    register_eir_datasets,
+    replay_dataset_dicts,
+    step_dataset_dicts,
+)
 from eir.data.mapper import EIRDatasetMapper
 from eir.data.paste import InstancePaster
 from eir.engine.sampling import PositionedDataset, ResumableTrainingSampler
 from eir.engine.step_plan import StepPlan
 from eir.modeling.criterion import EIRCriterion
 from eir.modeling.meta_arch import freeze_for_incremental, load_step_weights
-from eir.tasks import Task
+from eir.tasks import Task, build_task
 
 __all__ = [
     "build_bank",
@@ -56,6 +61,21 @@ __all__ = [
     "max_iter",
     "resolve_device",
 ]
+
+
+def build_run_task(cfg) -> Task:
+    """``cfg.task`` over the classes of ``cfg.dataloader``'s datasets, as Detectron2's
+    ``MetadataCatalog`` describes them (:func:`~eir.data.datasets.catalog_spec`); the built-in
+    datasets are registered first (:func:`~eir.data.datasets.register_eir_datasets`)."""
+    register_eir_datasets()
+    t = cfg.task
+    spec = catalog_spec(
+        cfg.dataloader.train.dataset,
+        cfg.dataloader.test.dataset,
+        background=t.background,
+        unseen_test_label=t.unseen_test_label,
+    )
+    return build_task(spec, t.name, t.setting, t.order)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -222,9 +222,15 @@ def upgrade_record(recorded: Mapping[str, Any]) -> dict[str, Any]:
     """A recorded config in today's keys. A record of the first schema (``eir.pseudo_label``
     and ``eir.tau``, loss weights directly under ``eir``) means the same run as today's
     ``eir.criterion.*`` and ``eir.prepass.tau``: pseudo-labels off is ``tau=None``, and the
-    prepass always detected at ``eir.tau``. Keys added since (:data:`_ADDED_KEYS`) get the
-    value that describes the recorded run."""
+    prepass always detected at ``eir.tau``. A record with ``task.dataset`` (before the classes
+    came from the datasets' ``MetadataCatalog``) ran a built-in dataset: its value 0 is the
+    background, and ADE20K's unseen classes are ignored. Keys added since (:data:`_ADDED_KEYS`)
+    get the value that describes the recorded run."""
     record = {**_ADDED_KEYS, **recorded}
+    if "task.dataset" in record:  # before the classes came from the datasets' MetadataCatalog
+        dataset = record.pop("task.dataset")
+        record["task.background"] = True  # every built-in dataset's value 0 is its background
+        record["task.unseen_test_label"] = 255 if dataset == "ade" else None
     if "eir.pseudo_label" not in record:
         return record
     pseudo_label = record.pop("eir.pseudo_label")

@@ -38,7 +38,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 
 from eir.data.bank import InstanceBank
-from eir.data.datasets import data_fingerprint, register_eir_datasets
+from eir.data.datasets import data_fingerprint
 from eir.engine.builders import (
     build_bank,
     build_criterion,
@@ -47,6 +47,7 @@ from eir.engine.builders import (
     build_old_model,
     build_optimizer,
     build_paster,
+    build_run_task,
     build_step_model,
     build_test_dicts,
     build_test_loader,
@@ -75,7 +76,6 @@ from eir.evaluation.prediction_figure import write_prediction_figure
 from eir.evaluation.report import write_summary
 from eir.modeling.meta_arch import load_previous_step, load_step_weights
 from eir.seeding import step_seed
-from eir.tasks import build_task
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +90,12 @@ class ContinualRunner:
     def __init__(self, cfg):
         check_config(cfg)
         self.cfg = cfg
-        self.task = build_task(**cfg.task)
+        self.task = build_run_task(cfg)
         self.steps_to_run()  # a step outside the task fails here
         self.folder = RunFolder(cfg.train.output_dir, self.task)
         self.device = resolve_device(cfg.train.device)
         self.criterion = build_criterion(cfg)
         self.claimed = False
-        register_eir_datasets()
 
     @property
     def output_dir(self) -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from detectron2.data import MetadataCatalog
+from detectron2.data.catalog import Metadata
 from detectron2.utils.visualizer import Visualizer
 
 from eir.data.datasets import class_presence
@@ -103,7 +103,7 @@ def prediction_grid(runner, num_images: int = NUM_IMAGES, seed: int = 0) -> Pred
     dicts, mapper = runner.test_data(task.num_steps - 1)
     if not dicts:
         raise ValueError(f"the test set {runner.cfg.dataloader.test.dataset} has no image of {task}")
-    presence = class_presence(dicts, task.num_classes, verbose=False)
+    presence = class_presence(dicts, task.spec, verbose=False)
     samples = [mapper(dicts[i]) for i in choose_images(presence, task, num_images, seed)]
     labels = [[s["sem_seg"].numpy().astype(np.uint8)] for s in samples]
     for t in steps:
@@ -118,6 +118,16 @@ def prediction_grid(runner, num_images: int = NUM_IMAGES, seed: int = 0) -> Pred
         images=[s["image"].permute(1, 2, 0).numpy() for s in samples],
         labels=labels,
         titles=["image", "ground truth"] + [step_title(task, t) for t in steps],
+    )
+
+
+def task_metadata(task) -> Metadata:
+    """Detectron2 metadata indexed by the task's class ids (``stuff_classes``, ``stuff_colors``),
+    for ``Visualizer``: a dataset's own entry is indexed by its label values, which differ from
+    class ids when it has no background value."""
+    spec = task.spec
+    return Metadata(name=spec.name).set(
+        stuff_classes=list(spec.class_names), stuff_colors=[list(c) for c in spec.colors]
     )
 
 
@@ -198,7 +208,7 @@ def render_prediction_figure(grid: PredictionGrid, panels: list[list[np.ndarray]
 def write_prediction_figure(runner, num_images: int = NUM_IMAGES, seed: int = 0) -> Path:
     """Build and write ``OUTPUT_DIR/predictions.png`` (atomically); returns its path."""
     grid = prediction_grid(runner, num_images, seed)
-    metadata = MetadataCatalog.get(runner.cfg.dataloader.test.dataset)
+    metadata = task_metadata(runner.task)
     rgb = render_prediction_figure(grid, grid_panels(grid, metadata), metadata)
     ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:

@@ -9,7 +9,7 @@ from eir.data.mapper import build_test_augmentations, build_train_augmentations
 
 dataloader = dict(
     train=dict(
-        dataset="eir_voc_train",  # a dataset registered by eir.data.datasets
+        dataset="eir_voc_train",  # any name in Detectron2's DatasetCatalog; its MetadataCatalog entry gives the classes
         total_batch_size=32,  # over all GPUs
         num_workers=4,  # data-loader workers per process (also used for presence and bank scans)
         # random resized crop (torchvision's semantics): a window of area x0.5-2.0 of the image

@@ -7,14 +7,15 @@ from ....configs.common.eir import eir
 from ....configs.common.models.deeplabv3_r101 import model
 from ....configs.common.optim import SGD as optimizer
 from ....configs.common.schedule import schedule
+from ....configs.common.task import task
 from ....configs.common.train import train
 
-task = dict(
-    dataset="ade",  # eir.tasks.DATASETS key
-    name="100-50",  # "B-I" or "joint"
-    setting="overlap",  # ADE20K protocols are overlapped
-    order=None,  # None (class-id order) or a permutation of 1..150
-)
+task.name = "100-50"  # ADE20K protocols are overlapped
+# The raw layout's value 0 ("other") is the background. For Detectron2's own registration
+# (ade20k_sem_seg_train/val, annotations_detectron2: values 0..149, 255 unlabelled) set
+# task.background=False: the class ids come out the same.
+task.background = True
+task.unseen_test_label = 255  # the paper's protocol: unseen classes are ignored at test time
 
 dataloader.train.dataset = "eir_ade_train"
 dataloader.test.dataset = "eir_ade_val"

@@ -16,14 +16,11 @@ from ....configs.common.eir import eir
 from ....configs.common.models.deeplabv3_r101 import model
 from ....configs.common.optim import SGD as optimizer
 from ....configs.common.schedule import schedule
+from ....configs.common.task import task
 from ....configs.common.train import train
 
-task = dict(
-    dataset="synthetic",  # eir.tasks.DATASETS key
-    name="4-2",  # "B-I" or "joint"
-    setting="overlap",  # "overlap" or "disjoint"
-    order=None,  # None (class-id order) or a permutation of 1..10
-)
+task.name = "4-2"
+task.background = True  # label value 0 is the background; unseen classes test as background
 
 # A bottleneck ResNet with one block per stage and narrow widths (res5: 256 channels).
 model.backbone = L(build_resnet_deeplab)(

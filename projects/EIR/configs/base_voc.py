@@ -7,14 +7,11 @@ from ....configs.common.eir import eir
 from ....configs.common.models.deeplabv3_r101 import model
 from ....configs.common.optim import SGD as optimizer
 from ....configs.common.schedule import schedule
+from ....configs.common.task import task
 from ....configs.common.train import train
 
-task = dict(
-    dataset="voc",  # "voc", "ade" or "synthetic" (eir.tasks.DATASETS)
-    name="15-1",  # "B-I" (B classes first, then steps of I) or "joint"
-    setting="overlap",  # "overlap" or "disjoint" (METHOD.md section 2)
-    order=None,  # None (class-id order) or a permutation of the class ids
-)
+task.name = "15-1"
+task.background = True  # VOC's label value 0 is the background; unseen classes test as background
 
 dataloader.train.dataset = "eir_voc_train"
 dataloader.test.dataset = "eir_voc_val"

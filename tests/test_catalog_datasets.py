@@ -1,0 +1,187 @@
+"""Datasets from Detectron2's catalogs: a folder registered with ``load_sem_seg`` runs a whole
+continual task (the README's example config), and Detectron2's own ADE20K registration gives
+the class ids of the raw ADE20K layout."""
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import requires_detectron2
+
+pytest.importorskip("detectron2")
+
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+
+from eir.data.datasets import catalog_spec, step_dataset_dicts  # noqa: E402
+from eir.data.mapper import EIRDatasetMapper  # noqa: E402
+from eir.tasks import build_task  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "projects/EIR/configs/custom/folder_dataset.py"
+COLORS = np.array([[200, 60, 40], [40, 200, 60], [60, 40, 200]], np.uint8)  # sky, grass, road
+
+
+def write_folder_dataset(root: Path, num_train=24, num_val=6, size=48):
+    """``root/my_dataset`` as the example config expects: label values 0 (sky, top half),
+    1 (grass, bottom half), 2 (road, a square in every other image), 255 (a 2-pixel frame)."""
+    rng = np.random.default_rng(0)
+    labels = {}
+    for split, count in (("train", num_train), ("val", num_val)):
+        (root / "my_dataset/images" / split).mkdir(parents=True)
+        (root / "my_dataset/labels" / split).mkdir(parents=True)
+        for i in range(count):
+            label = np.zeros((size, size), np.uint8)
+            label[size // 2 :] = 1
+            if i % 2 == 0:
+                y, x = rng.integers(4, size - 20, 2)
+                label[y : y + 16, x : x + 16] = 2
+            label[:2], label[-2:], label[:, :2], label[:, -2:] = 255, 255, 255, 255
+            image = COLORS[np.minimum(label, 2)].astype(np.int16) + rng.integers(-20, 21, (size, size, 3))
+            cv2.imwrite(str(root / "my_dataset/images" / split / f"{split}_{i}.jpg"), image.clip(0, 255).astype(np.uint8))
+            cv2.imwrite(str(root / "my_dataset/labels" / split / f"{split}_{i}.png"), label)
+            labels[(split, i)] = label
+    return labels
+
+
+@pytest.fixture
+def folder_dataset(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    for name in ("my_dataset_train", "my_dataset_val"):  # registered by an earlier test's config
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+    labels = write_folder_dataset(tmp_path)
+    yield tmp_path, labels
+    for name in ("my_dataset_train", "my_dataset_val"):
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+@requires_detectron2
+def test_example_config_converts_a_folder_dataset_s_labels(folder_dataset):
+    """The example's labels (values 0..2, 255 unlabelled) become class ids 1..3 and background;
+    at step 0 of 2-1, road (not yet seen) is ignored in the test label (no background class:
+    ADE20K's protocol), and training keeps only the step's classes."""
+    from eir.engine.builders import build_run_task
+    from eir.engine.config_checks import load_config
+
+    _, labels = folder_dataset
+    task = build_run_task(load_config(EXAMPLE, []))
+    assert task.class_names == ("background", "sky", "grass", "road")
+    assert task.steps == [[1, 2], [3]] and task.unseen_test_label == 255
+    assert task.to_dict()["classes"]["background"] is False
+    dicts = step_dataset_dicts("my_dataset_val", task, 0, "test", verbose=False)
+    assert [d["image_id"] for d in dicts] == [f"val_{i}" for i in range(6)]  # load_sem_seg gives none
+    label = labels[("val", 0)]
+    expected_test = np.select([label == 255, label == 2], [0, 255], label.astype(np.int64) + 1)  # by hand
+    test_mapper = EIRDatasetMapper(is_train=False, task=task, step=0, augmentations=[])
+    np.testing.assert_array_equal(test_mapper(dicts[0])["sem_seg"].numpy(), expected_test)
+    train_dicts = step_dataset_dicts("my_dataset_train", task, 1, "train", verbose=False)
+    assert len(train_dicts) == 12  # the images with road
+    train_label = labels[("train", int(train_dicts[0]["image_id"].split("_")[1]))]
+    expected_train = np.where(train_label == 2, 3, 0)  # step 1 keeps road (class 3) alone
+    train_mapper = EIRDatasetMapper(is_train=True, task=task, step=1, augmentations=[])
+    np.testing.assert_array_equal(train_mapper(train_dicts[0])["sem_seg"].numpy(), expected_train)
+
+
+@requires_detectron2
+@pytest.mark.slow
+def test_example_config_runs_a_continual_task_end_to_end(folder_dataset):
+    """Two tiny steps of 2-1 on a dataset registered through Detectron2's API only, reported with
+    the dataset's class names; the run's task.json records the class table."""
+    from eir.engine.config_checks import load_config
+    from eir.engine.runner import ContinualRunner
+
+    root, _ = folder_dataset
+    out = root / "run"
+    cfg = load_config(EXAMPLE, [
+        "dataloader.train.total_batch_size=4", "dataloader.train.augmentations.crop_size=48",
+        "eir.memory=4", "eir.paste.cell_size=24", "eir.prepass.short_side=48", "schedule.max_iter=20",
+        "train.device=cpu", "train.checkpointer.period=10", f"train.output_dir={out}",
+    ])
+    summaries = ContinualRunner(cfg).run()
+    assert sorted(summaries) == [0, 1]
+    metrics = json.loads((out / "step_1/metrics.json").read_text())
+    text = json.dumps(metrics)
+    for name in ("sky", "grass", "road"):
+        assert f'"{name}"' in text
+    for key in ("old", "new", "all"):
+        assert key in json.dumps(summaries[1])
+    recorded = json.loads((out / "task.json").read_text())
+    assert recorded["dataset"] == "my_dataset_train"
+    assert recorded["classes"]["class_names"] == ["background", "sky", "grass", "road"]
+    assert (out / "summary.md").read_text().startswith("# my_dataset_train 2-1 overlap: 2 steps: 1-2 | 3")
+
+
+@requires_detectron2
+def test_detectron2_ade20k_registration_gives_the_raw_layout_s_class_ids(tmp_path):
+    """Detectron2's builtin ADE20K registration (annotations_detectron2: values 0..149, 255
+    unlabelled) with task.background=False: the labels the mapper returns equal those of the
+    raw layout (value + 1, unlabelled -> 0 "other") under the paper's ADE20K task."""
+    from detectron2.data.datasets.builtin import register_all_ade20k
+    from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
+
+    names = ("ade20k_sem_seg_train", "ade20k_sem_seg_val")
+    saved = {n: (DatasetCatalog[n], MetadataCatalog.get(n).as_dict()) for n in names if n in DatasetCatalog}
+    d2 = np.array([[0, 5, 99, 255], [149, 100, 7, 255]], np.uint8).repeat(8, 0).repeat(8, 1)
+    for sub in ("training", "validation"):
+        images = tmp_path / "ADEChallengeData2016/images" / sub
+        annotations = tmp_path / "ADEChallengeData2016/annotations_detectron2" / sub
+        images.mkdir(parents=True)
+        annotations.mkdir(parents=True)
+        cv2.imwrite(str(images / "ADE_1.jpg"), np.full(d2.shape + (3,), 128, np.uint8))
+        cv2.imwrite(str(annotations / "ADE_1.png"), d2)
+    try:
+        for n in names:
+            if n in DatasetCatalog.list():
+                DatasetCatalog.remove(n)
+                MetadataCatalog.remove(n)
+        register_all_ade20k(str(tmp_path))
+        spec = catalog_spec(*names, background=False, unseen_test_label=None)
+        assert spec.class_names == ("background", *ADE20K_SEM_SEG_CATEGORIES) and spec.num_classes == 150
+        task = build_task(spec, "100-50")
+        raw_task = build_task("ade", "100-50")
+        raw = np.where(d2 == 255, 0, d2.astype(np.int64) + 1).astype(np.uint8)  # the raw layout's values
+        (d,) = step_dataset_dicts("ade20k_sem_seg_val", task, 0, "test", verbose=False)
+        assert d["image_id"] == "ADE_1"
+        got = EIRDatasetMapper(is_train=False, task=task, step=0, augmentations=[])(d)["sem_seg"].numpy()
+        np.testing.assert_array_equal(got, raw_task.test_label_lut(0)[raw])
+        # by hand: wall (0) -> 1, 5 -> 6, 99 -> 100 seen; 149 and 100 (classes 150, 101) unseen -> 255
+        np.testing.assert_array_equal(got[::8, ::8], [[1, 6, 100, 0], [255, 255, 8, 0]])
+        for step in (0, 1):
+            np.testing.assert_array_equal(task.train_label_lut(step)[d2], raw_task.train_label_lut(step)[raw])
+    finally:
+        for n in names:
+            if n in DatasetCatalog.list():
+                DatasetCatalog.remove(n)
+                MetadataCatalog.remove(n)
+        for n, (loader, meta) in saved.items():
+            DatasetCatalog.register(n, loader)
+            MetadataCatalog.get(n).set(**meta)
+
+
+@requires_detectron2
+def test_catalog_errors_say_what_to_do(folder_dataset):
+    with pytest.raises(ValueError, match="'no_such_dataset' is not registered in Detectron2's DatasetCatalog"):
+        catalog_spec("no_such_dataset", "my_dataset_val", background=True)
+    from eir.engine.config_checks import load_config
+
+    load_config(EXAMPLE, [])  # registers my_dataset_*
+    with pytest.raises(ValueError, match="task.background is not set"):
+        catalog_spec("my_dataset_train", "my_dataset_val", background=None)
+    MetadataCatalog.remove("my_dataset_val")
+    MetadataCatalog.get("my_dataset_val").set(stuff_classes=["sky", "grass"])
+    with pytest.raises(ValueError, match="name different classes"):
+        catalog_spec("my_dataset_train", "my_dataset_val", background=False)
+    # a value outside the classes is named with its file
+    MetadataCatalog.remove("my_dataset_val")
+    MetadataCatalog.get("my_dataset_val").set(stuff_classes=["sky", "grass", "road"], ignore_label=255)
+    task = build_task(catalog_spec("my_dataset_train", "my_dataset_val", background=False), "2-1")
+    root, _ = folder_dataset
+    bad = root / "my_dataset/labels/val/val_3.png"
+    cv2.imwrite(str(bad), np.full((48, 48), 7, np.uint8))
+    with pytest.raises(ValueError, match=r"val_3.png holds values \[7\] outside the label values"):
+        step_dataset_dicts("my_dataset_val", task, 0, "test", verbose=False)
+    os.remove(bad)
