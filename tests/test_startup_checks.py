@@ -17,6 +17,25 @@ pytestmark = requires_detectron2
         ("eir.prepass.stride=0", "eir.prepass.stride must be an integer >= 1, got 0"),
         ("eir.prepass.short_side=-4", "eir.prepass.short_side must be an integer >= 1"),
         ("train.allow_config_change=maybe", "train.allow_config_change must be True or False"),
+        # wrong types: the field, not a conversion error
+        ("eir.memory=abc", r"eir.memory \(the bank budget, in entries\) must be an integer >= 0, got 'abc' "
+                           r"\(a string: on the command line, write a number without quotes\)"),
+        ("schedule.lr=abc", r"schedule.lr \(a learning rate\) must be a number > 0, got 'abc'"),
+        ("eir.criterion.tau=abc", r"eir.criterion.tau \(a sigmoid-score threshold\) must be a number >= 0 and "
+                                  r"<= 1, or None \(no pseudo-labels\), got 'abc'"),
+        ("train.output_dir=null", "train.output_dir must be a folder's path, got None"),
+        ("train.device=gpu", 'train.device must be "auto", "cpu", "cuda" or "cuda:N", got \'gpu\''),
+        # ranges, named with the accepted one
+        ("schedule.max_iter=-5", r"schedule.max_iter \(iterations per step\) must be an integer >= 1, or None "
+                                 r"\(the epochs set the iterations\), got -5"),
+        ("schedule.max_iter=0.5", r"schedule.max_iter .*must be an integer >= 1.*got 0.5"),
+        ("train.checkpointer.period=0", r"train.checkpointer.period \(iterations\) must be an integer >= 1, got 0"),
+        ("eir.memory=2.7", r"eir.memory .*must be an integer >= 0, got 2.7"),
+        ("eir.criterion.w_kd=-1", r"eir.criterion.w_kd \(a loss weight\) must be a number >= 0, got -1"),
+        ("dataloader.train.total_batch_size=0", r"dataloader.train.total_batch_size \(over all processes\) must "
+                                                r"be an integer >= 1, got 0"),
+        ("schedule.warmup_fraction=1.0", r"schedule.warmup_fraction .*must be a number >= 0 and < 1, got 1.0"),
+        ("dataloader.train.num_workers=-2", "dataloader.train.num_workers must be an integer >= 0, got -2"),
     ],
 )
 def test_bad_fields_fail_when_the_runner_is_built(override, message, tmp_path):
@@ -24,6 +43,17 @@ def test_bad_fields_fail_when_the_runner_is_built(override, message, tmp_path):
 
     with pytest.raises(ValueError, match=message):
         ContinualRunner(tiny_cfg(tmp_path / "run", override))
+    assert not (tmp_path / "run").exists()
+
+
+def test_total_batch_must_split_evenly_over_the_processes(tmp_path, monkeypatch):
+    from detectron2.utils import comm
+
+    from eir.engine.runner import ContinualRunner
+
+    monkeypatch.setattr(comm, "get_world_size", lambda: 3)
+    with pytest.raises(ValueError, match=r"total_batch_size \(4\) must be a multiple of the number of processes \(3\)"):
+        ContinualRunner(tiny_cfg(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
 

@@ -11,10 +11,13 @@ import eir.require_detectron2  # noqa: F401  (first: says how to install a missi
 
 # isort: split
 import difflib
+import math
 import re
 from typing import Iterable
 
+import torch
 from detectron2.config import LazyConfig, instantiate
+from detectron2.utils import comm
 
 from eir.data.bank import STORAGE_MODES
 from eir.engine.run_folder import flatten
@@ -79,6 +82,41 @@ def _instantiated(node, name: str, expected: str):
         raise ValueError(f"{name}: {e}") from e
 
 
+def _number(
+    name: str, value, *, integer=False, low=None, high=None, low_open=False, high_open=False, none=None
+) -> None:
+    """Raise ValueError naming ``name`` and the accepted range unless ``value`` is a number (an
+    integer with ``integer``; bools are not numbers) in [``low``, ``high``] (bounds open with
+    ``low_open`` / ``high_open``). ``none``: what None means, when it is accepted."""
+    if value is None and none is not None:
+        return
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    ok = ok and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if ok:
+        return
+    kind = "an integer" if integer else "a number"
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low}")
+    if high is not None:
+        bounds.append(f"{'<' if high_open else '<='} {high}")
+    accepted = f"{kind} {' and '.join(bounds)}".strip() + (f", or None ({none})" if none else "")
+    hint = " (a string: on the command line, write a number without quotes)" if isinstance(value, str) else ""
+    raise ValueError(f"{name} must be {accepted}, got {value!r}{hint}")
+
+
+def _device_type(name) -> str | None:
+    """torch's device type of ``name`` ("cuda" for "cuda:1"), or None when it names no device."""
+    try:
+        return torch.device(name).type if isinstance(name, str) else None
+    except RuntimeError:
+        return None
+
+
 def check_eir_config(eir) -> None:
     """The ``eir.*`` fields (METHOD.md sections 4-6)."""
 
@@ -86,11 +124,17 @@ def check_eir_config(eir) -> None:
         if eir[key] not in allowed:
             raise ValueError(f"eir.{key} must be one of {allowed}, got {eir[key]!r}")
 
+    if hasattr(eir.criterion, "keys"):  # its numbers by name (EIRCriterion checks them too)
+        if "tau" in eir.criterion:
+            _number("eir.criterion.tau (a sigmoid-score threshold)", eir.criterion.tau, low=0, high=1,
+                    none="no pseudo-labels")
+        for key in ("w_bce", "w_kd"):
+            if key in eir.criterion:
+                _number(f"eir.criterion.{key} (a loss weight)", eir.criterion[key], low=0)
     _instantiated(eir.criterion, "eir.criterion", "an EIRCriterion")
     if eir.paste is not None:
         _instantiated(eir.paste, "eir.paste", "a PasteConfig or null")
-    if int(eir.memory) < 0:
-        raise ValueError(f"eir.memory (the bank budget) must be >= 0, got {eir.memory}")
+    _number("eir.memory (the bank budget, in entries)", eir.memory, integer=True, low=0)
     one_of("storage", STORAGE_MODES)
     one_of("new_head_init", NEW_HEAD_INITS)
     for key in ("short_side", "stride"):
@@ -98,7 +142,7 @@ def check_eir_config(eir) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"eir.prepass.{key} must be an integer >= 1, got {value!r}")
     tau = eir.prepass.tau
-    if eir.paste is not None and int(eir.memory) > 0:
+    if eir.paste is not None and eir.memory > 0:
         if tau is None:
             raise ValueError(
                 "eir.prepass.tau is None (by default it follows eir.criterion.tau), but pasting needs "
@@ -110,6 +154,20 @@ def check_eir_config(eir) -> None:
 
 def check_train_config(train) -> None:
     """The ``train.*`` fields a run reads late."""
+    if not isinstance(train.output_dir, str) or not train.output_dir.strip():
+        raise ValueError(
+            f"train.output_dir must be a folder's path, got {train.output_dir!r} (on the command line, "
+            "quote a path that Hydra would read as something else: train.output_dir=\"'/path/2024'\")"
+        )
+    device = train.device
+    if device != "auto" and _device_type(device) not in ("cpu", "cuda"):
+        raise ValueError(f'train.device must be "auto", "cpu", "cuda" or "cuda:N", got {device!r}')
+    _number("train.log_period (iterations)", train.log_period, integer=True, low=1)
+    _number("train.checkpointer.period (iterations)", train.checkpointer.period, integer=True, low=1)
+    _number("train.checkpointer.max_to_keep", train.checkpointer.get("max_to_keep"), integer=True, low=1,
+            none="keep every checkpoint")
+    if not isinstance(train.amp.enabled, bool):
+        raise ValueError(f"train.amp.enabled must be True or False, got {train.amp.enabled!r}")
     seed = train.seed
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"train.seed must be an integer >= 0, got {seed!r}")
@@ -121,7 +179,46 @@ def check_train_config(train) -> None:
             raise ValueError(f"train.{key} must be True or False, got {train[key]!r}")
 
 
+def check_schedule_config(schedule) -> None:
+    """The ``schedule.*`` fields (configs/common/schedule.py)."""
+    _number("schedule.max_iter (iterations per step)", schedule.max_iter, integer=True, low=1,
+            none="the epochs set the iterations")
+    for key in ("epochs", "incremental_epochs"):
+        _number(f"schedule.{key}", schedule[key], low=0, low_open=True)
+    for key in ("lr", "incremental_lr"):
+        _number(f"schedule.{key} (a learning rate)", schedule[key], low=0, low_open=True)
+    _number("schedule.poly_power", schedule.poly_power, low=0)
+    _number("schedule.warmup_fraction (of each step)", schedule.warmup_fraction, low=0, high=1, high_open=True)
+
+
+def check_data_config(dataloader, world_size: int) -> None:
+    """The ``dataloader.*`` numbers; the total batch is split evenly over ``world_size`` processes."""
+    batch = dataloader.train.total_batch_size
+    _number("dataloader.train.total_batch_size (over all processes)", batch, integer=True, low=1)
+    if batch % world_size:
+        raise ValueError(
+            f"dataloader.train.total_batch_size ({batch}) must be a multiple of the number of processes "
+            f"({world_size}): each process takes an equal share"
+        )
+    _number("dataloader.test.batch_size (per process)", dataloader.test.batch_size, integer=True, low=1)
+    for split in ("train", "test"):
+        _number(f"dataloader.{split}.num_workers", dataloader[split].num_workers, integer=True, low=0)
+
+
+def check_optimizer_config(optimizer) -> None:
+    """The SGD numbers of configs/common/optim.py (those the optimizer's config has)."""
+    if "momentum" in optimizer:
+        _number("optimizer.momentum", optimizer.momentum, low=0, high=1, high_open=True)
+    if "weight_decay" in optimizer:
+        _number("optimizer.weight_decay", optimizer.weight_decay, low=0)
+    if "params" in optimizer and "head_lr_mult" in optimizer.params:
+        _number("optimizer.params.head_lr_mult", optimizer.params.head_lr_mult, low=0, low_open=True)
+
+
 def check_config(cfg) -> None:
-    """Every start-up check of a run's config."""
+    """Every start-up check of a run's config (types and ranges, named with the accepted range)."""
     check_eir_config(cfg.eir)
     check_train_config(cfg.train)
+    check_schedule_config(cfg.schedule)
+    check_data_config(cfg.dataloader, comm.get_world_size())
+    check_optimizer_config(cfg.optimizer)
