@@ -597,3 +597,33 @@ def test_resolve_norm():
 
     assert [resolve_norm(n, 1) for n in ("SyncBN", "naiveSyncBN", "BN", "GN")] == ["BN", "BN", "BN", "GN"]
     assert [resolve_norm(n, 8) for n in ("SyncBN", "naiveSyncBN", "BN")] == ["SyncBN", "naiveSyncBN", "BN"]
+
+
+def test_float16_autocast_upsamples_the_logits_in_float32():
+    """Under float16 autocast (CUDA's AMP, emulated on the CPU) the head's low-resolution logits
+    are upsampled in float32: the full-resolution logits the losses read are float32 (float16
+    before), and the gradient of each low-resolution logit is the exact sum rounded once to
+    float16 (checked against float64). On CUDA a float16 upsampling also accumulated that sum in
+    float16 (0.5 % off); the CPU's float16 kernel accumulates in float32, so only the dtype
+    tells the two apart here."""
+    import torch.nn.functional as F
+
+    model = make_model([2], [0, 1, 2], num_classes=2).eval()
+    batch = model.preprocess_image(images((40, 40))).tensor
+    captured = {}
+    model.head.register_forward_hook(lambda m, i, out: captured.update(z=out))
+    with torch.autocast("cpu", dtype=torch.float16):
+        z_full = model.logits(batch)
+    assert z_full.dtype == torch.float32
+    low = captured["z"]
+    low.retain_grad()
+    weights = torch.linspace(-1, 1, z_full.numel()).reshape(z_full.shape)
+    (z_full * weights).sum().backward()
+    reference = low.detach().double().requires_grad_()
+    (F.interpolate(reference, size=(40, 40), mode="bilinear", align_corners=False) * weights.double()).sum().backward()
+    # The low-resolution logits are float16, so is their gradient: it must be the exact sum
+    # rounded once to float16 (within half a float16 step and float32's accumulation error).
+    exact = reference.grad.numpy()
+    step = np.abs(np.spacing(np.abs(exact).astype(np.float16))).astype(np.float64)
+    error = np.abs(low.grad.double().numpy() - exact)
+    assert (error <= 0.5 * step + 1e-5).all(), (error / step).max()

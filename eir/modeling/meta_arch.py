@@ -152,7 +152,8 @@ class EIRSegmentor(nn.Module):
         return ImageList.from_tensors(images, self.size_divisibility, pad_value=0.0)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Channel logits [N, C, H, W] at the size of ``images`` (already normalised, [N, 3, H, W])."""
+        """Channel logits [N, C, H, W], float32, at the size of ``images`` (already normalised,
+        [N, 3, H, W])."""
         features = self.backbone(images)
         if self.in_feature not in features:
             raise ValueError(
@@ -160,7 +161,9 @@ class EIRSegmentor(nn.Module):
                 "set the backbone's out_features or the model's in_feature"
             )
         z = self.head(features[self.in_feature])
-        return F.interpolate(z, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        # In float32 under AMP: the losses read full-resolution float32 logits, and the bilinear
+        # backward accumulates each low-resolution logit's gradient in float32, not float16.
+        return F.interpolate(z.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
 
     def class_scores(self, channel_logits: torch.Tensor) -> torch.Tensor:
         """Channel logits [..., C, H, W] -> class-id-order scores [..., num_classes + 1, H, W].
