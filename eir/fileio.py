@@ -4,10 +4,13 @@ A crash (or a killed job) therefore leaves either the previous file or the new o
 truncated file that a rerun would mistake for a finished artifact; what a killed write leaves
 under a temporary name is removed by :func:`remove_temp_files` when the next run starts.
 Files get the permissions ``open()`` would give them (0o666 less the umask), not the
-owner-only ones of :func:`tempfile.mkstemp`.
+owner-only ones of :func:`tempfile.mkstemp`. A write that fails for a full disk says so,
+naming the file, whatever layer raised it (``torch.save`` turns the system's ENOSPC into a
+``RuntimeError`` about zip positions).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -35,10 +38,26 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename is None:  # e.g. a full disk: say which file
-            raise OSError(e.errno, f"{e.strerror or e}; {path} was not written (its previous version, if any, is kept)") from e
+        kept = "its previous version, if any, is kept"
+        if _disk_full(e):
+            raise OSError(
+                errno.ENOSPC, f"no space left on device: {path} was not written ({kept}); free space and rerun"
+            ) from e
+        if isinstance(e, OSError) and e.filename is None:  # say which file
+            raise OSError(e.errno, f"{e.strerror or e}; {path} was not written ({kept})") from e
         raise
     return path
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    """Whether ``error`` or an exception it was raised from is a full disk (or quota)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -55,14 +74,13 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and (name.endswith(".tmp") or ".tmp-" in name or ".old-" in name)
 
 
-def remove_temp_files(root: str | os.PathLike, keep_prefix: str | None = None) -> list[Path]:
+def remove_temp_files(root: str | os.PathLike) -> list[Path]:
     """Delete what killed writes left under ``root`` (see :func:`is_temp_name`); returns the
-    paths removed. Call it only while no other process writes there. Names starting with
-    ``keep_prefix`` are left alone."""
+    paths removed. Call it only while no other process writes there."""
     removed = []
     for dirpath, dirnames, filenames in os.walk(root):
         for name in list(dirnames) + filenames:
-            if not is_temp_name(name) or (keep_prefix and name.startswith(keep_prefix)):
+            if not is_temp_name(name):
                 continue
             path = Path(dirpath) / name
             if name in dirnames:

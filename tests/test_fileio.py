@@ -28,11 +28,11 @@ def test_remove_temp_files_removes_only_what_killed_writes_leave(tmp_path):
         p.write_text("x")
     (tmp_path / "step_0" / ".bank.tmp-k3" / "entries").mkdir(parents=True)
     (tmp_path / "step_0" / ".bank.old-9f").mkdir()
-    (tmp_path / ".run.lock.abc.tmp").write_text("x")
-    removed = remove_temp_files(tmp_path, keep_prefix=".run.lock.")
+    (tmp_path / ".run.lock.abc.tmp").write_text("x")  # a lock's temp file, left by a start on a full disk
+    removed = remove_temp_files(tmp_path)
     assert sorted(p.name for p in removed) == [".bank.old-9f", ".bank.tmp-k3", ".metrics.json.q.tmp",
-                                               ".model_final.pth.ab12.tmp"]
-    assert all(p.exists() for p in keep) and (tmp_path / ".run.lock.abc.tmp").exists()
+                                               ".model_final.pth.ab12.tmp", ".run.lock.abc.tmp"]
+    assert all(p.exists() for p in keep)
     assert is_temp_name(".x.tmp") and not is_temp_name("x.tmp") and not is_temp_name(".hidden")
 
 
@@ -45,14 +45,60 @@ def test_a_failed_write_names_the_file_and_keeps_the_previous_version(tmp_path):
 
     path = atomic_write_text(tmp_path / "model.pth", "old")
 
-    def full_disk(f):
+    def failing(f):
         f.write(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise OSError(errno.EIO, "Input/output error")
 
-    with pytest.raises(OSError, match=f"No space left on device; {path} was not written") as info:
-        atomic_write(path, full_disk)
-    assert info.value.errno == errno.ENOSPC
+    with pytest.raises(OSError, match=f"Input/output error; {path} was not written") as info:
+        atomic_write(path, failing)
+    assert info.value.errno == errno.EIO
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["model.pth"]
+
+
+def _disk_full_after(monkeypatch, limit):
+    """Make every file that atomic_write opens fail with ENOSPC once ``limit`` bytes are written."""
+    import errno
+
+    import eir.fileio
+
+    real = os.fdopen
+
+    def fdopen(fd, *args, **kwargs):
+        f = real(fd, *args, **kwargs)
+        write, written = f.write, [0]
+
+        def limited(data):
+            written[0] += len(data)
+            if written[0] > limit:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return write(data)
+
+        f.write = limited
+        return f
+
+    monkeypatch.setattr(eir.fileio.os, "fdopen", fdopen)
+
+
+def test_a_full_disk_is_named_with_the_file_even_through_torch_save(tmp_path, monkeypatch):
+    """torch.save reports the system's ENOSPC as "RuntimeError: [enforce fail at
+    inline_container.cc] unexpected pos"; the error says "no space left on device" and names
+    the file, and the previous version is kept."""
+    import errno
+
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    from eir.fileio import atomic_write
+
+    path = tmp_path / "model_0000009.pth"
+    atomic_write(path, lambda f: torch.save({"w": torch.zeros(4)}, f))
+    before = path.read_bytes()
+    _disk_full_after(monkeypatch, 1000)
+    for write in (lambda f: torch.save({"w": torch.ones(10_000)}, f), lambda f: f.write(b"x" * 5000)):
+        with pytest.raises(OSError, match=f"no space left on device: {path} was not written") as info:
+            atomic_write(path, write)
+        assert info.value.errno == errno.ENOSPC
+        assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 _SAVE = """

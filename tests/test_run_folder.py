@@ -58,6 +58,53 @@ def test_lock_of_a_dead_process_is_taken_over(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["run.lock"]  # no temp file left behind
 
 
+HOST = socket.gethostname()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\xff\xfe\x00 not text", b"[1, 2]", b'"x"', b"null", b'{"pid": null}', b'{"host": "%s"}' % HOST.encode(),
+     b'{"pid": 99999999999999999999999, "host": "%s"}' % HOST.encode(), b'{"pid": -1, "host": "%s"}' % HOST.encode(),
+     b'{"pid": 0, "host": "%s"}' % HOST.encode(), b'{"pid": "12", "host": "%s"}' % HOST.encode(),
+     b'{"pid": 12, "host": 5}'],
+    ids=["empty", "binary", "list", "string", "null", "no pid", "no pid 2", "huge pid", "pid -1", "pid 0",
+         "pid text", "host number"],
+)
+def test_damaged_lock_is_named_with_what_to_do(tmp_path, content):
+    """A lock file is always written whole, so one that holds no pid and host is damaged: named,
+    with what to do, never an AttributeError, an OverflowError or "pid None on None"."""
+    RunLock, RunFolderError = run_folder().RunLock, run_folder().RunFolderError
+    lock = tmp_path / "run.lock"
+    lock.write_bytes(content)
+    with pytest.raises(RunFolderError) as info:
+        RunLock(tmp_path).acquire()
+    assert str(info.value) == (
+        f"the lock file {lock} is damaged: it does not hold the pid and host of a command. If no command "
+        f"is training in {tmp_path}, delete it to take the folder."
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.lock"]
+    lock.unlink()  # the advice works
+    taken = RunLock(tmp_path)
+    taken.acquire()
+    taken.release()
+
+
+def test_lock_on_a_full_disk_is_named_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    RunLock, RunFolderError = run_folder().RunLock, run_folder().RunFolderError
+
+    def full_disk(self, text, *args, **kwargs):
+        self.touch()  # the file is made, its contents are not written
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(RunFolderError, match=f"cannot take the lock {tmp_path / 'run.lock'}: No space left on device"):
+        RunLock(tmp_path).acquire()
+    assert list(tmp_path.iterdir()) == []
+
+
 # --------------------------------------------------------------------------- config keys
 
 
@@ -79,6 +126,104 @@ def test_config_differences_list_changed_added_and_removed_keys():
     assert run_folder().config_differences(old, new) == [
         'eir.memory: 6 -> 10', 'eir.tau: 0.7 -> "(absent)"', 'eir.w_kd: "(absent)" -> 5.0',
     ]
+
+
+def _omegaconf(**train):
+    omegaconf = pytest.importorskip("omegaconf")
+    train = {"seed": 0, "float32_precision": "", **train}  # a key that records of earlier versions lack
+    return omegaconf.OmegaConf.create({"eir": {"memory": 6}, "train": train})
+
+
+def _synthetic_task():
+    from eir.tasks import build_task
+
+    return build_task("synthetic", "8-2", "overlap")
+
+
+def test_the_number_of_processes_is_recorded_and_compared(tmp_path):
+    """run_config.json records the number of processes: another number is refused like any
+    config change; a record written before it was recorded accepts any number, then records it."""
+    rf = run_folder()
+    cfg = _omegaconf()
+    record, _ = rf.check_recorded_config(tmp_path, cfg, False, world_size=1)
+    assert record == {"eir.memory": 6, "train.seed": 0, "train.float32_precision": "", "launch.world_size": 1}
+    rf.write_config_record(tmp_path, record)
+    assert rf.check_recorded_config(tmp_path, cfg, False, world_size=1) == (None, [])
+    with pytest.raises(rf.RunFolderError, match="(?s)launch.world_size: 1 -> 2.*allow_config_change=True"):
+        rf.check_recorded_config(tmp_path, cfg, False, world_size=2)
+    record, changes = rf.check_recorded_config(tmp_path, cfg, True, world_size=2)
+    assert record["launch.world_size"] == 2 and changes == ["launch.world_size: 1 -> 2"]
+    old = {"eir.memory": 6, "train.seed": 0, "train.float32_precision": ""}  # an earlier version's record
+    rf.write_config_record(tmp_path, old)
+    assert rf.check_recorded_config(tmp_path, cfg, False, world_size=4) == (
+        dict(old, **{"launch.world_size": 4}), []
+    )
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [("run_config.json", b""), ("run_config.json", b"\xff\xfe"), ("run_config.json", b"[1]"),
+     ("run_config.json", b'{"config": [1, 2]}'), ("run_config.json", b'{"config": "abc"}'),
+     ("run_config.json", b'{"config": null}'), ("run_config.json", b'{"config": {"eir.pseudo_label": true}}'),
+     ("task.json", b""), ("task.json", b"\xff"), ("task.json", b"[1]"), ("task.json", b"null"),
+     ("task.json", b'{"dataset": 5}'), ("task.json", b'{"dataset": ["synthetic"], "name": "8-2"}'),
+     ("task.json", b'{"dataset": "synthetic", "name": "8-2", "order": 5}')],
+)
+def test_damaged_records_are_named_with_what_to_do(tmp_path, name, content):
+    rf = run_folder()
+    (tmp_path / name).write_bytes(content)
+    folder = rf.RunFolder(tmp_path, _synthetic_task())
+    with pytest.raises((rf.RunFolderError, ValueError)) as info:
+        folder.claim(_omegaconf())
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / name} is damaged (")
+    advice = "delete it to record this command's config" if name == "run_config.json" else \
+        "delete it to record this command's task"
+    assert advice in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # refused: nothing written
+    (tmp_path / name).unlink()  # the advice works
+    folder.claim(_omegaconf())
+    folder.release()
+
+
+def test_temp_files_of_a_failed_start_are_removed_when_the_folder_is_claimed(tmp_path):
+    rf = run_folder()
+    left = [tmp_path / ".run.lock.0f3a.tmp", tmp_path / ".task.json.x1.tmp"]
+    for path in left:
+        path.write_text("")
+    folder = rf.RunFolder(tmp_path, _synthetic_task())
+    folder.claim(_omegaconf())
+    try:
+        assert not any(p.exists() for p in left)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["run.lock", "run_config.json", "task.json"]
+    finally:
+        folder.release()
+
+
+def test_trimming_the_training_log_drops_damaged_rows(tmp_path):
+    """Rows cut short or with an iteration that is no integer (1e400 reads as inf) are dropped,
+    not an OverflowError or a ValueError."""
+    log = tmp_path / "training_log.json"
+    rows = ['{"iteration": 0, "loss": 1.0}', '{"iteration": 1e400}', '{"iteration": "x"}', "[3]",
+            '{"iteration": 2, "loss": 0.5}', '{"iteration": 5, "loss": 0.1}', '{"iter']
+    log.write_text("\n".join(rows))
+    run_folder().trim_training_log(log, 4)
+    assert log.read_text() == '{"iteration": 0, "loss": 1.0}\n{"iteration": 2, "loss": 0.5}\n'
+
+
+def test_summaries_of_done_steps_check_metrics_against_done(tmp_path):
+    """A done step that this command does not run is read back only when its metrics.json still
+    has the digest in DONE: an edited file is named, not summarised."""
+    rf = run_folder()
+    step_dir = tmp_path / "step_0"
+    step_dir.mkdir()
+    (step_dir / "metrics.json").write_text('{"summary": {"all": 50.0}}\n')
+    rf.write_done(step_dir, "step 0 done", ["metrics.json"])
+    folder = rf.RunFolder(tmp_path, _synthetic_task())
+    assert folder.finished_summaries() == {0: {"all": 50.0}}
+    (step_dir / "metrics.json").write_text('{"summary": {"all": 99.9}}\n')
+    with pytest.raises(ValueError, match="metrics.json is damaged or was changed .its digest differs"):
+        folder.finished_summaries()
 
 
 # --------------------------------------------------------------------------- end to end

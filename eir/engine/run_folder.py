@@ -3,18 +3,20 @@ step's files can be trusted.
 
 * ``run.lock`` (pid, host, start time) is taken when a command starts training into the
   folder and removed when it ends; a second command is refused while the holder lives. A
-  lock whose process is gone (same host, pid not running) is taken over.
+  lock whose process is gone (same host, pid not running) is taken over; a damaged one is
+  named, with what to do.
 * ``task.json`` names the folder's task; a command of another task is refused.
-* ``run_config.json`` records the config keys that change results (:func:`results_config`);
-  a rerun with other values is refused, naming the keys, unless it opts in with
-  ``train.allow_config_change=True``. Records of older versions of the config schema are
+* ``run_config.json`` records the config keys that change results (:func:`results_config`),
+  the number of processes among them; a rerun with other values is refused, naming the keys,
+  unless it opts in with ``train.allow_config_change=True``. Records of older versions of the config schema are
   read through :func:`upgrade_record`.
 * ``run_data.json`` records the datasets' files (size and modification time of every image
   and label); a step that finds them changed is refused, naming the files, unless the
   command opts in with ``train.allow_data_change=True``.
-* ``step_t/DONE`` holds a line of text, then the SHA-256 of every artifact the step wrote
-  (``sha256sum`` format); a done step whose artifacts are missing or changed is reported,
-  never skipped silently.
+* ``step_t/DONE`` holds a line of text, then the digest of every artifact the step wrote
+  (``sha256sum`` format; a checkpoint's is the digest of its tensors, :func:`artifact_digest`);
+  a done step whose artifacts are missing or changed is reported, never skipped silently. A
+  DONE that is empty or unreadable vouches for nothing: the step is not done.
 * ``step_t/metrics.json`` is the step's evaluation; ``step_t/training_log.json`` its
   per-iteration log, trimmed on resume so that each iteration appears once.
 
@@ -68,12 +70,22 @@ RESULT_NEUTRAL_KEYS = (
     "dataloader.test.num_workers",
 )
 
+#: The record's key for the number of processes (``--num-gpus`` x ``--num-machines``): with
+#: ``dataloader.train.total_batch_size`` it fixes each process's batch, and so BatchNorm's
+#: statistics and the samples' order; it is not a config key.
+WORLD_SIZE_KEY = "launch.world_size"
+
 
 class RunFolderError(RuntimeError):
     """The output folder is held by another run, or records another task or config."""
 
 
 # --------------------------------------------------------------------------- lock
+
+
+def _valid_pid(pid: Any) -> bool:
+    """A process id as a lock records it (os.kill reads 0 and negative numbers as groups)."""
+    return isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**31
 
 
 def _pid_alive(pid: int) -> bool:
@@ -100,27 +112,48 @@ class RunLock:
         self.held = False
 
     def describe(self, info: Mapping[str, Any]) -> str:
-        return f"pid {info.get('pid')} on {info.get('host')} (started {info.get('started')})"
+        return f"pid {info['pid']} on {info['host']} (started {info.get('started')})"
 
     def _read(self, path: Path) -> dict | None:
+        """The holder's info in the lock file ``path``; None when there is none. A file that
+        is not a lock (it is always written whole, so only damage makes one) is an error that
+        says what to do."""
         try:
-            return json.loads(path.read_text())
+            text = path.read_bytes()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
-            return {}
+        except OSError as e:
+            raise RunFolderError(f"cannot read the lock file {path} ({e.strerror or e})") from e
+        try:
+            info = json.loads(text)
+        except ValueError:
+            info = None
+        if isinstance(info, dict) and _valid_pid(info.get("pid")) and isinstance(info.get("host"), str):
+            return info
+        raise RunFolderError(
+            f"the lock file {path} is damaged: it does not hold the pid and host of a command. If "
+            f"no command is training in {path.parent}, delete it to take the folder."
+        )
+
+    def _read_or_none(self, path: Path) -> dict | None:
+        try:
+            return self._read(path)
+        except RunFolderError:
+            return None
 
     def _create(self) -> bool:
         """Create the lock file with our info in one step (hard link of a written temp file)."""
         tmp = self.path.with_name(f".{LOCK_FILE}.{self.info['token']}.tmp")
-        tmp.write_text(json.dumps(self.info) + "\n")
         try:
+            tmp.write_text(json.dumps(self.info) + "\n")
             os.link(tmp, self.path)
             return True
-        except FileExistsError:
+        except (FileExistsError, FileNotFoundError):  # held; or our temp file removed by the holder
             return False
+        except OSError as e:
+            raise RunFolderError(f"cannot take the lock {self.path}: {e.strerror or e}") from e
         finally:
-            tmp.unlink()
+            tmp.unlink(missing_ok=True)
 
     def _take_over(self, stale: dict) -> None:
         """Move a dead holder's lock away; put it back if it turned out to be a live one."""
@@ -129,7 +162,7 @@ class RunLock:
             os.rename(self.path, moved)
         except FileNotFoundError:
             return
-        if self._read(moved) == stale:
+        if self._read_or_none(moved) == stale:
             logger.warning("Taking over %s from %s, which is no longer running", self.path, self.describe(stale))
             moved.unlink()
             return
@@ -148,9 +181,7 @@ class RunLock:
             holder = self._read(self.path)
             if holder is None:
                 continue  # released meanwhile
-            if holder.get("host") == self.info["host"] and isinstance(holder.get("pid"), int) and not _pid_alive(
-                holder["pid"]
-            ):
+            if holder["host"] == self.info["host"] and not _pid_alive(holder["pid"]):
                 self._take_over(holder)
                 continue
             raise RunFolderError(
@@ -161,7 +192,7 @@ class RunLock:
         raise RunFolderError(f"could not take the lock {self.path}: it keeps changing hands")
 
     def release(self) -> None:
-        if self.held and self._read(self.path) == self.info:
+        if self.held and self._read_or_none(self.path) == self.info:
             self.path.unlink()
         self.held = False
 
@@ -198,9 +229,12 @@ def _neutral(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in RESULT_NEUTRAL_KEYS)
 
 
-def results_config(cfg) -> dict[str, Any]:
-    """The dotted keys of ``cfg`` that change results (all but :data:`RESULT_NEUTRAL_KEYS`)."""
-    return {k: v for k, v in flatten(cfg).items() if not _neutral(k)}
+def results_config(cfg, world_size: int = 1) -> dict[str, Any]:
+    """The dotted keys of ``cfg`` that change results (all but :data:`RESULT_NEUTRAL_KEYS`),
+    and :data:`WORLD_SIZE_KEY`: the number of processes."""
+    record = {k: v for k, v in flatten(cfg).items() if not _neutral(k)}
+    record[WORLD_SIZE_KEY] = int(world_size)
+    return record
 
 
 #: Keys of the first config schema, before the losses became ``eir.criterion`` (an
@@ -254,23 +288,33 @@ def config_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) 
     ]
 
 
-def check_recorded_config(folder: Path, cfg, allow_change: bool) -> tuple[dict | None, list[str]]:
-    """Compare ``cfg`` with the folder's record; raise unless equal or ``allow_change``.
+def check_recorded_config(
+    folder: Path, cfg, allow_change: bool, world_size: int = 1
+) -> tuple[dict | None, list[str]]:
+    """Compare ``cfg`` run by ``world_size`` processes with the folder's record; raise unless
+    equal or ``allow_change``.
 
     Returns the record to write (None when the folder's record already matches) and the
-    differences (``key: recorded -> current``) that ``allow_change`` let through.
+    differences (``key: recorded -> current``) that ``allow_change`` let through. A record
+    written before the number of processes was recorded says nothing of it: any number is
+    accepted, and recorded from then on.
     """
-    current = results_config(cfg)
+    current = results_config(cfg, world_size)
     path = folder / CONFIG_RECORD
     if not path.is_file():
         return current, []
     try:
-        stored = json.loads(path.read_text())["config"]
+        stored = json.loads(path.read_bytes())["config"]
+        if not isinstance(stored, dict):
+            raise ValueError(f"its 'config' is a {type(stored).__name__}, not a mapping of keys to values")
         recorded = upgrade_record(stored)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        why = f"no {e}" if isinstance(e, KeyError) else str(e)
         raise RunFolderError(
-            f"{path} is damaged ({e}): restore it, or delete it to record this command's config"
+            f"{path} is damaged ({why}): restore it, or delete it to record this command's config "
+            "(the folder's finished steps are kept)"
         ) from e
+    recorded.setdefault(WORLD_SIZE_KEY, int(world_size))
     diff = config_differences(recorded, current)
     if not diff:
         return (None if recorded == stored else current), []
@@ -391,7 +435,8 @@ def trim_training_log(path: Path, start_iter: int) -> None:
             row = json.loads(line)
         except ValueError:
             continue  # a row cut short by the interruption
-        if isinstance(row, dict) and int(row.get("iteration", -1)) < start_iter:
+        iteration = row.get("iteration") if isinstance(row, dict) else None
+        if isinstance(iteration, int) and not isinstance(iteration, bool) and iteration < start_iter:
             kept.append(line if line.endswith("\n") else line + "\n")
     if kept != lines:
         atomic_write_text(path, "".join(kept))
@@ -423,11 +468,13 @@ class RunFolder:
         return read_done(self.step_dir(step)) is not None
 
     # ----------------------------------------------------------------- claim
-    def claim(self, cfg) -> None:
-        """Take the lock; refuse a folder of another task or config; record ours.
+    def claim(self, cfg, world_size: int = 1) -> None:
+        """Take the lock; refuse a folder of another task or config (``cfg`` run by
+        ``world_size`` processes); record ours.
 
         Everything is checked before anything is written, so a refused command leaves the
-        folder as it found it. Temporary files of killed writes are removed once the lock is held.
+        folder as it found it. Temporary files of killed writes (and of failed starts) are
+        removed once the lock is held.
         """
         existed = self.path.exists()
         lock = RunLock(self.path)
@@ -435,7 +482,7 @@ class RunFolder:
         try:
             self.check_task()
             record, changes = check_recorded_config(
-                self.path, cfg, bool(cfg.train.get("allow_config_change", False))
+                self.path, cfg, bool(cfg.train.get("allow_config_change", False)), world_size
             )
         except BaseException:
             lock.release()
@@ -443,7 +490,7 @@ class RunFolder:
                 self.path.rmdir()
             raise
         self.lock = lock
-        for path in remove_temp_files(self.path, keep_prefix=f".{LOCK_FILE}."):
+        for path in remove_temp_files(self.path):
             logger.info("Removed %s, left by an interrupted write", path)
         if not (self.path / TASK_FILE).is_file():
             atomic_write_json(self.path / TASK_FILE, self.task.to_dict())
@@ -511,10 +558,14 @@ class RunFolder:
         if not marker.is_file():
             return
         try:
-            theirs = json.loads(marker.read_text())
+            theirs = json.loads(marker.read_bytes())
             Task.from_dict(theirs)
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"{marker} is damaged ({e}): restore it or choose another train.output_dir") from e
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise ValueError(
+                f"{marker} is damaged ({e}): restore it, or delete it to record this command's task "
+                "(run_config.json still refuses a command of another task), or choose another "
+                "train.output_dir"
+            ) from e
         if not same_task(theirs, self.task):
             raise ValueError(
                 f"{self.path} holds a run of task {theirs}, not {self.task.to_dict()}: "
@@ -545,18 +596,26 @@ class RunFolder:
         trim_training_log(self.step_dir(step) / TRAINING_LOG, start_iter)
 
     def finished_summaries(self) -> dict[int, dict]:
-        """The metrics of every done step, read back from their ``metrics.json``."""
+        """The metrics of every done step, read back from their ``metrics.json`` (checked
+        against the digest in DONE: a step this command did not run is read too)."""
         out = {}
         for step in range(self.task.num_steps):
             path = self.step_dir(step) / METRICS_FILE
-            if self.is_done(step) and path.is_file():
-                try:
-                    out[step] = json.loads(path.read_text())["summary"]
-                except (ValueError, KeyError, TypeError) as e:
-                    raise ValueError(
-                        f"{path} is damaged ({e}): delete it and {self.step_dir(step) / DONE_FILE}, then "
-                        "rerun to evaluate the step again"
-                    ) from e
+            recorded = read_done(self.step_dir(step))
+            if recorded is None or not path.is_file():
+                continue
+            try:
+                if METRICS_FILE in recorded and not _digest_matches(path, recorded[METRICS_FILE]):
+                    raise ValueError("its digest differs from the one in DONE")
+                summary = json.loads(path.read_bytes())["summary"]
+                if not isinstance(summary, dict):
+                    raise ValueError("its summary is not a mapping")
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise ValueError(
+                    f"{path} is damaged or was changed ({e}): restore it, or delete it and "
+                    f"{self.step_dir(step) / DONE_FILE}, then rerun to evaluate the step again"
+                ) from e
+            out[step] = summary
         return out
 
     def __repr__(self) -> str:
