@@ -702,3 +702,54 @@ def test_an_empty_or_unreadable_done_is_not_done(finished, tmp_path, content):
     assert (out / "step_1" / "model_final.pth").read_bytes() == final
     assert summary(out) == summary(finished)
     assert run_folder().done_problems(out / "step_1", ["model_final.pth", "metrics.json"]) == []
+
+
+@requires_detectron2
+@pytest.mark.slow
+def test_another_number_of_processes_is_refused_like_a_config_change(finished, tmp_path, monkeypatch):
+    from detectron2.utils import comm
+
+    out = copy_of(finished, tmp_path)
+    assert json.loads((out / "run_config.json").read_text())["config"]["launch.world_size"] == 1
+    before = snapshot(out)
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)  # as under --num-gpus 2
+    with pytest.raises(run_folder().RunFolderError, match="launch.world_size: 1 -> 2"):
+        rerun(out)
+    assert snapshot(out) == before
+
+
+@requires_detectron2
+@pytest.mark.slow
+def test_eval_only_writes_nothing_and_works_on_a_read_only_folder(finished, tmp_path):
+    """--eval-only computes what it needs in memory (the presence tables too), on a folder it may
+    not write to (as root, whom permissions do not stop, nothing in it may change), and creates
+    no output folder when train.eval_checkpoint names the weights."""
+    import stat
+    import sys
+
+    from eir.engine.runner import ContinualRunner
+
+    out = copy_of(finished, tmp_path)
+    for cache in out.glob("presence_*.npz"):
+        cache.unlink()  # --eval-only would have to compute them
+    before = snapshot(out)
+    folders = sorted(p for p in out.rglob("*") if p.is_dir())
+    modes = {p: p.stat().st_mode for p in [out, *folders]}
+    for path in modes:
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    try:
+        script, *overrides = train_net_command(out, "train.step=1")[1:]
+        proc = subprocess.run([sys.executable, script, "--eval-only", *overrides],
+                              capture_output=True, text=True, timeout=600)
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recorded = json.loads((finished / "step_1" / "metrics.json").read_text())["summary"]
+    assert f"{recorded['all']:.2f}" in proc.stdout
+    assert snapshot(out) == before and sorted(p for p in out.rglob("*") if p.is_dir()) == folders
+
+    missing = tmp_path / "no_such_run"
+    runner = ContinualRunner(tiny_cfg(missing, f"train.eval_checkpoint={out / 'step_1' / 'model_final.pth'}"))
+    assert runner.evaluate_checkpoint(1, out / "step_1" / "model_final.pth")["all"] == recorded["all"]
+    assert not missing.exists()

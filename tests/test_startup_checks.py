@@ -88,6 +88,22 @@ def test_empty_validation_list_fails_before_training(datasets, tmp_path):
     assert not (tmp_path / "run" / "run.lock").exists()
 
 
+@pytest.mark.slow
+def test_a_later_step_without_training_images_fails_before_anything_is_written(datasets, tmp_path):
+    """Step 1 of 8-2 learns classes 9 and 10; with no training label holding them, the run
+    stops at start-up, naming the step, not after step 0 has trained."""
+    from eir.engine.runner import ContinualRunner
+
+    for name in (datasets / "ImageSets/Segmentation/train_aug.txt").read_text().split():
+        path = datasets / "SegmentationClassAug" / f"{name}.png"
+        label = np.array(Image.open(path))
+        label[(label == 9) | (label == 10)] = 0
+        Image.fromarray(label).save(path)
+    with pytest.raises(ValueError, match="no image of eir_synthetic_train qualifies for step 1"):
+        ContinualRunner(tiny_cfg(tmp_path / "run")).run()
+    assert not (tmp_path / "run").exists()
+
+
 def test_file_that_is_no_checkpoint_is_named(tmp_path):
     from eir.engine.checkpoint import read_step_checkpoint
     from eir.tasks import build_task

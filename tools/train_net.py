@@ -38,7 +38,8 @@ def main(args):
     cfg = load_config(args.config_file, args.opts)
     runner = ContinualRunner(cfg)  # checks the config; writes nothing
     if args.eval_only:
-        # Evaluation writes nothing into the run's folder, not even config.yaml.
+        # Evaluation writes nothing into the run's folder (no config.yaml, no presence cache):
+        # the folder may be read-only, or missing when train.eval_checkpoint names the weights.
         setup_logger(distributed_rank=comm.get_rank())
         setup_logger(distributed_rank=comm.get_rank(), name="eir")
         if cfg.train.step is None:
@@ -46,7 +47,7 @@ def main(args):
         summary = runner.evaluate_checkpoint(int(cfg.train.step), cfg.train.eval_checkpoint or None)
         print_csv_format({"sem_seg": detectron2_results(summary)})
         return summary
-    runner.claim_output_dir()  # the lock, task.json and run_config.json: before config.yaml and log.txt
+    runner.claim_output_dir()  # inputs checked, then the lock and records: before config.yaml and log.txt
     try:
         default_setup(cfg, args)
         setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="eir")

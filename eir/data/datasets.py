@@ -82,6 +82,12 @@ DATASET_NAMES = {
 
 _registered_root: dict[str, str] = {}
 
+#: Presence tables computed for a cache file that was not to be written yet (``write_cache=False``:
+#: a command checks its data before it claims its run folder, and --eval-only writes nothing):
+#: (cache file, key) -> table. Later calls for that file use it instead of reading the labels
+#: again; the first that may write the cache writes it.
+_unwritten: dict[tuple[str, str], np.ndarray] = {}
+
 
 # --------------------------------------------------------------------------- label values
 
@@ -315,6 +321,7 @@ def class_presence(
     cache_file: str | os.PathLike | None = None,
     num_workers: int = 0,
     verbose: bool | None = None,
+    write_cache: bool = True,
 ) -> np.ndarray:
     """Which classes each label holds: bool ``[len(dataset_dicts), K + 1]`` (column c = class
     id c of ``spec``, a :class:`~eir.tasks.DatasetSpec` of K classes; column 0 = background).
@@ -323,26 +330,45 @@ def class_presence(
     that is no label value of ``spec`` raises ValueError naming the file.
     With ``cache_file`` (an .npz), the table is reused when it was computed for the
     same label files (names, sizes and modification times) and the same class table, and
-    recomputed (and rewritten) otherwise. Only the main process writes the cache.
+    recomputed (and rewritten) otherwise. Only the main process writes the cache, and only
+    with ``write_cache``; with ``write_cache=False`` the cache is read, never written (nor its
+    folder made), and the table is kept in memory for the next call with that cache file.
     ``verbose=None`` shows the progress bar on the main process only.
     """
     if verbose is None:
         verbose = comm.is_main_process()
     files = [str(d["sem_seg_file_name"]) for d in dataset_dicts]
-    num_classes = spec.num_classes
+    if cache_file is None:
+        return _read_presence(files, spec, num_workers, verbose)
     key = _presence_key(files, spec)
-    if cache_file is not None:
-        cache_file = Path(cache_file)
-        if cache_file.is_file():
-            try:
-                with np.load(cache_file, allow_pickle=False) as z:
-                    if str(z["key"]) == key:
-                        table = z["presence"].astype(bool)
-                        if table.shape == (len(files), num_classes + 1):
-                            return table
-            except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile):
-                pass
-            logger.info("class-presence cache %s does not match the dataset or is damaged; recomputing", cache_file)
+    cache_file = Path(cache_file)
+    if cache_file.is_file():
+        try:
+            with np.load(cache_file, allow_pickle=False) as z:
+                if str(z["key"]) == key:
+                    table = z["presence"].astype(bool)
+                    if table.shape == (len(files), spec.num_classes + 1):
+                        return table
+        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile):
+            pass
+        logger.info("class-presence cache %s does not match the dataset or is damaged; recomputing", cache_file)
+    pending = (str(cache_file), key)
+    table = _unwritten.pop(pending, None)
+    if table is None:
+        table = _read_presence(files, spec, num_workers, verbose)
+    if not write_cache:
+        _unwritten[pending] = table
+    elif comm.is_main_process():
+        def write(f):
+            np.savez_compressed(f, presence=table, key=np.array(key))
+
+        atomic_write(cache_file, write)
+    return table
+
+
+def _read_presence(files: Sequence[str], spec: DatasetSpec, num_workers: int, verbose: bool) -> np.ndarray:
+    """:func:`class_presence`'s table, from the labels (``num_workers`` threads)."""
+    num_classes = spec.num_classes
 
     def row(path: str) -> np.ndarray:
         return _presence_row(path, spec)
@@ -361,12 +387,6 @@ def class_presence(
                 bar.update()
     finally:
         bar.close()
-
-    if cache_file is not None and comm.is_main_process():
-        def write(f):
-            np.savez_compressed(f, presence=table, key=np.array(key))
-
-        atomic_write(cache_file, write)
     return table
 
 
@@ -459,6 +479,7 @@ def step_dataset_dicts(
     cache_dir: str | os.PathLike | None = None,
     num_workers: int = 0,
     verbose: bool | None = None,
+    write_cache: bool = True,
 ) -> list[dict]:
     """The dataset dicts of ``dataset_name`` that belong to step ``step`` of ``task``.
 
@@ -466,8 +487,8 @@ def step_dataset_dicts(
     the step's classes; disjoint: also no pixel of a later step's class).
     ``split="test"``: images with a class seen by the step (C_0..C_t).
     Each returned dict is a copy with ``"eir_step": step``. The class-presence table
-    is cached in ``cache_dir/presence_<dataset_name>.npz`` when ``cache_dir`` is given;
-    ``num_workers`` threads read the labels the first time.
+    is cached in ``cache_dir/presence_<dataset_name>.npz`` when ``cache_dir`` is given
+    (only read with ``write_cache=False``); ``num_workers`` threads read the labels the first time.
     """
     task = _as_task(task)
     step = task.check_step(step)
@@ -482,7 +503,7 @@ def step_dataset_dicts(
         )
     dicts = catalog_dicts(dataset_name)
     cache_file = Path(cache_dir) / f"presence_{dataset_name}.npz" if cache_dir is not None else None
-    presence = class_presence(dicts, task.spec, cache_file, num_workers, verbose)
+    presence = class_presence(dicts, task.spec, cache_file, num_workers, verbose, write_cache)
     keep = task.keeps_train_image if split == "train" else task.keeps_test_image
     out = [
         dict(d, eir_step=step)

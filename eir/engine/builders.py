@@ -160,12 +160,17 @@ def build_lr_scheduler(cfg, optimizer, max_iter: int) -> LRMultiplier:
 # --------------------------------------------------------------------------- data
 
 
-def build_train_dicts(cfg, task: Task, step: int, bank=None, cache_dir=None) -> tuple[list[dict], list[dict]]:
+def build_train_dicts(
+    cfg, task: Task, step: int, bank=None, cache_dir=None, write_cache: bool = True
+) -> tuple[list[dict], list[dict]]:
     """Step ``step``'s training images, and the list its loader samples: those images followed
     by the replay entries of ``bank`` (the bank written when step - 1 ended, or None).
-    ``cache_dir`` holds the dataset's presence table (the run folder)."""
+    ``cache_dir`` holds the dataset's presence table (the run folder); ``write_cache=False``
+    only reads it."""
     train = cfg.dataloader.train
-    images = step_dataset_dicts(train.dataset, task, step, "train", cache_dir=cache_dir, num_workers=train.num_workers)
+    images = step_dataset_dicts(
+        train.dataset, task, step, "train", cache_dir=cache_dir, num_workers=train.num_workers, write_cache=write_cache
+    )
     if not images:
         raise ValueError(
             f"no image of {train.dataset} qualifies for step {step} ({task.setting}): check the dataset and task.*"
@@ -173,10 +178,13 @@ def build_train_dicts(cfg, task: Task, step: int, bank=None, cache_dir=None) -> 
     return images, images + replay_dataset_dicts(bank)
 
 
-def build_test_dicts(cfg, task: Task, step: int, cache_dir=None) -> list[dict]:
-    """Step ``step``'s test images: those with a class the step has seen."""
+def build_test_dicts(cfg, task: Task, step: int, cache_dir=None, write_cache: bool = True) -> list[dict]:
+    """Step ``step``'s test images: those with a class the step has seen (``cache_dir`` and
+    ``write_cache`` as in :func:`build_train_dicts`)."""
     test = cfg.dataloader.test
-    return step_dataset_dicts(test.dataset, task, step, "test", cache_dir=cache_dir, num_workers=test.num_workers)
+    return step_dataset_dicts(
+        test.dataset, task, step, "test", cache_dir=cache_dir, num_workers=test.num_workers, write_cache=write_cache
+    )
 
 
 def build_bank(cfg, task: Task, step: int, train_dicts: list[dict], previous) -> InstanceBank:

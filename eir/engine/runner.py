@@ -10,10 +10,11 @@ For each step t, as its :class:`~eir.engine.step_plan.StepPlan` says:
 5. evaluate (old / new / all / hIoU), write ``metrics.json``, build and save the bank for
    step t+1, and mark the step done.
 
-Artifacts live in ``OUTPUT_DIR/step_t/``; a step is done when ``step_t/DONE`` exists (it
-records the SHA-256 of the step's artifacts, checked before the step is skipped or used;
-:class:`~eir.engine.run_folder.RunFolder` keeps the folder's records). Rerunning the same
-command skips done steps and resumes an interrupted one from its last checkpoint, exactly:
+Artifacts live in ``OUTPUT_DIR/step_t/``; a step is done when ``step_t/DONE`` records it (the
+digests of the step's artifacts, checked before the step is skipped or used;
+:class:`~eir.engine.run_folder.RunFolder` keeps the folder's records). Every check that can
+run before training runs before the folder is claimed (:meth:`ContinualRunner.check_inputs`).
+Rerunning the same command skips done steps and resumes an interrupted one from its last checkpoint, exactly:
 each step is a function of (config, seed, step) (:mod:`eir.seeding`). Each step folder also
 holds TensorBoard events (training scalars, the step's evaluation); the run ends with
 ``summary.*``, ``steps.png``, ``per_class.png`` and ``predictions.png``. The objects a step
@@ -85,6 +86,8 @@ class ContinualRunner:
 
     Constructing it checks the config and writes nothing; :meth:`run` claims the output folder
     (unless :meth:`claim_output_dir` did) and trains every requested step that is not done.
+    Nothing but a claim writes into the folder: until then (and so in :meth:`evaluate_checkpoint`)
+    the presence tables are kept in memory.
     """
 
     def __init__(self, cfg):
@@ -96,6 +99,7 @@ class ContinualRunner:
         self.device = resolve_device(cfg.train.device)
         self.criterion = build_criterion(cfg)
         self.claimed = False
+        self.inputs_checked = False
 
     @property
     def output_dir(self) -> Path:
@@ -114,13 +118,46 @@ class ContinualRunner:
         return [self.task.check_step(int(step))]
 
     # ----------------------------------------------------------------- the folder
+    def check_inputs(self) -> None:
+        """The start-up checks that read inputs, writing nothing: the step before the first
+        requested one is done, step 0's backbone checkpoint (when step 0 is to be trained), the
+        data against the run's record, and every requested step's data: its training images
+        (for the steps not done) and its test images (labels checked, none empty). Once."""
+        if self.inputs_checked:
+            return
+        steps = self.steps_to_run()
+        if steps[0] > 0:
+            self.require_done(steps[0] - 1, steps[0])
+        if 0 in steps and not self.folder.is_done(0):
+            check_init_checkpoint(self.cfg)
+        self.check_data(write=False)
+        for step in steps:
+            if not self.folder.is_done(step):
+                self.train_data(step, bank=None)  # raises when no training image qualifies
+            if not self.test_dicts(step):
+                raise ValueError(
+                    f"the test set {self.cfg.dataloader.test.dataset} has no image for step {step}: "
+                    "check the dataset's validation list and dataloader.test.dataset"
+                )
+        self.inputs_checked = True
+
+    def require_done(self, step: int, needed_by: int) -> None:
+        if not self.folder.is_done(step):
+            raise RuntimeError(
+                f"step {needed_by} needs step {step}, which is not trained "
+                f"({self.step_dir(step) / 'DONE'} is missing, empty or unreadable): run the steps "
+                "in order (leave train.step unset to run them all)."
+            )
+
     def claim_output_dir(self) -> None:
-        """Claim the output folder on the main process (:meth:`RunFolder.claim`); every rank
-        waits for it. Idempotent; :meth:`release_output_dir` gives the folder up."""
+        """Check the inputs (:meth:`check_inputs`), then claim the output folder on the main
+        process (:meth:`RunFolder.claim`, with the number of processes); every rank waits for
+        it. Idempotent; :meth:`release_output_dir` gives the folder up."""
         if self.claimed:
             return
+        self.check_inputs()
         if comm.is_main_process():
-            self.folder.claim(self.cfg)
+            self.folder.claim(self.cfg, world_size=comm.get_world_size())
         self.claimed = True
         comm.synchronize()
 
@@ -136,13 +173,10 @@ class ContinualRunner:
         """Train every requested step that is not done; write the run's summary."""
         logger.info("Continual run of %s into %s", self.task, self.output_dir)
         steps = self.steps_to_run()
-        if 0 in steps and not self.folder.is_done(0):
-            check_init_checkpoint(self.cfg)  # before anything is written into the output folder
         claimed_here = not self.claimed
         self.claim_output_dir()
         try:
-            self.check_data()
-            self.check_test_sets(steps)
+            self.check_data()  # records the data of a new run
             for step in steps:
                 if self.folder.is_done(step):
                     self.check_done(step)
@@ -159,34 +193,21 @@ class ContinualRunner:
                 self.release_output_dir()
         return summaries
 
-    def check_data(self) -> None:
+    def check_data(self, write: bool = True) -> None:
         """Refuse datasets whose files changed since the run recorded them (``run_data.json``):
-        checked when a command starts and before each step trains."""
+        checked when a command starts and before each step trains; the record is written (by
+        the main process) only with ``write``."""
         names = dict.fromkeys([self.cfg.dataloader.train.dataset, self.cfg.dataloader.test.dataset])
         current = {name: data_fingerprint(DatasetCatalog.get(name)) for name in names}
         allow = bool(self.cfg.train.get("allow_data_change", False))
-        self.folder.check_data(current, allow, write=comm.is_main_process())
+        self.folder.check_data(current, allow, write=write and comm.is_main_process())
         comm.synchronize()
-
-    def check_test_sets(self, steps) -> None:
-        """Read every requested step's test set now (labels checked, none empty), not after training."""
-        for step in steps:
-            if not self.test_dicts(step):
-                raise ValueError(
-                    f"the test set {self.cfg.dataloader.test.dataset} has no image for step {step}: "
-                    "check the dataset's validation list and dataloader.test.dataset"
-                )
 
     def train_step(self, plan: StepPlan) -> dict:
         """Train, evaluate and finish the step of ``plan`` (resuming it when it was interrupted)."""
         cfg, task, folder, step = self.cfg, self.task, self.folder, plan.step
         if step > 0:
-            if not folder.is_done(step - 1):
-                raise RuntimeError(
-                    f"step {step} needs step {step - 1}, which is not trained "
-                    f"({self.step_dir(step - 1) / 'DONE'} is missing): run the steps in order "
-                    "(leave train.step unset to run them all)."
-                )
+            self.require_done(step - 1, step)
             self.check_done(step - 1)
         step_dir = self.step_dir(step)
         if comm.is_main_process():
@@ -259,8 +280,9 @@ class ContinualRunner:
             ) from e
 
     def train_data(self, step: int, bank) -> tuple[list[dict], list[dict]]:
-        """:func:`~eir.engine.builders.build_train_dicts` of this run."""
-        return build_train_dicts(self.cfg, self.task, step, bank, cache_dir=self.output_dir)
+        """:func:`~eir.engine.builders.build_train_dicts` of this run (the presence cache is
+        read from the run folder, and written there once the folder is claimed)."""
+        return build_train_dicts(self.cfg, self.task, step, bank, cache_dir=self.output_dir, write_cache=self.claimed)
 
     def fit(self, plan: StepPlan, model, old_model, dicts, mapper) -> None:
         """Train ``model`` on ``dicts`` through ``mapper`` to the step's last iteration, from its
@@ -344,7 +366,7 @@ class ContinualRunner:
 
     # ----------------------------------------------------------------- evaluation
     def test_dicts(self, step: int) -> list[dict]:
-        return build_test_dicts(self.cfg, self.task, step, cache_dir=self.output_dir)
+        return build_test_dicts(self.cfg, self.task, step, cache_dir=self.output_dir, write_cache=self.claimed)
 
     def test_data(self, step: int):
         """Step ``step``'s test set: its dataset dicts and the evaluation mapper."""
