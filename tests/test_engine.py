@@ -230,6 +230,37 @@ def test_one_step_under_two_processes(datasets_root, tmp_path):
     assert (tmp_path / "step_0" / "bank" / "manifest.json").is_file()
 
 
+@pytest.mark.slow
+def test_a_refusal_on_rank_0_stops_both_processes_at_once(datasets_root, tmp_path):
+    """The folder's lock is held by a live command: rank 0 refuses at start-up, and rank 1 stops
+    with it, repeating its message. (On one machine torch's launcher would end rank 1 anyway
+    once rank 0 died; a rank on another machine would wait at the claim's barrier for the
+    collective timeout: tests/test_processes.py checks the exchange itself.)"""
+    import socket
+
+    from eir.engine.run_folder import process_identity
+
+    holder = subprocess.Popen(["sleep", "600"])
+    try:
+        lock = {"pid": holder.pid, "host": socket.gethostname(), "started": "x", "token": "t",
+                "process": process_identity(holder.pid)}
+        (tmp_path / "run.lock").write_text(json.dumps(lock))
+        env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), OMP_NUM_THREADS="1")
+        cmd = [
+            sys.executable, str(ROOT / "tools/train_net.py"), "--config-file", str(SYNTHETIC),
+            "--num-gpus", "2", *QUICK, "train.step=0", f"train.output_dir={tmp_path}",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert f"is in use by another run: pid {holder.pid}" in output
+    assert "rank 0 stopped at start-up: RunFolderError" in output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.lock"]
+
+
 def _r(a, b):
     return list(range(a, b + 1))
 

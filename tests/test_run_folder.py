@@ -58,6 +58,48 @@ def test_lock_of_a_dead_process_is_taken_over(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["run.lock"]  # no temp file left behind
 
 
+def test_lock_of_a_restarted_container_with_the_same_host_and_pid_is_taken_over(tmp_path):
+    """A container restarted with the same host name can run the new command under the pid of
+    the one that left the lock (it is alive: it is us). The recorded process identity (boot id,
+    start time) tells them apart; the same identity is a live holder."""
+    rf = run_folder()
+    me = rf.process_identity(os.getpid())
+    if me is None:
+        pytest.skip("no /proc: the process identity is not recorded here")
+    boot, started = me.rsplit(":", 1)
+    earlier = {"pid": os.getpid(), "host": socket.gethostname(), "started": "x", "token": "t",
+               "process": f"{boot}:{int(started) - 1}"}
+    (tmp_path / "run.lock").write_text(json.dumps(earlier))
+    lock = rf.RunLock(tmp_path)
+    lock.acquire()
+    assert json.loads((tmp_path / "run.lock").read_text())["token"] == lock.info["token"]
+    lock.release()
+    (tmp_path / "run.lock").write_text(json.dumps(dict(earlier, process=me)))
+    with pytest.raises(rf.RunFolderError, match="is in use by another run"):
+        rf.RunLock(tmp_path).acquire()
+
+
+def test_lock_on_a_filesystem_without_hard_links(tmp_path, monkeypatch):
+    """Where os.link is refused (EPERM, as on some network filesystems), the lock is made by an
+    exclusive create: one holder, the second command refused naming it, no temp file left."""
+    import errno
+
+    rf = run_folder()
+
+    def no_link(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(rf.os, "link", no_link)
+    first = rf.RunLock(tmp_path)
+    first.acquire()
+    assert json.loads((tmp_path / "run.lock").read_text()) == first.info
+    with pytest.raises(rf.RunFolderError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
+        rf.RunLock(tmp_path).acquire()
+    assert [p.name for p in tmp_path.iterdir()] == ["run.lock"]
+    first.release()
+    assert list(tmp_path.iterdir()) == []
+
+
 HOST = socket.gethostname()
 
 

@@ -1,10 +1,13 @@
 """RunFolder: one output folder holds one run; its records say what it holds and whether a
 step's files can be trusted.
 
-* ``run.lock`` (pid, host, start time) is taken when a command starts training into the
+* ``run.lock`` (pid, host, start time, and on Linux the process's identity: boot id and
+  the kernel's start time of the pid) is taken when a command starts training into the
   folder and removed when it ends; a second command is refused while the holder lives. A
-  lock whose process is gone (same host, pid not running) is taken over; a damaged one is
-  named, with what to do.
+  lock whose process is gone (same host, and the pid not running or now another process, as
+  in a restarted container) is taken over; a damaged one is named, with what to do. The lock
+  is made atomically with a hard link; on a filesystem that refuses hard links (some network
+  filesystems) with an exclusive create.
 * ``task.json`` names the folder's task; a command of another task is refused.
 * ``run_config.json`` records the config keys that change results (:func:`results_config`),
   the number of processes among them; a rerun with other values is refused, naming the keys,
@@ -25,10 +28,12 @@ This module does not know about processes: the runner claims the folder on the m
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import logging
 import os
 import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -98,16 +103,39 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def process_identity(pid: int) -> str | None:
+    """What tells process ``pid`` from an earlier one with the same pid on this host: the
+    kernel's boot id and the process's start time (clock ticks since boot, field 22 of
+    ``/proc/PID/stat``). None where /proc does not say (not Linux, or no such process)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ": fields 3, 4, ...
+    return f"{boot}:{fields[19]}" if len(fields) > 19 else None
+
+
+#: errno values with which a filesystem refuses hard links (then the lock is made by an
+#: exclusive create).
+_NO_HARD_LINKS = {errno.EPERM, errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK}
+
+#: How long an empty lock file is taken for one being written by an exclusive create.
+_WRITING_GRACE_S = 5.0
+
+
 class RunLock:
     """An exclusive claim on an output folder (see the module docstring)."""
 
     def __init__(self, folder: str | os.PathLike):
         self.path = Path(folder) / LOCK_FILE
+        pid = os.getpid()
         self.info = {
-            "pid": os.getpid(),
+            "pid": pid,
             "host": socket.gethostname(),
             "started": datetime.datetime.now().isoformat(timespec="seconds"),
             "token": uuid.uuid4().hex,
+            "process": process_identity(pid),
         }
         self.held = False
 
@@ -120,6 +148,9 @@ class RunLock:
         says what to do."""
         try:
             text = path.read_bytes()
+            if not text and time.time() - path.stat().st_mtime < _WRITING_GRACE_S:
+                time.sleep(0.2)  # an exclusive create between its open and its write
+                text = path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as e:
@@ -151,9 +182,39 @@ class RunLock:
         except (FileExistsError, FileNotFoundError):  # held; or our temp file removed by the holder
             return False
         except OSError as e:
+            if e.errno in _NO_HARD_LINKS:
+                return self._create_exclusive()
             raise RunFolderError(f"cannot take the lock {self.path}: {e.strerror or e}") from e
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _create_exclusive(self) -> bool:
+        """Create the lock file with O_EXCL, then write our info (for filesystems without hard
+        links; a reader that finds it still empty waits :data:`_WRITING_GRACE_S` at most)."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            raise RunFolderError(f"cannot take the lock {self.path}: {e.strerror or e}") from e
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(self.info) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            self.path.unlink(missing_ok=True)
+            raise RunFolderError(f"cannot take the lock {self.path}: {e.strerror or e}") from e
+        return True
+
+    @staticmethod
+    def holder_gone(holder: Mapping[str, Any]) -> bool:
+        """Whether the process of a lock on this host has ended: its pid runs no more, or runs
+        another process (a restarted container, a reused pid), as its identity says."""
+        if not _pid_alive(holder["pid"]):
+            return True
+        recorded = holder.get("process")
+        return recorded is not None and process_identity(holder["pid"]) not in (None, recorded)
 
     def _take_over(self, stale: dict) -> None:
         """Move a dead holder's lock away; put it back if it turned out to be a live one."""
@@ -181,7 +242,7 @@ class RunLock:
             holder = self._read(self.path)
             if holder is None:
                 continue  # released meanwhile
-            if holder["host"] == self.info["host"] and not _pid_alive(holder["pid"]):
+            if holder["host"] == self.info["host"] and self.holder_gone(holder):
                 self._take_over(holder)
                 continue
             raise RunFolderError(

@@ -81,6 +81,25 @@ from eir.seeding import step_seed
 logger = logging.getLogger(__name__)
 
 
+class OtherRankError(RuntimeError):
+    """Another process of the run stopped at start-up; its message is repeated here."""
+
+
+def stop_together(error: BaseException | None) -> None:
+    """Raise on every rank when any rank failed: each tells the others whether it failed
+    (a gather over the gloo group), so a refusal on one rank (a held lock, another config,
+    bad data) does not leave the other ranks waiting at the next barrier for the collective
+    timeout (30 minutes with NCCL). The failing rank raises its own error; the others an
+    :class:`OtherRankError` that repeats it."""
+    mine = None if error is None else f"{type(error).__name__}: {error}"
+    failures = [(rank, text) for rank, text in enumerate(comm.all_gather(mine)) if text is not None]
+    if error is not None:
+        raise error
+    if failures:
+        rank, text = failures[0]
+        raise OtherRankError(f"rank {rank} stopped at start-up: {text}")
+
+
 class ContinualRunner:
     """Runs, resumes and evaluates the steps of ``cfg.task`` (see the module docstring).
 
@@ -155,11 +174,19 @@ class ContinualRunner:
         it. Idempotent; :meth:`release_output_dir` gives the folder up."""
         if self.claimed:
             return
-        self.check_inputs()
-        if comm.is_main_process():
-            self.folder.claim(self.cfg, world_size=comm.get_world_size())
+        error = None
+        try:
+            self.check_inputs()
+            if comm.is_main_process():
+                self.folder.claim(self.cfg, world_size=comm.get_world_size())
+        except Exception as e:
+            error = e
+        try:
+            stop_together(error)
+        except OtherRankError:
+            self.folder.release()  # rank 0 took the folder, another rank cannot start
+            raise
         self.claimed = True
-        comm.synchronize()
 
     def release_output_dir(self) -> None:
         self.folder.release()
@@ -201,7 +228,8 @@ class ContinualRunner:
         current = {name: data_fingerprint(DatasetCatalog.get(name)) for name in names}
         allow = bool(self.cfg.train.get("allow_data_change", False))
         self.folder.check_data(current, allow, write=write and comm.is_main_process())
-        comm.synchronize()
+        if write:
+            comm.synchronize()  # the other ranks wait for the record
 
     def train_step(self, plan: StepPlan) -> dict:
         """Train, evaluate and finish the step of ``plan`` (resuming it when it was interrupted)."""
