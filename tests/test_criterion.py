@@ -102,3 +102,63 @@ def test_needs_old_model(kwargs, needs):
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         EIRCriterion(**kwargs)
+
+
+def _ade_scale_batch(seed=0):
+    """Step 1 of ADE20K 100-10: 111 channels, 101 of them the old model's; 2 images of 48x64."""
+    g = torch.Generator().manual_seed(seed)
+    n, h, w, cn, co = 2, 48, 64, 111, 101
+    logits = torch.randn(n, cn, h, w, generator=g, requires_grad=True)
+    labels = torch.randint(0, cn, (n, h, w), generator=g)
+    labels[:, :4] = 255
+    labels[:, 4:20] = 0
+    paste_class = torch.where(torch.rand(n, h, w, generator=g) < 0.3, torch.randint(1, co, (n, h, w), generator=g), 0)
+    paste_alpha = torch.rand(n, h, w, generator=g)
+    old_logits = torch.randn(n, co, h, w, generator=g)
+    return logits, labels, paste_class, paste_alpha, old_logits
+
+
+def _saved_bytes(fn):
+    """Bytes of the distinct storages autograd keeps for the backward pass of ``fn()``."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(storages.values())
+
+
+def test_the_loss_block_keeps_only_its_inputs_for_backward():
+    """Memory budget at ADE20K's channel count: what the loss terms keep for the backward pass is
+    at most their inputs (logits, old logits, labels, pastes). Computed directly, autograd keeps
+    the soft targets, the old model's softmax and RSKD's log-probabilities too: 1.5 times more."""
+    batch = _ade_scale_batch()
+    inputs = sum(t.untyped_storage().nbytes() for t in batch)
+    criterion = EIRCriterion()
+    losses, kept = _saved_bytes(lambda: criterion(*batch))
+    direct, kept_directly = _saved_bytes(lambda: criterion.losses(*batch))
+    assert kept <= inputs
+    assert kept_directly > 1.5 * inputs
+    # Recomputed in backward, the same values and gradients, bit for bit.
+    assert all(torch.equal(losses[k], direct[k]) for k in direct)
+    grad = torch.autograd.grad(sum(losses.values()), batch[0])[0]
+    grad_directly = torch.autograd.grad(sum(direct.values()), batch[0])[0]
+    assert torch.equal(grad, grad_directly)
+
+
+def test_the_loss_block_under_float16_autocast_matches_float32():
+    """Under CPU float16 autocast (emulating CUDA AMP) the recomputed block gives float32 terms and
+    the gradient of the float32 computation (the losses compute in float32 whatever autocast says)."""
+    batch = _ade_scale_batch(seed=1)
+    criterion = EIRCriterion()
+    with torch.autocast("cpu", dtype=torch.float16):
+        losses = criterion(*batch)
+        total = sum(losses.values())
+    assert all(v.dtype == torch.float32 for v in losses.values())
+    grad = torch.autograd.grad(total, batch[0])[0]
+    reference = criterion.losses(*batch)
+    assert all(torch.equal(losses[k], reference[k]) for k in reference)
+    assert torch.equal(grad, torch.autograd.grad(sum(reference.values()), batch[0])[0])

@@ -7,10 +7,18 @@ distillation (RSKD) from the old model's logits. The config holds it as
 field of it (``tau=None``: no pseudo-labels; ``w_kd=0``: no distillation), and whether a
 step needs the old model in its training step is the criterion's to say
 (:attr:`EIRCriterion.needs_old_model`), not a condition repeated where it is used.
+
+Memory: the loss block works on full-resolution float32 tensors of every channel (the soft
+targets, the old model's softmax, RSKD's log-probabilities), which autograd would keep until
+the backward pass: at ADE20K's 111 channels, about three times the logits themselves. The
+block is therefore recomputed in the backward pass (``torch.utils.checkpoint``): what it keeps
+is its inputs, the logits and the old logits (and the per-pixel labels and pastes). It holds no
+parameter and no randomness, so the recomputation gives the same values bit for bit.
 """
 from __future__ import annotations
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from eir.modeling.losses import (
     DISTILLATION_RULES,
@@ -88,7 +96,17 @@ class EIRCriterion:
         ``paste_class`` / ``paste_alpha`` the pasted instances' channels and alphas (or None);
         ``old_logits`` the frozen old model's logits on the same batch [N, C_old, H, W], or None
         at step 0 and in runs that need no old model. RSKD is left out when ``w_kd`` is 0.
+        When gradients flow, the terms are recomputed in the backward pass (module docstring).
         """
+        if torch.is_grad_enabled() and logits.requires_grad:
+            return checkpoint(
+                self.losses, logits, labels, paste_class, paste_alpha, old_logits,
+                use_reentrant=False, preserve_rng_state=False,
+            )
+        return self.losses(logits, labels, paste_class, paste_alpha, old_logits)
+
+    def losses(self, logits, labels, paste_class=None, paste_alpha=None, old_logits=None) -> dict[str, torch.Tensor]:
+        """The terms of :meth:`__call__`, computed directly (autograd keeps every intermediate)."""
         num_channels = logits.shape[1]
         if old_logits is None:
             targets = soft_targets(labels, num_channels, paste_class, paste_alpha)
