@@ -19,6 +19,10 @@ train = dict(
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     checkpointer=dict(period=1000, max_to_keep=2),  # periodic checkpoints within a step
     log_period=20,  # iterations between log lines
+    # Iterations between gathers of the loss values (a device sync and, with several processes,
+    # an all_gather). Also how often a NaN or infinite loss is noticed; keep train.checkpointer.period
+    # a multiple of it, so that no checkpoint is written from a diverged model unnoticed.
+    gather_metric_period=1,
     seed=0,  # seeds sampling, augmentation, pasting and bank selection
     allow_config_change=False,  # True: continue a run folder whose recorded config differs
     allow_data_change=False,  # True: continue a run whose datasets' files changed since recorded

@@ -38,6 +38,7 @@ from eir.data.mapper import EIRDatasetMapper
 from eir.data.paste import InstancePaster
 from eir.engine.sampling import PositionedDataset, ResumableTrainingSampler
 from eir.engine.step_plan import StepPlan
+from eir.engine.trainer import EIRTrainer
 from eir.modeling.criterion import EIRCriterion
 from eir.modeling.meta_arch import freeze_for_incremental, load_step_weights
 from eir.tasks import Task, build_task
@@ -227,7 +228,8 @@ def build_train_mapper(cfg, task: Task, step: int, bank=None, paste=None) -> EIR
 def build_train_loader(cfg, dicts: list[dict], mapper, step: int, start_iter: int = 0):
     """Step ``step``'s training batches from iteration ``start_iter`` on. The batch of an
     iteration depends on (seed, step, iteration), not on the loader's number of workers
-    (:mod:`eir.engine.sampling`)."""
+    (:mod:`eir.engine.sampling`). On CUDA the batches are in pinned memory, so that their
+    copies to the device overlap the computation."""
     batch = cfg.dataloader.train.total_batch_size
     return build_detection_train_loader(
         dataset=PositionedDataset(dicts, mapper),
@@ -236,6 +238,7 @@ def build_train_loader(cfg, dicts: list[dict], mapper, step: int, start_iter: in
         total_batch_size=batch,
         aspect_ratio_grouping=False,
         num_workers=cfg.dataloader.train.num_workers,
+        pin_memory=resolve_device(cfg.train.device).type == "cuda",
     )
 
 
@@ -276,6 +279,24 @@ def ddp_arguments(cfg, device: torch.device) -> dict:
     if device.type != "cuda":
         kwargs["device_ids"] = None
     return kwargs
+
+
+def build_trainer(
+    cfg, model, loader, optimizer, task: Task, plan: StepPlan, criterion: EIRCriterion, old_model=None
+) -> EIRTrainer:
+    """The step's :class:`EIRTrainer` (``model`` as :func:`build_ddp_model` gives it)."""
+    return EIRTrainer(
+        model,
+        loader,
+        optimizer,
+        task=task,
+        plan=plan,
+        criterion=criterion,
+        old_model=old_model,
+        amp=cfg.train.amp.enabled,
+        seed=cfg.train.seed,
+        gather_metric_period=cfg.train.gather_metric_period,
+    )
 
 
 def build_ddp_model(cfg, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -166,6 +166,13 @@ def check_train_config(train) -> None:
     _number("train.checkpointer.period (iterations)", train.checkpointer.period, integer=True, low=1)
     _number("train.checkpointer.max_to_keep", train.checkpointer.get("max_to_keep"), integer=True, low=1,
             none="keep every checkpoint")
+    _number("train.gather_metric_period (iterations)", train.gather_metric_period, integer=True, low=1)
+    if train.checkpointer.period % train.gather_metric_period:
+        raise ValueError(
+            f"train.checkpointer.period ({train.checkpointer.period}) must be a multiple of "
+            f"train.gather_metric_period ({train.gather_metric_period}): a NaN loss is noticed only "
+            "when the losses are gathered, and a checkpoint must not be written from a diverged model"
+        )
     if not isinstance(train.amp.enabled, bool):
         raise ValueError(f"train.amp.enabled must be True or False, got {train.amp.enabled!r}")
     seed = train.seed

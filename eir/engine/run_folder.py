@@ -66,6 +66,7 @@ RESULT_NEUTRAL_KEYS = (
     "train.step",  # which steps this command runs
     "train.eval_checkpoint",  # --eval-only only
     "train.log_period",  # logging
+    "train.gather_metric_period",  # logging (and when a NaN loss is noticed)
     "train.checkpointer",  # resumption is exact, so checkpoint period and count do not matter
     "train.ddp.find_unused_parameters",  # a DDP bookkeeping switch
     "train.allow_config_change",  # the opt-in itself

@@ -56,6 +56,7 @@ from eir.engine.builders import (
     build_train_dicts,
     build_train_loader,
     build_train_mapper,
+    build_trainer,
     max_iter,
     resolve_device,
 )
@@ -70,7 +71,6 @@ from eir.engine.init_checkpoint import check_init_checkpoint
 from eir.engine.prepass import step_prepass
 from eir.engine.run_folder import TRAINING_LOG, RunFolder
 from eir.engine.step_plan import StepPlan, plan_step
-from eir.engine.trainer import EIRTrainer
 from eir.evaluation.evaluator import ContinualSemSegEvaluator, write_eval_events
 from eir.evaluation.metrics import format_table
 from eir.evaluation.prediction_figure import write_prediction_figure
@@ -328,16 +328,8 @@ class ContinualRunner:
             )
         loader = build_train_loader(cfg, dicts, mapper, step, start_iter)
         optimizer = build_optimizer(cfg, model, step)
-        trainer = EIRTrainer(
-            build_ddp_model(cfg, model, self.device),
-            loader,
-            optimizer,
-            task=self.task,
-            plan=plan,
-            criterion=self.criterion,
-            old_model=old_model,
-            amp=cfg.train.amp.enabled,
-            seed=cfg.train.seed,
+        trainer = build_trainer(
+            cfg, build_ddp_model(cfg, model, self.device), loader, optimizer, self.task, plan, self.criterion, old_model
         )
         checkpointer = StepCheckpointer(model, step_dir, task=self.task, step=step, trainer=trainer)
         main = comm.is_main_process()

@@ -21,7 +21,7 @@ import eir.require_detectron2  # noqa: F401  (first: says how to install a missi
 import time
 
 import torch
-from detectron2.engine import AMPTrainer
+from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.utils import comm
 
 from eir.constants import IGNORE_LABEL
@@ -103,7 +103,10 @@ class EIRTrainer(AMPTrainer):
 
     def compute_losses(self, data) -> dict[str, torch.Tensor]:
         """The weighted loss terms of one batch (called under autocast)."""
-        logits = self.model(data)
+        # The models read the images only; they go to the device once, shared by the old model.
+        # (DDP would copy every tensor of the dicts it is given, labels and pastes included.)
+        images = [{"image": d["image"].to(self.device, non_blocking=True)} for d in data]
+        logits = self.model(images)
         size = logits.shape[-2:]
         lut = self.class_to_channel
         labels = lut[pad_batch([d["sem_seg"].long() for d in data], size, IGNORE_LABEL, self.device)]
@@ -113,8 +116,18 @@ class EIRTrainer(AMPTrainer):
         if self.old_model is not None:
             with torch.no_grad():
                 old = self.old_model
-                old_logits = old.logits(old.preprocess_image(data).tensor)
+                old_logits = old.logits(old.preprocess_image(images).tensor)
         return self.criterion(logits, labels, paste_class, paste_alpha, old_logits)
+
+    def _write_metrics(self, loss_dict, data_time, prefix="", iter=None):
+        """SimpleTrainer's, which gathers the losses (and checks they are finite) every
+        ``gather_metric_period`` iterations, and here also at the step's last iteration: its
+        model_final.pth is never written from a diverged model unnoticed."""
+        iter = self.iter if iter is None else iter
+        if iter == self.max_iter - 1 and (iter + 1) % self.gather_metric_period:
+            SimpleTrainer.write_metrics(loss_dict, data_time, iter, prefix)
+            return
+        super()._write_metrics(loss_dict, data_time, prefix, iter)
 
     def load_state_dict(self, state_dict):
         """AMPTrainer's, for a step resumed on another device: the grad scaler's state carries
