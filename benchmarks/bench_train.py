@@ -208,9 +208,13 @@ def calibrate_batchnorm(model, batches) -> None:
 def bench_training(cfg, args, setup: Setup, device: torch.device) -> dict:
     from detectron2.utils.events import EventStorage
 
-    from eir.engine.builders import build_criterion, build_optimizer, build_step_model
+    from eir.engine.builders import (
+        build_criterion,
+        build_optimizer,
+        build_step_model,
+        build_trainer,
+    )
     from eir.engine.step_plan import plan_step
-    from eir.engine.trainer import EIRTrainer
     from eir.modeling.meta_arch import load_previous_step
 
     task = setup.task
@@ -235,11 +239,9 @@ def bench_training(cfg, args, setup: Setup, device: torch.device) -> dict:
     criterion = build_criterion(cfg)
     plan = plan_step(cfg, task, STEP, criterion)
     plain_plan = dataclasses.replace(plan, teacher=False, paste=False)
-    common = dict(task=task, criterion=criterion, amp=args.amp)
-    plain = EIRTrainer(model, itertools.cycle(plain_batches), optimizer, plan=plain_plan, **common)
-    eir = EIRTrainer(
-        model, itertools.cycle(paste_batches), optimizer, plan=plan, old_model=old_model, **common
-    )
+    cfg.train.amp.enabled = args.amp
+    plain = build_trainer(cfg, model, itertools.cycle(plain_batches), optimizer, task, plain_plan, criterion)
+    eir = build_trainer(cfg, model, itertools.cycle(paste_batches), optimizer, task, plan, criterion, old_model)
     trainers = {"plain": plain, "eir": eir}
     times = {k: [] for k in trainers}
     peaks = {k: 0 for k in trainers}

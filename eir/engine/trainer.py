@@ -124,7 +124,8 @@ class EIRTrainer(AMPTrainer):
         ``gather_metric_period`` iterations, and here also at the step's last iteration: its
         model_final.pth is never written from a diverged model unnoticed."""
         iter = self.iter if iter is None else iter
-        if iter == self.max_iter - 1 and (iter + 1) % self.gather_metric_period:
+        last = getattr(self, "max_iter", None)  # set by train(); a caller of run_step alone has none
+        if last is not None and iter == last - 1 and (iter + 1) % self.gather_metric_period:
             SimpleTrainer.write_metrics(loss_dict, data_time, iter, prefix)
             return
         super()._write_metrics(loss_dict, data_time, prefix, iter)
