@@ -262,6 +262,18 @@ class RunLock:
 # --------------------------------------------------------------------------- config record
 
 
+def _json_mapping(path: Path, key: str) -> dict:
+    """The mapping under ``key`` of the JSON object in ``path``; OSError or ValueError (the
+    reason, for a message naming the file) when the file holds none."""
+    data = json.loads(path.read_bytes())
+    if not isinstance(data, dict) or key not in data:
+        raise ValueError(f"no {key!r} in it")
+    if not isinstance(data[key], dict):
+        raise ValueError(f"its {key!r} is a {type(data[key]).__name__}, not a mapping")
+    return data[key]
+
+
+
 def _plain(value: Any) -> Any:
     """A JSON value standing for ``value`` (callables by their import path)."""
     if isinstance(value, (str, int, float, bool)) or value is None:
@@ -366,14 +378,11 @@ def check_recorded_config(
     if not path.is_file():
         return current, []
     try:
-        stored = json.loads(path.read_bytes())["config"]
-        if not isinstance(stored, dict):
-            raise ValueError(f"its 'config' is a {type(stored).__name__}, not a mapping of keys to values")
+        stored = _json_mapping(path, "config")
         recorded = upgrade_record(stored)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        why = f"no {e}" if isinstance(e, KeyError) else str(e)
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise RunFolderError(
-            f"{path} is damaged ({why}): restore it, or delete it to record this command's config "
+            f"{path} is damaged ({e}): restore it, or delete it to record this command's config "
             "(the folder's finished steps are kept)"
         ) from e
     recorded.setdefault(WORLD_SIZE_KEY, int(world_size))
@@ -587,10 +596,8 @@ class RunFolder:
         recorded = {}
         if path.is_file():
             try:
-                recorded = json.loads(path.read_text())["datasets"]
-                if not isinstance(recorded, dict):
-                    raise TypeError("'datasets' is not a mapping")
-            except (OSError, ValueError, KeyError, TypeError) as e:
+                recorded = _json_mapping(path, "datasets")
+            except (OSError, ValueError) as e:
                 raise RunFolderError(
                     f"{path} is damaged ({e}): restore it, or delete it to record the data as it is now"
                 ) from e
@@ -669,10 +676,8 @@ class RunFolder:
             try:
                 if METRICS_FILE in recorded and not _digest_matches(path, recorded[METRICS_FILE]):
                     raise ValueError("its digest differs from the one in DONE")
-                summary = json.loads(path.read_bytes())["summary"]
-                if not isinstance(summary, dict):
-                    raise ValueError("its summary is not a mapping")
-            except (OSError, ValueError, KeyError, TypeError) as e:
+                summary = _json_mapping(path, "summary")
+            except (OSError, ValueError) as e:
                 raise ValueError(
                     f"{path} is damaged or was changed ({e}): restore it, or delete it and "
                     f"{self.step_dir(step) / DONE_FILE}, then rerun to evaluate the step again"
