@@ -754,7 +754,8 @@ def test_another_number_of_processes_is_refused_like_a_config_change(finished, t
     out = copy_of(finished, tmp_path)
     assert json.loads((out / "run_config.json").read_text())["config"]["launch.world_size"] == 1
     before = snapshot(out)
-    monkeypatch.setattr(comm, "get_world_size", lambda: 2)  # as under --num-gpus 2
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)  # as under --num-gpus 2 ...
+    monkeypatch.setattr(comm, "all_gather", lambda data, group=None: [data, None])  # ... rank 1 passing its checks
     with pytest.raises(run_folder().RunFolderError, match="launch.world_size: 1 -> 2"):
         rerun(out)
     assert snapshot(out) == before
