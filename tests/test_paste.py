@@ -81,6 +81,7 @@ def test_config_defaults_are_the_papers():
         {"beta": (1.0,)},
         {"flip_prob": 1.5},
         {"fallback_total": -2},
+        {"onto": "labels"},
     ],
 )
 def test_config_rejects_bad_values(kwargs):
@@ -299,6 +300,26 @@ def test_copy_paste_exact_pixels():
     np.testing.assert_array_equal(lab, label0)  # a single paste leaves the label beneath unchanged
     np.testing.assert_array_equal(image, image0)  # inputs untouched
     np.testing.assert_array_equal(label, label0)
+
+
+def test_onto_background_keeps_labelled_pixels_in_front():
+    """onto="background": the instance covers label-0 pixels only; a labelled object and the
+    void border (255) beneath it keep their pixels, and no paste map is written there."""
+    image = np.full((100, 120, 3), 7, np.uint8)
+    label = np.zeros((100, 120), np.uint8)
+    label[5:15, 50:70] = 3
+    label[15, 50:70] = 255
+    inst = two_colour_instance(10, 20)
+    out_any, _, pc_any, _ = paste_instances(image, label, [(*inst, 5)], [(0, 41)], cell=41, mode="copy")
+    out, lab, pc, pa = paste_instances(image, label, [(*inst, 5)], [(0, 41)], cell=41, mode="copy",
+                                       onto="background")
+    covered = label != 0
+    np.testing.assert_array_equal(out[covered], image[covered])
+    assert not pc[covered].any() and not pa[covered].any()
+    np.testing.assert_array_equal(out[~covered], out_any[~covered])  # elsewhere the default paste
+    np.testing.assert_array_equal(pc[~covered], pc_any[~covered])
+    assert (pc_any[covered] == 5).any()  # the default covers the object
+    np.testing.assert_array_equal(lab, label)
 
 
 def test_inplace_paste_writes_into_the_inputs_with_the_same_result():

@@ -215,7 +215,10 @@ _RENAMED_V1 = {
 
 #: Result-changing keys added to the config after runs were recorded, with the value that
 #: describes what those runs did.
-_ADDED_KEYS = {"train.float32_precision": ""}
+_ADDED_KEYS = {"train.float32_precision": "", "eir.criterion.new_channels_on_pastes": True}
+#: The same for keys inside a node that a run may have set to None (``eir.paste=null``):
+#: added only where the record has the node.
+_ADDED_NODE_KEYS = {"eir.paste.onto": "any"}
 
 
 def upgrade_record(recorded: Mapping[str, Any]) -> dict[str, Any]:
@@ -227,6 +230,9 @@ def upgrade_record(recorded: Mapping[str, Any]) -> dict[str, Any]:
     background, and ADE20K's unseen classes are ignored. Keys added since (:data:`_ADDED_KEYS`)
     get the value that describes the recorded run."""
     record = {**_ADDED_KEYS, **recorded}
+    for key, value in _ADDED_NODE_KEYS.items():
+        if f"{key.rsplit('.', 1)[0]}._target_" in record:
+            record.setdefault(key, value)
     if "task.dataset" in record:  # before the classes came from the datasets' MetadataCatalog
         dataset = record.pop("task.dataset")
         record["task.background"] = True  # every built-in dataset's value 0 is its background

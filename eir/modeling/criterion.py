@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from eir.constants import IGNORE_LABEL
 from eir.modeling.losses import (
     DISTILLATION_RULES,
     RSKD_NORMALIZATIONS,
@@ -43,6 +44,12 @@ class EIRCriterion:
         rskd_mask: the pixels RSKD distils (:func:`eir.modeling.losses.distillation_mask`).
         rskd_normalize: RSKD's mean over the mask's pixels or all pixels
             (:func:`eir.modeling.losses.rskd_loss`).
+        new_channels_on_pastes: whether the channels of the step's new classes take BCE on
+            pasted pixels (METHOD.md section 4: every channel, True). False leaves them out
+            where a paste lies over anything but a new class's label, so a pasted old-class
+            instance teaches the old channels only and tells no new class "not here" (an
+            option, not the paper's; it needs the old model's logits, which give the
+            number of old channels).
     """
 
     def __init__(
@@ -52,6 +59,7 @@ class EIRCriterion:
         w_kd: float = 5.0,
         rskd_mask: str = "not_new",
         rskd_normalize: str = "mask",
+        new_channels_on_pastes: bool = True,
     ):
         if tau is not None:
             if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 <= tau <= 1.0:
@@ -68,6 +76,9 @@ class EIRCriterion:
         self.w_kd = _weight("w_kd", w_kd)
         self.rskd_mask = rskd_mask
         self.rskd_normalize = rskd_normalize
+        if not isinstance(new_channels_on_pastes, bool):
+            raise ValueError(f"new_channels_on_pastes must be True or False, got {new_channels_on_pastes!r}")
+        self.new_channels_on_pastes = new_channels_on_pastes
 
     @property
     def needs_old_model(self) -> bool:
@@ -91,12 +102,17 @@ class EIRCriterion:
         """
         num_channels = logits.shape[1]
         if old_logits is None:
+            if not self.new_channels_on_pastes and paste_class is not None:
+                raise ValueError("new_channels_on_pastes=False needs the old model's logits (its channel count)")
             targets = soft_targets(labels, num_channels, paste_class, paste_alpha)
             return {"loss_bce": self.w_bce * bce_loss(logits, targets)}
         num_old = old_logits.shape[1]
         hard = labels if self.tau is None else pseudo_labels(labels, old_logits, self.tau, num_old)
         targets = soft_targets(hard, num_channels, paste_class, paste_alpha)
-        losses = {"loss_bce": self.w_bce * bce_loss(logits, targets)}
+        weight = None
+        if not self.new_channels_on_pastes and paste_class is not None:
+            weight = _new_channels_off_pastes(labels, paste_class, num_old, num_channels)
+        losses = {"loss_bce": self.w_bce * bce_loss(logits, targets, weight)}
         if self.w_kd > 0:
             mask = distillation_mask(labels, num_old, self.rskd_mask)
             losses["loss_rskd"] = self.w_kd * rskd_loss(logits, old_logits, mask, normalize=self.rskd_normalize)
@@ -105,5 +121,14 @@ class EIRCriterion:
     def __repr__(self) -> str:
         return (
             f"EIRCriterion(tau={self.tau}, w_bce={self.w_bce}, w_kd={self.w_kd}, "
-            f"rskd_mask={self.rskd_mask!r}, rskd_normalize={self.rskd_normalize!r})"
+            f"rskd_mask={self.rskd_mask!r}, rskd_normalize={self.rskd_normalize!r}, "
+            f"new_channels_on_pastes={self.new_channels_on_pastes})"
         )
+
+
+def _new_channels_off_pastes(labels, paste_class, num_old: int, num_channels: int) -> torch.Tensor:
+    """BCE weights [N, C, H, W]: 0 on the new channels (>= ``num_old``) of pixels under a paste
+    whose label is not a new class, 1 elsewhere."""
+    off = (paste_class > 0) & ~((labels >= num_old) & (labels != IGNORE_LABEL))
+    new = torch.arange(num_channels, device=labels.device) >= num_old
+    return (~(off.unsqueeze(1) & new[None, :, None, None])).float()
