@@ -82,6 +82,7 @@ def test_config_defaults_are_the_papers():
         {"flip_prob": 1.5},
         {"fallback_total": -2},
         {"onto": "labels"},
+        {"skip_classes": ("star",)},
     ],
 )
 def test_config_rejects_bad_values(kwargs):
@@ -524,6 +525,19 @@ def test_paste_from_bank_fallback_and_pseudo_none():
     out, lab, pc, pa = paste_from_bank(image, label, None, bank, [1, 2, 3], cfg, np.random.default_rng(1))
     assert len(bank.calls) == 3  # nothing detected: 3 random old classes
     assert set(np.unique(pc)) - {0} <= {1, 2, 3} and pc.any()
+
+
+def test_paste_from_bank_never_pastes_skipped_classes():
+    """skip_classes: neither a detected class nor a fallback draw is ever one of them."""
+    bank = make_bank()
+    label = np.zeros((100, 100), np.uint8)
+    pseudo = np.full((100, 100), 2, np.uint8)  # class 2 detected everywhere
+    cfg = PasteConfig(cell_size=50, mode="copy", skip_classes=(2,))
+    for seed in range(20):
+        _, _, pc, _ = paste_from_bank(np.zeros((100, 100, 3), np.uint8), label, pseudo, bank, [1, 2, 3], cfg,
+                                      np.random.default_rng(seed))
+        assert pc.any() and 2 not in np.unique(pc)
+    assert PasteConfig(skip_classes=[6]).scaled_to(128).skip_classes == (6,)
 
 
 def test_paste_from_bank_is_deterministic():

@@ -525,12 +525,13 @@ def test_a_label_changed_between_steps_is_refused_naming_it(finished, datasets, 
 def test_a_record_without_a_key_added_since_describes_what_the_run_did():
     rf = run_folder()
     assert rf.upgrade_record({"train.seed": 0}) == {
-        "train.seed": 0, "train.float32_precision": "", "eir.criterion.new_channels_on_pastes": True,
+        "train.seed": 0, "train.float32_precision": "", "eir.criterion.pasted_bce": "all",
     }
     assert rf.upgrade_record({"train.float32_precision": "high"})["train.float32_precision"] == "high"
     # a key inside eir.paste: added where the run pasted, not where it had eir.paste=null
     pasting = {"eir.paste._target_": "eir.data.paste.PasteConfig", "eir.paste.mode": "mixup"}
     assert rf.upgrade_record(pasting)["eir.paste.onto"] == "any"
+    assert rf.upgrade_record(pasting)["eir.paste.skip_classes"] == "[]"
     assert "eir.paste.onto" not in rf.upgrade_record({"eir.paste": None})
 
 

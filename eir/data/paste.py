@@ -76,6 +76,7 @@ class PasteConfig:
     beta: Tuple[float, float] = (1.0, 1.0)
     flip_prob: float = 0.5  # horizontal flip of each instance (its fresh augmentation)
     onto: str = "any"  # "background": pastes cover label-0 pixels only (an option, not the paper's)
+    skip_classes: Tuple[int, ...] = ()  # old classes never pasted (an ablation; the paper pastes all)
 
     def __post_init__(self):
         for name in ("max_classes", "min_found", "fallback_total"):
@@ -95,6 +96,10 @@ class PasteConfig:
             raise ValueError(f"PasteConfig.flip_prob must be in [0, 1], got {self.flip_prob!r}")
         if self.onto not in ONTO:
             raise ValueError(f"PasteConfig.onto must be one of {ONTO}, got {self.onto!r}")
+        try:
+            self.skip_classes = tuple(int(c) for c in self.skip_classes)
+        except (TypeError, ValueError):
+            raise ValueError(f"PasteConfig.skip_classes must be class ids, got {self.skip_classes!r}") from None
 
     def scaled_to(self, crop_size: int, reference: int = REFERENCE_CROP) -> PasteConfig:
         """A copy whose cell size is ``cell_size * crop_size / reference`` (S scales with the crop)."""
@@ -104,7 +109,7 @@ class PasteConfig:
         return PasteConfig(
             max_classes=self.max_classes, cell_size=cell, min_found=self.min_found,
             fallback_total=self.fallback_total, mode=self.mode, beta=self.beta,
-            flip_prob=self.flip_prob, onto=self.onto,
+            flip_prob=self.flip_prob, onto=self.onto, skip_classes=self.skip_classes,
         )
 
 
@@ -511,13 +516,13 @@ def paste_from_bank(
     through :func:`rescale_instance`; :class:`eir.data.bank.InstanceBank` memoises them, so
     a worker rescales each instance once); ``pseudo_map`` (the prepass map
     transformed with the crop, any resolution) may be None. Old classes with no
-    bank entry are never pasted. Use ``cfg.scaled_to(crop_size)`` for crops
+    bank entry, and those of ``cfg.skip_classes``, are never pasted. Use ``cfg.scaled_to(crop_size)`` for crops
     other than 512. When nothing is pasted the outputs are the inputs (copies
     unless ``inplace``) and zero maps.
     """
     _check_image_label(image, label)
     entries = {}
-    for c in dict.fromkeys(int(c) for c in old_classes):
+    for c in dict.fromkeys(int(c) for c in old_classes if int(c) not in cfg.skip_classes):
         idx = bank.entries_for_class(c)
         if len(idx):
             entries[c] = idx

@@ -215,10 +215,10 @@ _RENAMED_V1 = {
 
 #: Result-changing keys added to the config after runs were recorded, with the value that
 #: describes what those runs did.
-_ADDED_KEYS = {"train.float32_precision": "", "eir.criterion.new_channels_on_pastes": True}
+_ADDED_KEYS = {"train.float32_precision": "", "eir.criterion.pasted_bce": "all"}
 #: The same for keys inside a node that a run may have set to None (``eir.paste=null``):
 #: added only where the record has the node.
-_ADDED_NODE_KEYS = {"eir.paste.onto": "any"}
+_ADDED_NODE_KEYS = {"eir.paste.onto": "any", "eir.paste.skip_classes": "[]"}
 
 
 def upgrade_record(recorded: Mapping[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,10 @@ from eir.modeling.losses import (
     soft_targets,
 )
 
-__all__ = ["EIRCriterion"]
+__all__ = ["EIRCriterion", "PASTED_BCE"]
+
+#: Which channels take BCE on pasted pixels (:class:`EIRCriterion`'s ``pasted_bce``).
+PASTED_BCE = ("all", "old_channels", "none")
 
 
 def _weight(name: str, value) -> float:
@@ -44,12 +47,12 @@ class EIRCriterion:
         rskd_mask: the pixels RSKD distils (:func:`eir.modeling.losses.distillation_mask`).
         rskd_normalize: RSKD's mean over the mask's pixels or all pixels
             (:func:`eir.modeling.losses.rskd_loss`).
-        new_channels_on_pastes: whether the channels of the step's new classes take BCE on
-            pasted pixels (METHOD.md section 4: every channel, True). False leaves them out
-            where a paste lies over anything but a new class's label, so a pasted old-class
-            instance teaches the old channels only and tells no new class "not here" (an
-            option, not the paper's; it needs the old model's logits, which give the
-            number of old channels).
+        pasted_bce: which channels take BCE on pasted pixels (those under a paste whose label is
+            not a class of the step): ``"all"`` (METHOD.md section 4, the paper's), ``"old_channels"``
+            (the new classes' channels leave them out, so a pasted instance tells no new class
+            "not here") or ``"none"`` (they leave the BCE, its mean included). Ablations, not the
+            paper's; the latter two need the old model's logits (they give the number of old
+            channels).
     """
 
     def __init__(
@@ -59,7 +62,7 @@ class EIRCriterion:
         w_kd: float = 5.0,
         rskd_mask: str = "not_new",
         rskd_normalize: str = "mask",
-        new_channels_on_pastes: bool = True,
+        pasted_bce: str = "all",
     ):
         if tau is not None:
             if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 <= tau <= 1.0:
@@ -76,9 +79,9 @@ class EIRCriterion:
         self.w_kd = _weight("w_kd", w_kd)
         self.rskd_mask = rskd_mask
         self.rskd_normalize = rskd_normalize
-        if not isinstance(new_channels_on_pastes, bool):
-            raise ValueError(f"new_channels_on_pastes must be True or False, got {new_channels_on_pastes!r}")
-        self.new_channels_on_pastes = new_channels_on_pastes
+        if pasted_bce not in PASTED_BCE:
+            raise ValueError(f"pasted_bce must be one of {PASTED_BCE}, got {pasted_bce!r}")
+        self.pasted_bce = pasted_bce
 
     @property
     def needs_old_model(self) -> bool:
@@ -102,16 +105,16 @@ class EIRCriterion:
         """
         num_channels = logits.shape[1]
         if old_logits is None:
-            if not self.new_channels_on_pastes and paste_class is not None:
-                raise ValueError("new_channels_on_pastes=False needs the old model's logits (its channel count)")
+            if self.pasted_bce != "all" and paste_class is not None:
+                raise ValueError(f"pasted_bce={self.pasted_bce!r} needs the old model's logits (its channel count)")
             targets = soft_targets(labels, num_channels, paste_class, paste_alpha)
             return {"loss_bce": self.w_bce * bce_loss(logits, targets)}
         num_old = old_logits.shape[1]
         hard = labels if self.tau is None else pseudo_labels(labels, old_logits, self.tau, num_old)
         targets = soft_targets(hard, num_channels, paste_class, paste_alpha)
         weight = None
-        if not self.new_channels_on_pastes and paste_class is not None:
-            weight = _new_channels_off_pastes(labels, paste_class, num_old, num_channels)
+        if self.pasted_bce != "all" and paste_class is not None:
+            weight = _pasted_bce_weight(labels, paste_class, num_old, num_channels, self.pasted_bce)
         losses = {"loss_bce": self.w_bce * bce_loss(logits, targets, weight)}
         if self.w_kd > 0:
             mask = distillation_mask(labels, num_old, self.rskd_mask)
@@ -122,13 +125,13 @@ class EIRCriterion:
         return (
             f"EIRCriterion(tau={self.tau}, w_bce={self.w_bce}, w_kd={self.w_kd}, "
             f"rskd_mask={self.rskd_mask!r}, rskd_normalize={self.rskd_normalize!r}, "
-            f"new_channels_on_pastes={self.new_channels_on_pastes})"
+            f"pasted_bce={self.pasted_bce!r})"
         )
 
 
-def _new_channels_off_pastes(labels, paste_class, num_old: int, num_channels: int) -> torch.Tensor:
-    """BCE weights [N, C, H, W]: 0 on the new channels (>= ``num_old``) of pixels under a paste
-    whose label is not a new class, 1 elsewhere."""
+def _pasted_bce_weight(labels, paste_class, num_old: int, num_channels: int, rule: str) -> torch.Tensor:
+    """BCE weights [N, C, H, W]: 0 on the channels ``rule`` leaves out (the new ones, >=
+    ``num_old``, or all) at pixels under a paste whose label is not a new class, 1 elsewhere."""
     off = (paste_class > 0) & ~((labels >= num_old) & (labels != IGNORE_LABEL))
-    new = torch.arange(num_channels, device=labels.device) >= num_old
-    return (~(off.unsqueeze(1) & new[None, :, None, None])).float()
+    channels = torch.arange(num_channels, device=labels.device) >= (num_old if rule == "old_channels" else 0)
+    return (~(off.unsqueeze(1) & channels[None, :, None, None])).float()

@@ -134,8 +134,8 @@ def bce_loss(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor |
 
     Summed over channels and averaged over the pixels whose target vector is
     not all zero; 0, still attached to the graph, when no pixel counts. ``weight``
-    (broadcastable to the logits, e.g. [N, C, H, W] of 0 / 1) scales each channel's term of
-    each pixel; which pixels count, and so the mean's denominator, does not depend on it.
+    ([N, C, H, W], e.g. of 0 / 1) scales each channel's term of each pixel; a pixel whose
+    weights are all 0 does not count either (it leaves the mean's denominator).
     """
     _check_logits(logits, "logits")
     if logits.shape != targets.shape:
@@ -146,6 +146,8 @@ def bce_loss(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor |
     per_element = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
     per_pixel = (per_element if weight is None else per_element * weight).sum(dim=1)
     counted = (targets != 0).any(dim=1)
+    if weight is not None:
+        counted = counted & (weight != 0).any(dim=1)
     total = torch.where(counted, per_pixel, 0.0).sum()
     return total / counted.sum().clamp_min(1)
 
