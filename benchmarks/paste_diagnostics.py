@@ -273,6 +273,69 @@ def class_forces(model, old_model, samples, criterion, task, step: int, class_id
     return {"groups": groups, "batches": num_batches, **totals}
 
 
+def loss_parts(criterion, logits, labels, pc, pa, old, channel: int) -> dict[str, torch.Tensor]:
+    """The criterion's loss split by where its gradient comes from, for the class channel
+    ``channel``: BCE of that channel on its own labelled pixels, on pasted pixels and
+    elsewhere; BCE of the other channels on pasted and on unpasted pixels (each part over the
+    BCE's own count of pixels, so the five add up to it); RSKD as the criterion computes it."""
+    from eir.modeling.losses import bce_loss
+
+    hard = labels if old is None or criterion.tau is None else pseudo_labels(labels, old, criterion.tau, old.shape[1])
+    targets = soft_targets(hard, logits.shape[1], pc, pa)
+    pasted = (pc > 0).unsqueeze(1)
+    own = (labels == channel).unsqueeze(1)
+    is_channel = (torch.arange(logits.shape[1]) == channel)[None, :, None, None]
+    masks = {
+        "BCE, class channel, its own pixels": is_channel & own,
+        "BCE, class channel, pasted pixels": is_channel & ~own & pasted,
+        "BCE, class channel, other pixels": is_channel & ~own & ~pasted,
+        "BCE, other channels, pasted pixels": ~is_channel & pasted,
+        "BCE, other channels, unpasted pixels": ~is_channel & ~pasted,
+    }
+    counted = (targets != 0).any(dim=1).sum().clamp_min(1)
+    per_element = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    counted_px = (targets != 0).any(dim=1, keepdim=True)
+    parts = {k: criterion.w_bce * (per_element * (m & counted_px)).sum() / counted for k, m in masks.items()}
+    assert torch.allclose(sum(parts.values()), criterion.w_bce * bce_loss(logits, targets), rtol=1e-4)
+    losses = criterion(logits, labels, pc, pa, old)
+    if "loss_rskd" in losses:
+        parts["RSKD"] = losses["loss_rskd"]
+    return parts
+
+
+def influence(model, old_model, samples, criterion, task, step: int, class_id: int, head_lr_mult: float) -> dict:
+    """What one SGD step on each part of the loss (:func:`loss_parts`) does to the class's mean
+    logit over its own labelled, unpasted pixels, through every trained weight (the shared
+    body included): minus the dot product of the part's gradient with the gradient of that
+    mean logit, each weight scaled by its learning-rate multiplier (the head's
+    ``head_lr_mult``), per unit of base learning rate, averaged over batches. < 0: that part
+    of training lowers the class's score on the class's own pixels. First order, without
+    momentum."""
+    from eir.modeling.meta_arch import build_param_groups
+
+    lut = torch.as_tensor(task.class_to_channel_lut(step), dtype=torch.long)
+    channel = int(lut[class_id])
+    groups = build_param_groups(model, 1.0, 0.0, step, head_lr_mult)
+    params = [p for g in groups for p in g["params"]]
+    mults = [g["lr"] for g in groups for _ in g["params"]]
+    totals, num_batches = collections.Counter(), 0
+    for batch in batches(samples):
+        labels, pc, pa = stack(batch, "sem_seg", lut), stack(batch, "paste_class", lut), stack(batch, "paste_alpha")
+        own = (labels == channel) & (pc == 0)
+        if not own.any():
+            continue
+        with torch.no_grad():
+            old = old_model.logits(old_model.preprocess_image(batch).tensor) if criterion.needs_old_model else None
+        logits = model.logits(model.preprocess_image(batch).tensor)
+        target = torch.autograd.grad(logits[:, channel][own].mean(), params, retain_graph=True, allow_unused=True)
+        for name, part in loss_parts(criterion, logits, labels, pc, pa, old, channel).items():
+            grads = torch.autograd.grad(part, params, retain_graph=True, allow_unused=True)
+            totals[name] -= sum(float((m * g * t).sum()) for m, g, t in zip(mults, grads, target)
+                                if g is not None and t is not None)
+        num_batches += 1
+    return {k: v / max(num_batches, 1) for k, v in totals.items()}
+
+
 def old_model_view(old_model, samples, task, step: int, class_id: int, tau: float | None) -> dict:
     """What the step-(t-1) model makes of the class's labelled, unpasted training pixels:
     ``{"argmax": Counter, "pseudo": Counter, "inference": Counter}`` of pixel counts by class
@@ -354,6 +417,8 @@ def focus(run: Path, step: int, class_name: str, checkpoints=("start", "final"),
         else:
             model = runner.trained_model(step, which)
         forces[str(which)] = class_forces(model.eval(), old_model, samples, criterion, task, step, class_id)
+        forces[str(which)]["influence"] = influence(model, old_model, samples, criterion, task, step, class_id,
+                                                    runner.cfg.optimizer.params.head_lr_mult)
     return {"task": task, "class": class_name, "samples": len(samples),
             "choices": paste_choices(samples, choices, task, class_id),
             "old_view": old_model_view(old_model, samples, task, step, class_id, criterion.tau),
@@ -400,6 +465,10 @@ def focus_report(d: dict, run: Path, step: int) -> str:
             lines.append(f"| {group} | {n / f['batches']:.0f} | {f['score'][i] / n:.3f} | {f['target'][i] / n:.3f} | "
                          + " | ".join(f"{f[t][i] / f['batches']:+.4f}" for t in terms) + " |")
         lines.append("| all | | | | " + " | ".join(f"{f[t].sum() / f['batches']:+.4f}" for t in terms) + " |")
+        lines += ["", f"Model `{which}`: one SGD step on each part of the loss, its first-order effect on "
+                  f"{c}'s mean logit over {c}'s own unpasted pixels, through every trained weight (per unit "
+                  "of base learning rate; < 0 lowers it)", "", "| loss part | effect |", "|---|---:|"]
+        lines += [f"| {k} | {v:+.3f} |" for k, v in f["influence"].items()]
     return "\n".join(lines)
 
 
