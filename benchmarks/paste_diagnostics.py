@@ -277,7 +277,8 @@ def loss_parts(criterion, logits, labels, pc, pa, old, channel: int) -> dict[str
     """The criterion's loss split by where its gradient comes from, for the class channel
     ``channel``: BCE of that channel on its own labelled pixels, on pasted pixels and
     elsewhere; BCE of the other channels on pasted and on unpasted pixels (each part over the
-    BCE's own count of pixels, so the five add up to it); RSKD as the criterion computes it."""
+    BCE's own count of pixels and with its ``pasted_bce`` weights, so the five add up to it);
+    RSKD as the criterion computes it."""
     from eir.modeling.losses import bce_loss
 
     hard = labels if old is None or criterion.tau is None else pseudo_labels(labels, old, criterion.tau, old.shape[1])
@@ -292,11 +293,15 @@ def loss_parts(criterion, logits, labels, pc, pa, old, channel: int) -> dict[str
         "BCE, other channels, pasted pixels": ~is_channel & pasted,
         "BCE, other channels, unpasted pixels": ~is_channel & ~pasted,
     }
-    counted = (targets != 0).any(dim=1).sum().clamp_min(1)
+    weight = criterion.bce_weight(labels, pc, old.shape[1], logits.shape[1]) if old is not None else None
     per_element = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     counted_px = (targets != 0).any(dim=1, keepdim=True)
+    if weight is not None:
+        per_element = per_element * weight
+        counted_px = counted_px & (weight != 0).any(dim=1, keepdim=True)
+    counted = counted_px.sum().clamp_min(1)
     parts = {k: criterion.w_bce * (per_element * (m & counted_px)).sum() / counted for k, m in masks.items()}
-    assert torch.allclose(sum(parts.values()), criterion.w_bce * bce_loss(logits, targets), rtol=1e-4)
+    assert torch.allclose(sum(parts.values()), criterion.w_bce * bce_loss(logits, targets, weight), rtol=1e-4)
     losses = criterion(logits, labels, pc, pa, old)
     if "loss_rskd" in losses:
         parts["RSKD"] = losses["loss_rskd"]

@@ -110,3 +110,21 @@ def test_recorded_choices_split_detections_from_the_fallback():
     assert calls[0] == ([4], chosen[1:]) and len(chosen) == 3  # 9 has no bank entry
     assert calls[1] == ([1, 2], [])
     assert paste.choose_classes.__name__ == "choose_classes"  # restored
+
+
+@pytest.mark.parametrize("rule", ["all", "old_channels", "none"])
+def test_loss_parts_add_up_to_the_criterions_bce(rule):
+    task, step = build_task("synthetic", "4-2"), 2
+    criterion = EIRCriterion(pasted_bce=rule)
+    model, old = StubModel(task.num_channels(step), 0), StubModel(task.num_channels(step - 1), 1)
+    batch = _samples(task, step, n=4)
+    lut = torch.as_tensor(task.class_to_channel_lut(step))
+    x = model.preprocess_image(batch).tensor
+    labels = lut[torch.stack([d["sem_seg"] for d in batch])]
+    pc = lut[torch.stack([d["paste_class"] for d in batch])]
+    pa = torch.stack([d["paste_alpha"] for d in batch])
+    parts = diag.loss_parts(criterion, model.logits(x), labels, pc, pa, old.logits(x), int(lut[8]))
+    losses = criterion(model.logits(x), labels, pc, pa, old.logits(x))
+    bce = sum(v for k, v in parts.items() if k.startswith("BCE"))
+    assert float(bce) == pytest.approx(float(losses["loss_bce"]), rel=1e-5)
+    assert float(parts["RSKD"]) == pytest.approx(float(losses["loss_rskd"]))

@@ -112,14 +112,19 @@ class EIRCriterion:
         num_old = old_logits.shape[1]
         hard = labels if self.tau is None else pseudo_labels(labels, old_logits, self.tau, num_old)
         targets = soft_targets(hard, num_channels, paste_class, paste_alpha)
-        weight = None
-        if self.pasted_bce != "all" and paste_class is not None:
-            weight = _pasted_bce_weight(labels, paste_class, num_old, num_channels, self.pasted_bce)
+        weight = self.bce_weight(labels, paste_class, num_old, num_channels)
         losses = {"loss_bce": self.w_bce * bce_loss(logits, targets, weight)}
         if self.w_kd > 0:
             mask = distillation_mask(labels, num_old, self.rskd_mask)
             losses["loss_rskd"] = self.w_kd * rskd_loss(logits, old_logits, mask, normalize=self.rskd_normalize)
         return losses
+
+    def bce_weight(self, labels, paste_class, num_old: int, num_channels: int) -> torch.Tensor | None:
+        """The BCE's per-channel weights that ``pasted_bce`` asks for ([N, C, H, W] of 0 / 1),
+        or None (every channel of every pixel: the paper's)."""
+        if self.pasted_bce == "all" or paste_class is None:
+            return None
+        return _pasted_bce_weight(labels, paste_class, num_old, num_channels, self.pasted_bce)
 
     def __repr__(self) -> str:
         return (
