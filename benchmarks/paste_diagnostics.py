@@ -20,6 +20,16 @@ bank entries drawn with ``--seed``) and reports:
   validation pixels labelled CLASS go (the share predicted as each class, largest first),
   to see which class or the background takes an old class that a step loses.
 
+With ``--focus CLASS`` it reports instead what the step's training does to the channel of
+CLASS (any class seen by step t), on the run's own training samples and criterion: the
+classes pasted into the samples that hold CLASS (from the old model's detections and from
+the fallback), its pixels under a paste, what the step t-1 model predicts on its pixels,
+and for each model of ``--checkpoints`` the pixels, mean score, BCE target and each loss
+term's push on the CLASS logit per pixel group, then the first-order effect of one SGD step
+on each part of the loss on CLASS's logit over its own pixels (:func:`focus`). Why: a class
+that a step does not learn (crescent at synthetic 4-2 step 2) is explained by which pixels
+push its channel down, not by its final IoU alone.
+
 Predictions follow METHOD.md section 3: the best class score, or background when no
 class score reaches 0.5. Core numbers, CPU, a minute for the defaults:
 
