@@ -321,6 +321,20 @@ def _check_paste_diagnostics(run, pastes):
     with pytest.raises(SystemExit, match="not a class"):
         diag.where_pixels_go(run, 1, "unicorn")
 
+    # --focus: one class's training signal, at the step's start and end; the loss parts' effect
+    # needs the class's unpasted pixels among the samples, so some step-1 class must have them
+    runner = diag.load_runner(run)
+    influenced = False
+    for cid in runner.task.new_classes(1):
+        f = diag.focus(run, 1, runner.task.class_names[cid], ["start", "final"], num_images=8)
+        assert f["samples"] == 8 and 0 <= f["choices"]["with_fallback"] <= f["choices"]["samples"] <= 8
+        for forces in f["forces"].values():
+            assert forces["pixels"].sum() > 0
+            assert bool(forces["influence"]) == (forces["pixels"][0] > 0)  # group 0: its unpasted pixels
+            influenced |= {"RSKD", "BCE, class channel, its own pixels"} <= set(forces["influence"])
+        assert "what training sees" in diag.focus_report(f, run, 1)
+    assert influenced
+
 
 
 def _run_in_process(run):

@@ -73,6 +73,28 @@ def test_pasted_instance_blends_into_the_target():
     assert losses["loss_bce"].item() == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("rule", ["all", "old_channels", "none"])
+def test_pasted_bce_leaves_out_the_channels_of_pastes_over_non_new_labels(rule):
+    """pasted_bce: pixel 0 (background, pasted) keeps every BCE term ("all"), its old channels
+    only ("old_channels"), or leaves the BCE and its mean ("none"); pixel 1 (pasted over the
+    new class) keeps every term."""
+    paste_class = torch.tensor([[[1, 1]]])
+    paste_alpha = torch.tensor([[[0.5, 0.25]]])
+    criterion = EIRCriterion(w_kd=0, pasted_bce=rule)
+    losses = criterion(_logits(NEW), LABELS, paste_class, paste_alpha, old_logits=_logits(OLD))
+    pixel0 = sum(sp(x) - t * x for x, t in zip(NEW[0], [0, 1, 0]))
+    pixel1 = _bce(1, [0, 0.25, 0.75])
+    expected = {
+        "all": (_bce(0, [0, 1, 0]) + pixel1) / 2,
+        "old_channels": (pixel0 - sp(NEW[0][2]) + pixel1) / 2,  # channel 2 (new) left out
+        "none": pixel1,
+    }[rule]
+    assert losses["loss_bce"].item() == pytest.approx(expected, rel=1e-6)
+    if rule != "all":
+        with pytest.raises(ValueError, match="old model's logits"):
+            criterion(_logits(NEW), LABELS, paste_class, paste_alpha)
+
+
 def test_without_old_logits_only_bce_of_the_labels():
     losses = EIRCriterion()(_logits(NEW), LABELS)
     assert set(losses) == {"loss_bce"}
@@ -97,6 +119,7 @@ def test_needs_old_model(kwargs, needs):
         ({"w_kd": "5"}, "w_kd"),
         ({"rskd_mask": "new"}, "rskd_mask"),
         ({"rskd_normalize": "pixels"}, "rskd_normalize"),
+        ({"pasted_bce": "new"}, "pasted_bce"),
     ],
 )
 def test_bad_settings_are_refused(kwargs, message):

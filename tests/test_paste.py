@@ -81,6 +81,8 @@ def test_config_defaults_are_the_papers():
         {"beta": (1.0,)},
         {"flip_prob": 1.5},
         {"fallback_total": -2},
+        {"onto": "labels"},
+        {"skip_classes": ("star",)},
     ],
 )
 def test_config_rejects_bad_values(kwargs):
@@ -301,6 +303,26 @@ def test_copy_paste_exact_pixels():
     np.testing.assert_array_equal(label, label0)
 
 
+def test_onto_background_keeps_labelled_pixels_in_front():
+    """onto="background": the instance covers label-0 pixels only; a labelled object and the
+    void border (255) beneath it keep their pixels, and no paste map is written there."""
+    image = np.full((100, 120, 3), 7, np.uint8)
+    label = np.zeros((100, 120), np.uint8)
+    label[5:15, 50:70] = 3
+    label[15, 50:70] = 255
+    inst = two_colour_instance(10, 20)
+    out_any, _, pc_any, _ = paste_instances(image, label, [(*inst, 5)], [(0, 41)], cell=41, mode="copy")
+    out, lab, pc, pa = paste_instances(image, label, [(*inst, 5)], [(0, 41)], cell=41, mode="copy",
+                                       onto="background")
+    covered = label != 0
+    np.testing.assert_array_equal(out[covered], image[covered])
+    assert not pc[covered].any() and not pa[covered].any()
+    np.testing.assert_array_equal(out[~covered], out_any[~covered])  # elsewhere the default paste
+    np.testing.assert_array_equal(pc[~covered], pc_any[~covered])
+    assert (pc_any[covered] == 5).any()  # the default covers the object
+    np.testing.assert_array_equal(lab, label)
+
+
 def test_inplace_paste_writes_into_the_inputs_with_the_same_result():
     image = np.full((100, 120, 3), 7, np.uint8)
     label = np.zeros((100, 120), np.uint8)
@@ -503,6 +525,19 @@ def test_paste_from_bank_fallback_and_pseudo_none():
     out, lab, pc, pa = paste_from_bank(image, label, None, bank, [1, 2, 3], cfg, np.random.default_rng(1))
     assert len(bank.calls) == 3  # nothing detected: 3 random old classes
     assert set(np.unique(pc)) - {0} <= {1, 2, 3} and pc.any()
+
+
+def test_paste_from_bank_never_pastes_skipped_classes():
+    """skip_classes: neither a detected class nor a fallback draw is ever one of them."""
+    bank = make_bank()
+    label = np.zeros((100, 100), np.uint8)
+    pseudo = np.full((100, 100), 2, np.uint8)  # class 2 detected everywhere
+    cfg = PasteConfig(cell_size=50, mode="copy", skip_classes=(2,))
+    for seed in range(20):
+        _, _, pc, _ = paste_from_bank(np.zeros((100, 100, 3), np.uint8), label, pseudo, bank, [1, 2, 3], cfg,
+                                      np.random.default_rng(seed))
+        assert pc.any() and 2 not in np.unique(pc)
+    assert PasteConfig(skip_classes=[6]).scaled_to(128).skip_classes == (6,)
 
 
 def test_paste_from_bank_is_deterministic():

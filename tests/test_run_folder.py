@@ -712,7 +712,16 @@ def test_a_label_changed_between_steps_is_refused_naming_it(finished, datasets, 
 def test_a_record_without_a_key_added_since_describes_what_the_run_did():
     rf = run_folder()
     assert rf.upgrade_record({"train.seed": 0}) == {"train.seed": 0, "train.float32_precision": ""}
+    criterion = {"eir.criterion._target_": "eir.modeling.criterion.EIRCriterion"}
+    assert rf.upgrade_record(criterion)["eir.criterion.pasted_bce"] == "all"
+    first_schema = {"eir.pseudo_label": True, "eir.tau": 0.7, "eir.w_kd": 5.0}  # gets eir.criterion.*
+    assert rf.upgrade_record(first_schema)["eir.criterion.pasted_bce"] == "all"
     assert rf.upgrade_record({"train.float32_precision": "high"})["train.float32_precision"] == "high"
+    # a key inside eir.paste: added where the run pasted, not where it had eir.paste=null
+    pasting = {"eir.paste._target_": "eir.data.paste.PasteConfig", "eir.paste.mode": "mixup"}
+    assert rf.upgrade_record(pasting)["eir.paste.onto"] == "any"
+    assert rf.upgrade_record(pasting)["eir.paste.skip_classes"] == "[]"
+    assert "eir.paste.onto" not in rf.upgrade_record({"eir.paste": None})
 
 
 @requires_detectron2

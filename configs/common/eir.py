@@ -15,6 +15,8 @@ eir = dict(
         mode="mixup",  # "mixup": lambda ~ Beta per paste; "copy": lambda = 1
         beta=(1.0, 1.0),  # Beta parameters of lambda
         flip_prob=0.5,  # horizontal flip of a pasted instance
+        onto="any",  # "any" (the paper's) or "background": pastes cover label-0 pixels only
+        skip_classes=(),  # old classes never pasted (an ablation; the paper pastes every old class)
     ),
     criterion=L(EIRCriterion)(  # the training objective of every step
         tau=0.7,  # pseudo-label threshold on the old model's sigmoid scores; None: no pseudo-labels
@@ -22,6 +24,7 @@ eir = dict(
         w_kd=5.0,  # weight of RSKD; 0 disables distillation
         rskd_mask="not_new",  # pixels distilled: "not_new" | "background" | "all"
         rskd_normalize="mask",  # RSKD mean over "mask" pixels or "all" pixels
+        pasted_bce="all",  # channels with BCE on pasted pixels: "all" (paper) | "old_channels" | "none"
     ),
     new_head_init="random",  # new classifier init: "random" or "aux" (copy of the background head)
     prepass=dict(  # the old model's pass over a step's images that tells pasting what it hides

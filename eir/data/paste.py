@@ -48,6 +48,9 @@ __all__ = [
 ]
 
 MODES = ("mixup", "copy")
+#: Where an instance may cover the crop: "any" pixel (METHOD.md section 6: inside the instance's
+#: mask, whatever lies beneath) or "background" only (label 0: labelled objects stay in front).
+ONTO = ("any", "background")
 
 #: The crop size the paper's cell size S = 250 belongs to.
 REFERENCE_CROP = 512
@@ -72,6 +75,8 @@ class PasteConfig:
     mode: str = "mixup"  # "mixup": lam ~ Beta(beta); "copy": lam = 1
     beta: Tuple[float, float] = (1.0, 1.0)
     flip_prob: float = 0.5  # horizontal flip of each instance (its fresh augmentation)
+    onto: str = "any"  # "background": pastes cover label-0 pixels only (an option, not the paper's)
+    skip_classes: Tuple[int, ...] = ()  # old classes never pasted (an ablation; the paper pastes all)
 
     def __post_init__(self):
         for name in ("max_classes", "min_found", "fallback_total"):
@@ -89,6 +94,12 @@ class PasteConfig:
         self.beta = _check_beta(self.beta)
         if not 0.0 <= float(self.flip_prob) <= 1.0:
             raise ValueError(f"PasteConfig.flip_prob must be in [0, 1], got {self.flip_prob!r}")
+        if self.onto not in ONTO:
+            raise ValueError(f"PasteConfig.onto must be one of {ONTO}, got {self.onto!r}")
+        try:
+            self.skip_classes = tuple(int(c) for c in self.skip_classes)
+        except (TypeError, ValueError):
+            raise ValueError(f"PasteConfig.skip_classes must be class ids, got {self.skip_classes!r}") from None
 
     def scaled_to(self, crop_size: int, reference: int = REFERENCE_CROP) -> PasteConfig:
         """A copy whose cell size is ``cell_size * crop_size / reference`` (S scales with the crop)."""
@@ -98,7 +109,7 @@ class PasteConfig:
         return PasteConfig(
             max_classes=self.max_classes, cell_size=cell, min_found=self.min_found,
             fallback_total=self.fallback_total, mode=self.mode, beta=self.beta,
-            flip_prob=self.flip_prob,
+            flip_prob=self.flip_prob, onto=self.onto, skip_classes=self.skip_classes,
         )
 
 
@@ -380,6 +391,7 @@ def paste_instances(
     rng: np.random.Generator | None = None,
     beta: Tuple[float, float] = (1.0, 1.0),
     inplace: bool = False,
+    onto: str = "any",
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Step 5: paste ``instances[i] = (crop, mask, class_id)`` at ``cells[i]``, in order.
 
@@ -395,6 +407,8 @@ def paste_instances(
     paste_class, paste_alpha)``; the inputs are not modified unless ``inplace`` (for
     a caller that owns them, such as the mapper with its freshly augmented crop: it
     saves a full-image copy). Every instance is checked before anything is pasted.
+    ``onto="background"`` clips every instance to the pixels whose input label is 0, so
+    labelled objects (and 255) stay in front of the pastes.
     """
     _check_image_label(image, label)
     if cell < 2:
@@ -409,7 +423,7 @@ def paste_instances(
         else:
             size = rescaled_size(*packed.shape[:2], cell, img_h, img_w)
             ready.append((*rescale_instance(packed, size), class_id))
-    return _paste_rescaled(image, label, ready, cells, mode, rng, beta, inplace)
+    return _paste_rescaled(image, label, ready, cells, mode, rng, beta, inplace, onto)
 
 
 def _check_class(class_id) -> int:
@@ -419,12 +433,16 @@ def _check_class(class_id) -> int:
     return class_id
 
 
-def _paste_rescaled(image, label, ready, cells, mode, rng, beta, inplace):
+def _paste_rescaled(image, label, ready, cells, mode, rng, beta, inplace, onto="any"):
     """Step 5 on instances already rescaled: ``ready[i] = (rgb, uint8 0/1 mask, class_id)``,
     each no larger than the image, or None (an empty instance: its cell stays unused).
     The callers have checked ``image`` and ``label``."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if onto not in ONTO:
+        raise ValueError(f"onto must be one of {ONTO}, got {onto!r}")
+    # the input label's background, taken before any fold writes into the label
+    free = (label == 0).view(np.uint8) if onto == "background" else None
     if mode == "mixup":
         beta = _check_beta(beta)
         if rng is None:
@@ -449,6 +467,8 @@ def _paste_rescaled(image, label, ready, cells, mode, rng, beta, inplace):
         px = min(max(int(cx), 0), img_w - new_w)
         lam = np.float32(1.0) if mode == "copy" else np.float32(rng.beta(*beta))
         window = (slice(py, py + new_h), slice(px, px + new_w))
+        if free is not None:  # a new array: the bank's rescaled masks are shared
+            mask = cv2.bitwise_and(mask, free[window])
 
         # Blend inside the paste box only (no full-image float copies); addWeighted rounds
         # to nearest. Masked writes go through cv2.copyTo, far faster than NumPy's.
@@ -496,13 +516,13 @@ def paste_from_bank(
     through :func:`rescale_instance`; :class:`eir.data.bank.InstanceBank` memoises them, so
     a worker rescales each instance once); ``pseudo_map`` (the prepass map
     transformed with the crop, any resolution) may be None. Old classes with no
-    bank entry are never pasted. Use ``cfg.scaled_to(crop_size)`` for crops
+    bank entry, and those of ``cfg.skip_classes``, are never pasted. Use ``cfg.scaled_to(crop_size)`` for crops
     other than 512. When nothing is pasted the outputs are the inputs (copies
     unless ``inplace``) and zero maps.
     """
     _check_image_label(image, label)
     entries = {}
-    for c in dict.fromkeys(int(c) for c in old_classes):
+    for c in dict.fromkeys(int(c) for c in old_classes if int(c) not in cfg.skip_classes):
         idx = bank.entries_for_class(c)
         if len(idx):
             entries[c] = idx
@@ -527,7 +547,7 @@ def paste_from_bank(
             image, label = image.copy(), label.copy()
         return image, label, np.zeros((img_h, img_w), np.uint8), np.zeros((img_h, img_w), np.float32)
     cells = best_cells(_occupied(label, pseudo_map, scratch), cfg.cell_size, len(instances))
-    return _paste_rescaled(image, label, instances, cells, cfg.mode, rng, cfg.beta, inplace)
+    return _paste_rescaled(image, label, instances, cells, cfg.mode, rng, cfg.beta, inplace, cfg.onto)
 
 
 def _writable(array: np.ndarray) -> np.ndarray:

@@ -324,6 +324,9 @@ _RENAMED_V1 = {
 #: Result-changing keys added to the config after runs were recorded, with the value that
 #: describes what those runs did.
 _ADDED_KEYS = {"train.float32_precision": ""}
+#: The same for keys inside a node (``eir.criterion``, ``eir.paste``, which a run may have set
+#: to None): added only where the record has the node.
+_ADDED_NODE_KEYS = {"eir.criterion.pasted_bce": "all", "eir.paste.onto": "any", "eir.paste.skip_classes": "[]"}
 
 
 def upgrade_record(recorded: Mapping[str, Any]) -> dict[str, Any]:
@@ -332,9 +335,22 @@ def upgrade_record(recorded: Mapping[str, Any]) -> dict[str, Any]:
     ``eir.criterion.*`` and ``eir.prepass.tau``: pseudo-labels off is ``tau=None``, and the
     prepass always detected at ``eir.tau``. A record with ``task.dataset`` (before the classes
     came from the datasets' ``MetadataCatalog``) ran a built-in dataset: its value 0 is the
-    background, and ADE20K's unseen classes are ignored. Keys added since (:data:`_ADDED_KEYS`)
-    get the value that describes the recorded run."""
-    record = {**_ADDED_KEYS, **recorded}
+    background, and ADE20K's unseen classes are ignored. Keys added since (:data:`_ADDED_KEYS`,
+    :data:`_ADDED_NODE_KEYS`) get the value that describes the recorded run."""
+    return _with_added_node_keys(_upgrade_schema({**_ADDED_KEYS, **recorded}))
+
+
+def _with_added_node_keys(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with :data:`_ADDED_NODE_KEYS` where it has their node: a run with
+    ``eir.paste=null`` has no paste keys today either, so adding them would read as a change."""
+    for key, value in _ADDED_NODE_KEYS.items():
+        if f"{key.rsplit('.', 1)[0]}._target_" in record:
+            record.setdefault(key, value)
+    return record
+
+
+def _upgrade_schema(record: dict[str, Any]) -> dict[str, Any]:
+    """:func:`upgrade_record`'s renames: ``task.dataset`` and the first schema's keys."""
     if "task.dataset" in record:  # before the classes came from the datasets' MetadataCatalog
         dataset = record.pop("task.dataset")
         record["task.background"] = True  # every built-in dataset's value 0 is its background

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from eir.constants import IGNORE_LABEL
 from eir.modeling.losses import (
     DISTILLATION_RULES,
     RSKD_NORMALIZATIONS,
@@ -30,7 +31,10 @@ from eir.modeling.losses import (
     soft_targets,
 )
 
-__all__ = ["EIRCriterion"]
+__all__ = ["EIRCriterion", "PASTED_BCE"]
+
+#: Which channels take BCE on pasted pixels (:class:`EIRCriterion`'s ``pasted_bce``).
+PASTED_BCE = ("all", "old_channels", "none")
 
 
 def _weight(name: str, value) -> float:
@@ -51,6 +55,12 @@ class EIRCriterion:
         rskd_mask: the pixels RSKD distils (:func:`eir.modeling.losses.distillation_mask`).
         rskd_normalize: RSKD's mean over the mask's pixels or all pixels
             (:func:`eir.modeling.losses.rskd_loss`).
+        pasted_bce: which channels take BCE on pasted pixels (those under a paste whose label is
+            not a class of the step): ``"all"`` (METHOD.md section 4, the paper's), ``"old_channels"``
+            (the new classes' channels leave them out, so a pasted instance tells no new class
+            "not here") or ``"none"`` (they leave the BCE, its mean included). Ablations, not the
+            paper's; the latter two need the old model's logits (they give the number of old
+            channels).
     """
 
     def __init__(
@@ -60,6 +70,7 @@ class EIRCriterion:
         w_kd: float = 5.0,
         rskd_mask: str = "not_new",
         rskd_normalize: str = "mask",
+        pasted_bce: str = "all",
     ):
         if tau is not None:
             if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 <= tau <= 1.0:
@@ -76,6 +87,9 @@ class EIRCriterion:
         self.w_kd = _weight("w_kd", w_kd)
         self.rskd_mask = rskd_mask
         self.rskd_normalize = rskd_normalize
+        if pasted_bce not in PASTED_BCE:
+            raise ValueError(f"pasted_bce must be one of {PASTED_BCE}, got {pasted_bce!r}")
+        self.pasted_bce = pasted_bce
 
     @property
     def needs_old_model(self) -> bool:
@@ -109,19 +123,38 @@ class EIRCriterion:
         """The terms of :meth:`__call__`, computed directly (autograd keeps every intermediate)."""
         num_channels = logits.shape[1]
         if old_logits is None:
+            if self.pasted_bce != "all" and paste_class is not None:
+                raise ValueError(f"pasted_bce={self.pasted_bce!r} needs the old model's logits (its channel count)")
             targets = soft_targets(labels, num_channels, paste_class, paste_alpha)
             return {"loss_bce": self.w_bce * bce_loss(logits, targets)}
         num_old = old_logits.shape[1]
         hard = labels if self.tau is None else pseudo_labels(labels, old_logits, self.tau, num_old)
         targets = soft_targets(hard, num_channels, paste_class, paste_alpha)
-        losses = {"loss_bce": self.w_bce * bce_loss(logits, targets)}
+        weight = self.bce_weight(labels, paste_class, num_old, num_channels)
+        losses = {"loss_bce": self.w_bce * bce_loss(logits, targets, weight)}
         if self.w_kd > 0:
             mask = distillation_mask(labels, num_old, self.rskd_mask)
             losses["loss_rskd"] = self.w_kd * rskd_loss(logits, old_logits, mask, normalize=self.rskd_normalize)
         return losses
 
+    def bce_weight(self, labels, paste_class, num_old: int, num_channels: int) -> torch.Tensor | None:
+        """The BCE's per-channel weights that ``pasted_bce`` asks for ([N, C, H, W] of 0 / 1),
+        or None (every channel of every pixel: the paper's)."""
+        if self.pasted_bce == "all" or paste_class is None:
+            return None
+        return _pasted_bce_weight(labels, paste_class, num_old, num_channels, self.pasted_bce)
+
     def __repr__(self) -> str:
         return (
             f"EIRCriterion(tau={self.tau}, w_bce={self.w_bce}, w_kd={self.w_kd}, "
-            f"rskd_mask={self.rskd_mask!r}, rskd_normalize={self.rskd_normalize!r})"
+            f"rskd_mask={self.rskd_mask!r}, rskd_normalize={self.rskd_normalize!r}, "
+            f"pasted_bce={self.pasted_bce!r})"
         )
+
+
+def _pasted_bce_weight(labels, paste_class, num_old: int, num_channels: int, rule: str) -> torch.Tensor:
+    """BCE weights [N, C, H, W]: 0 on the channels ``rule`` leaves out (the new ones, >=
+    ``num_old``, or all) at pixels under a paste whose label is not a new class, 1 elsewhere."""
+    off = (paste_class > 0) & ~((labels >= num_old) & (labels != IGNORE_LABEL))
+    channels = torch.arange(num_channels, device=labels.device) >= (num_old if rule == "old_channels" else 0)
+    return (~(off.unsqueeze(1) & channels[None, :, None, None])).float()

@@ -129,11 +129,13 @@ def soft_targets(
     return targets.scatter_add(1, paste_index, alpha)
 
 
-def bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def bce_loss(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Binary cross-entropy over every channel (channel 0 included).
 
     Summed over channels and averaged over the pixels whose target vector is
-    not all zero; 0, still attached to the graph, when no pixel counts.
+    not all zero; 0, still attached to the graph, when no pixel counts. ``weight``
+    ([N, C, H, W], e.g. of 0 / 1) scales each channel's term of each pixel; a pixel whose
+    weights are all 0 does not count either (it leaves the mean's denominator).
     """
     _check_logits(logits, "logits")
     if logits.shape != targets.shape:
@@ -141,10 +143,11 @@ def bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
             f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have one shape"
         )
     targets = targets.float()
-    per_pixel = F.binary_cross_entropy_with_logits(
-        logits.float(), targets, reduction="none"
-    ).sum(dim=1)
+    per_element = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
+    per_pixel = (per_element if weight is None else per_element * weight).sum(dim=1)
     counted = (targets != 0).any(dim=1)
+    if weight is not None:
+        counted = counted & (weight != 0).any(dim=1)
     total = torch.where(counted, per_pixel, 0.0).sum()
     return total / counted.sum().clamp_min(1)
 
