@@ -165,17 +165,25 @@ def diagnose(run: Path, step: int, runs=(), num_images: int = 160, seed: int = 0
             "old_on_paste": (on_paste, strong), "old_natural": (right, natural), "runs": compared}
 
 
+def seen_class_id(task, step: int, class_name: str, option: str) -> int:
+    """The class id of ``class_name``, which step ``step`` of ``task`` must have seen (else an
+    exit naming ``option`` and the classes)."""
+    names = list(task.class_names)
+    if class_name not in names[1:]:
+        raise SystemExit(f"{option} {class_name}: not a class of {task} (classes: {', '.join(names[1:])})")
+    class_id = names.index(class_name)
+    if class_id not in task.channel_classes(step):
+        raise SystemExit(f"{option} {class_name}: not seen by step {step} of {task}")
+    return class_id
+
+
 def where_pixels_go(run: Path, step: int, class_name: str) -> dict[str, float]:
     """Of the validation pixels labelled ``class_name`` (the step's test labels), the share
     that the run's step-``step`` model predicts as each class, largest first."""
     runner = load_runner(Path(run))
     task = runner.task
+    cid = seen_class_id(task, step, class_name, "--where")
     names = list(task.class_names)
-    if class_name not in names[1:]:
-        raise SystemExit(f"--where {class_name}: not a class of {task} (classes: {', '.join(names[1:])})")
-    cid = names.index(class_name)
-    if cid not in task.channel_classes(step):
-        raise SystemExit(f"--where {class_name}: not seen by step {step} of {task}")
     channel_class = torch.as_tensor(task.channel_classes(step), dtype=torch.long)
     model = runner.trained_model(step).eval()
     counts = torch.zeros(len(names), dtype=torch.long)
@@ -407,12 +415,7 @@ def focus(run: Path, step: int, class_name: str, checkpoints=("start", "final"),
 
     runner = load_runner(run)
     task = runner.task
-    names = list(task.class_names)
-    if class_name not in names[1:]:
-        raise SystemExit(f"--focus {class_name}: not a class of {task} (classes: {', '.join(names[1:])})")
-    class_id = names.index(class_name)
-    if class_id not in task.channel_classes(step):
-        raise SystemExit(f"--focus {class_name}: not seen by step {step} of {task}")
+    class_id = seen_class_id(task, step, class_name, "--focus")
     with recorded_choices() as choices:
         samples = training_samples(runner, step, num_images, seed)
     plan = runner.plan(step)

@@ -21,6 +21,17 @@ DETECTRON2_SKIP_REASON = (
 
 requires_detectron2 = pytest.mark.skipif(not HAS_DETECTRON2, reason=DETECTRON2_SKIP_REASON)
 
+
+def load_script(relative_path: str):
+    """A script of the repository (``tools/...``, ``benchmarks/...``) imported as a module."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 CUDA_SKIP_REASON = (
     "CUDA is not available (torch.cuda.is_available() is False): the CUDA-marked tests run on a GPU "
     "machine, `python -m pytest -m cuda` or benchmarks/gpu_check.sh (README.md, Benchmarks)"

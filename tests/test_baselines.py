@@ -4,14 +4,13 @@ The grouping of the joint run's IoUs runs everywhere (core only); the config and
 need Detectron2 and skip without it.
 """
 import collections
-import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import requires_detectron2, synthetic_datasets
+from conftest import load_script, requires_detectron2, synthetic_datasets
 
 from eir.evaluation.metrics import summarize
 from eir.tasks import build_task
@@ -20,14 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "projects" / "EIR" / "configs"
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("css_synthetic", ROOT / "benchmarks" / "css_synthetic.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_benchmark()
+bench = load_script("benchmarks/css_synthetic.py")
 
 #: What each continual variant must (not) do, read back from a run's artifacts: the bank's
 #: storage after step 0 (None: no bank), whether step 1 pastes (a prepass), whether it distils.
@@ -288,9 +280,7 @@ def _check_paste_diagnostics(run, pastes):
     """benchmarks/paste_diagnostics.py on the finished run: pastes counted, or a clear refusal."""
     import torch
 
-    spec = importlib.util.spec_from_file_location("paste_diagnostics", ROOT / "benchmarks" / "paste_diagnostics.py")
-    diag = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(diag)
+    diag = load_script("benchmarks/paste_diagnostics.py")
     if not pastes:
         with pytest.raises(SystemExit, match="does not paste"):
             diag.diagnose(run, 1, num_images=4)

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import requires_detectron2, synthetic_datasets
+from conftest import load_script, requires_detectron2, synthetic_datasets
 
 from eir.evaluation.report import per_class_grid, write_per_class
 from eir.tasks import build_task
@@ -299,12 +299,8 @@ def test_each_column_is_its_steps_model_through_its_channel_layout(tiny_run, met
 @requires_detectron2
 @pytest.mark.slow
 def test_visualize_run_tool_draws_the_figures_of_any_run_folder(tiny_run, tmp_path):
-    import importlib.util
-
     runner, _, _ = tiny_run
-    spec = importlib.util.spec_from_file_location("visualize_run", ROOT / "tools/visualize_run.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/visualize_run.py")
     copy = tmp_path / "moved_run"
     shutil.copytree(runner.output_dir, copy)
     for name in ("predictions.png", "per_class.png"):

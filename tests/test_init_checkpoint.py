@@ -1,11 +1,11 @@
 """Step 0's ImageNet backbone: refused when missing (unless from scratch) or when it leaves
 backbone weights unloaded; the converter's output passes."""
-import importlib.util
 import pickle
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
 pytest.importorskip("detectron2", reason="Detectron2 is not installed (the engine tests need it)")
 torchvision = pytest.importorskip("torchvision", reason="the converter tests build torchvision ResNets")
@@ -24,9 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VOC = ROOT / "projects/EIR/configs/voc/15-1_overlap.py"
 SYNTHETIC = ROOT / "projects/EIR/configs/synthetic/4-2_overlap.py"
 
-_spec = importlib.util.spec_from_file_location("convert_r101", ROOT / "tools/convert_torchvision_r101.py")
-convert = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(convert)
+convert = load_script("tools/convert_torchvision_r101.py")
 
 
 def tiny_torchvision_resnet():

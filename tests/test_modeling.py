@@ -1,5 +1,4 @@
 """Tests of the Detectron2 model: backbone, IncrementalHead, EIRSegmentor and step growth."""
-import importlib.util
 import pickle
 import re
 from pathlib import Path
@@ -7,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DETECTRON2_SKIP_REASON
+from conftest import DETECTRON2_SKIP_REASON, load_script
 from torch import nn
 
 pytest.importorskip("detectron2", reason=DETECTRON2_SKIP_REASON)
@@ -438,12 +437,7 @@ def test_lazy_config_builds_the_model():
 
 # -------------------------------------------------------------- converter
 def _load_converter():
-    spec = importlib.util.spec_from_file_location(
-        "convert_torchvision_r101", ROOT / "tools" / "convert_torchvision_r101.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/convert_torchvision_r101.py")
 
 
 def _expected_name(key):

@@ -1,29 +1,18 @@
 """benchmarks/paste_diagnostics.py's --focus arithmetic: pixel groups, pushes on a class logit,
 recorded paste choices (core only, stub models; the whole tool runs on a finished run in
 tests/test_baselines.py)."""
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 
 import eir.data.paste as paste
 from eir.modeling.criterion import EIRCriterion
 from eir.tasks import build_task
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("paste_diagnostics", ROOT / "benchmarks" / "paste_diagnostics.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-diag = _load()
+diag = load_script("benchmarks/paste_diagnostics.py")
 
 
 class StubModel:

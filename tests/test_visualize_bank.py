@@ -1,21 +1,16 @@
 """tools/visualize_bank.py renders a saved bank and pasted examples to a PNG."""
-import importlib.util
 from pathlib import Path
 
 import cv2
 import numpy as np
+from conftest import load_script
 
 from eir.data.bank import InstanceBank
 from eir.tasks import build_task
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("visualize_bank", ROOT / "tools" / "visualize_bank.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/visualize_bank.py")
 
 
 def tiny_dataset(root: Path, n=16, size=64, seed=0):
