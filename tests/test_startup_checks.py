@@ -104,6 +104,25 @@ def test_a_later_step_without_training_images_fails_before_anything_is_written(d
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
+def test_a_class_without_training_images_in_its_step_fails_before_anything_is_written(datasets, tmp_path):
+    """Step 1 of 8-2 learns classes 9 and 10; with class 10 in no training label (its pixels made
+    class 9), step 1 still has images, but class 10's channel would see negatives only: refused at
+    start-up, naming the class, not trained."""
+    from eir.engine.runner import ContinualRunner
+    from eir.tasks import build_task
+
+    for name in (datasets / "ImageSets/Segmentation/train_aug.txt").read_text().split():
+        path = datasets / "SegmentationClassAug" / f"{name}.png"
+        label = np.array(Image.open(path))
+        label[label == 10] = 9
+        Image.fromarray(label).save(path)
+    name = build_task("synthetic", "8-2").class_names[10]
+    with pytest.raises(ValueError, match=rf"for step 1 of .* holds class 10 \({name}\) \(overlap setting\)"):
+        ContinualRunner(tiny_cfg(tmp_path / "run")).run()
+    assert not (tmp_path / "run").exists()
+
+
 def test_file_that_is_no_checkpoint_is_named(tmp_path):
     from eir.engine.checkpoint import read_step_checkpoint
     from eir.tasks import build_task

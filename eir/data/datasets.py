@@ -505,17 +505,28 @@ def step_dataset_dicts(
     cache_file = Path(cache_dir) / f"presence_{dataset_name}.npz" if cache_dir is not None else None
     presence = class_presence(dicts, task.spec, cache_file, num_workers, verbose, write_cache)
     keep = task.keeps_train_image if split == "train" else task.keeps_test_image
-    out = [
-        dict(d, eir_step=step)
-        for d, row in zip(dicts, presence)
-        if keep(np.flatnonzero(row), step)
-    ]
+    kept = np.array([keep(np.flatnonzero(row), step) for row in presence], dtype=bool)
+    out = [dict(d, eir_step=step) for d, k in zip(dicts, kept) if k]
     logger.info(
         "%s, step %d (%s), %s: %d of %d images", dataset_name, step, task.name, split, len(out), len(dicts)
     )
     if not out:
         logger.warning("%s has no image for step %d of %s (%s split)", dataset_name, step, task, split)
+    elif split == "train":
+        _check_every_class_has_images(dataset_name, task, step, presence[kept])
     return out
+
+
+def _check_every_class_has_images(dataset_name: str, task: Task, step: int, presence: np.ndarray) -> None:
+    """Refuse a step with a class that none of its training images holds: the step would
+    train that class's channel on negatives only."""
+    missing = [c for c in task.new_classes(step) if not presence[:, c].any()]
+    if missing:
+        names = ", ".join(f"{c} ({task.class_names[c]})" for c in missing)
+        raise ValueError(
+            f"no training image of {dataset_name} for step {step} of {task} holds class {names} "
+            f"({task.setting} setting): check the dataset's labels, task.name and task.order"
+        )
 
 
 def replay_dataset_dicts(bank: Any) -> list[dict]:
