@@ -480,6 +480,7 @@ def step_dataset_dicts(
     num_workers: int = 0,
     verbose: bool | None = None,
     write_cache: bool = True,
+    require_every_class: bool = False,
 ) -> list[dict]:
     """The dataset dicts of ``dataset_name`` that belong to step ``step`` of ``task``.
 
@@ -489,6 +490,8 @@ def step_dataset_dicts(
     Each returned dict is a copy with ``"eir_step": step``. The class-presence table
     is cached in ``cache_dir/presence_<dataset_name>.npz`` when ``cache_dir`` is given
     (only read with ``write_cache=False``); ``num_workers`` threads read the labels the first time.
+    ``require_every_class``: a step's class that none of the returned images holds is an error
+    (a run's training images, :func:`eir.engine.builders.build_train_dicts`).
     """
     task = _as_task(task)
     step = task.check_step(step)
@@ -512,7 +515,7 @@ def step_dataset_dicts(
     )
     if not out:
         logger.warning("%s has no image for step %d of %s (%s split)", dataset_name, step, task, split)
-    elif split == "train":
+    elif require_every_class:
         _check_every_class_has_images(dataset_name, task, step, presence[kept])
     return out
 

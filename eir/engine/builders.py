@@ -170,7 +170,8 @@ def build_train_dicts(
     only reads it."""
     train = cfg.dataloader.train
     images = step_dataset_dicts(
-        train.dataset, task, step, "train", cache_dir=cache_dir, num_workers=train.num_workers, write_cache=write_cache
+        train.dataset, task, step, "train", cache_dir=cache_dir, num_workers=train.num_workers,
+        write_cache=write_cache, require_every_class=True,
     )
     if not images:
         raise ValueError(
