@@ -273,7 +273,6 @@ def _json_mapping(path: Path, key: str) -> dict:
     return data[key]
 
 
-
 def _plain(value: Any) -> Any:
     """A JSON value standing for ``value`` (callables by their import path)."""
     if isinstance(value, (str, int, float, bool)) or value is None:

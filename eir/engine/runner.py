@@ -14,8 +14,8 @@ Artifacts live in ``OUTPUT_DIR/step_t/``; a step is done when ``step_t/DONE`` re
 digests of the step's artifacts, checked before the step is skipped or used;
 :class:`~eir.engine.run_folder.RunFolder` keeps the folder's records). Every check that can
 run before training runs before the folder is claimed (:meth:`ContinualRunner.check_inputs`).
-Rerunning the same command skips done steps and resumes an interrupted one from its last checkpoint, exactly:
-each step is a function of (config, seed, step) (:mod:`eir.seeding`). Each step folder also
+Rerunning the same command skips done steps and resumes an interrupted one from its last
+checkpoint, exactly: each step is a function of (config, seed, step) (:mod:`eir.seeding`). Each step folder also
 holds TensorBoard events (training scalars, the step's evaluation); the run ends with
 ``summary.*``, ``steps.png``, ``per_class.png`` and ``predictions.png``. The objects a step
 needs come from :mod:`eir.engine.builders`.
@@ -119,6 +119,7 @@ class ContinualRunner:
         self.criterion = build_criterion(cfg)
         self.claimed = False
         self.inputs_checked = False
+        self.checked_data: dict | None = None  # the datasets' fingerprints check_inputs compared
 
     @property
     def output_dir(self) -> Path:
@@ -149,7 +150,7 @@ class ContinualRunner:
             self.require_done(steps[0] - 1, steps[0])
         if 0 in steps and not self.folder.is_done(0):
             check_init_checkpoint(self.cfg)
-        self.check_data(write=False)
+        self.checked_data = self.check_data(write=False)
         for step in steps:
             if not self.folder.is_done(step):
                 self.train_data(step, bank=None)  # raises when no training image qualifies
@@ -189,8 +190,10 @@ class ContinualRunner:
         self.claimed = True
 
     def release_output_dir(self) -> None:
+        """Give the folder up; a later claim checks the inputs again."""
         self.folder.release()
         self.claimed = False
+        self.inputs_checked, self.checked_data = False, None
 
     def check_done(self, step: int) -> None:
         self.folder.check_done(step, self.plan(step).artifacts)
@@ -203,7 +206,7 @@ class ContinualRunner:
         claimed_here = not self.claimed
         self.claim_output_dir()
         try:
-            self.check_data()  # records the data of a new run
+            self.check_data(fingerprints=self.checked_data)  # records the data of a new run
             for step in steps:
                 if self.folder.is_done(step):
                     self.check_done(step)
@@ -220,16 +223,19 @@ class ContinualRunner:
                 self.release_output_dir()
         return summaries
 
-    def check_data(self, write: bool = True) -> None:
+    def check_data(self, write: bool = True, fingerprints: dict | None = None) -> dict:
         """Refuse datasets whose files changed since the run recorded them (``run_data.json``):
         checked when a command starts and before each step trains; the record is written (by
-        the main process) only with ``write``."""
-        names = dict.fromkeys([self.cfg.dataloader.train.dataset, self.cfg.dataloader.test.dataset])
-        current = {name: data_fingerprint(DatasetCatalog.get(name)) for name in names}
+        the main process) only with ``write``. ``fingerprints``: the datasets' files as just
+        read (else they are read now); returns them."""
+        if fingerprints is None:
+            names = dict.fromkeys([self.cfg.dataloader.train.dataset, self.cfg.dataloader.test.dataset])
+            fingerprints = {name: data_fingerprint(DatasetCatalog.get(name)) for name in names}
         allow = bool(self.cfg.train.get("allow_data_change", False))
-        self.folder.check_data(current, allow, write=write and comm.is_main_process())
+        self.folder.check_data(fingerprints, allow, write=write and comm.is_main_process())
         if write:
             comm.synchronize()  # the other ranks wait for the record
+        return fingerprints
 
     def train_step(self, plan: StepPlan) -> dict:
         """Train, evaluate and finish the step of ``plan`` (resuming it when it was interrupted)."""
