@@ -478,7 +478,7 @@ def write_done(step_dir: Path, message: str, artifacts: Iterable[str]) -> None:
 
 
 def read_done(step_dir: Path) -> dict[str, str] | None:
-    """The artifacts recorded in ``step_dir``'s DONE (``{file: sha256}``), or None when there is
+    """The artifacts recorded in ``step_dir``'s DONE (``{file: digest}``), or None when there is
     no DONE or it records nothing (empty, cut short, unreadable): such a step is not done, and
     its artifacts are not trusted."""
     try:
@@ -495,7 +495,7 @@ def read_done(step_dir: Path) -> dict[str, str] | None:
 
 def done_problems(step_dir: Path, required: Iterable[str]) -> list[str]:
     """What is wrong with a done step's artifacts: each ``required`` file must be recorded in
-    DONE and exist, and each recorded file must still have its recorded SHA-256."""
+    DONE and exist, and each recorded file must still have its recorded digest."""
     problems = []
     recorded = read_done(step_dir) or {}
     for rel in sorted(set(required) | set(recorded)):
