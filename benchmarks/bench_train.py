@@ -7,7 +7,7 @@ Measured in one process, on the same model and the same batches:
    incremental step) trained by :class:`eir.engine.trainer.EIRTrainer`:
    *plain*: no old model, batches without pasting, BCE only (forward, backward, SGD);
    *EIR*: the frozen old model's forward on the pasted batch, pseudo-labels, RSKD and BCE
-   (``EIRTrainer.compute_losses``), backward, SGD. Images/s of each (median of interleaved
+   (the trainer's ``StepLossModule``), backward, SGD. Images/s of each (median of interleaved
    rounds, after a warm-up), and their ratio (ideal about 0.75: the old model adds one
    forward to a forward + backward; target >= 0.70). Batches are built by the mapper
    beforehand, so this is the model's speed, not the loader's. Peak GPU memory of each
@@ -160,13 +160,13 @@ class Setup:
         self.task = task = build_task(*TASK)
         workers = num_cores()
         first = step_dataset_dicts("eir_synthetic_train", task, 0, "train", num_workers=workers, verbose=False)
-        self.bank = InstanceBank.build(first, task, 0, budget=int(cfg.eir.memory), seed=0,
+        self.bank = InstanceBank.build(first, task, 0, budget=int(cfg.method.memory), seed=0,
                                        num_workers=workers, verbose=False)
         train = step_dataset_dicts("eir_synthetic_train", task, STEP, "train", num_workers=workers, verbose=False)
-        self.prepass = oracle_prepass(task, train, int(cfg.eir.prepass.stride))
+        self.prepass = oracle_prepass(task, train, int(cfg.method.prepass.stride))
         self.dicts = train + replay_dataset_dicts(self.bank)
         crop = int(cfg.dataloader.train.augmentations.crop_size)
-        self.paste_cfg = instantiate(cfg.eir.paste).scaled_to(args.size, reference=crop)
+        self.paste_cfg = instantiate(cfg.method.paste).scaled_to(args.size, reference=crop)
 
         def mapper(paste: bool):
             paster = InstancePaster(self.bank, self.prepass, self.paste_cfg, task.old_classes(STEP))
@@ -209,13 +209,12 @@ def bench_training(cfg, args, setup: Setup, device: torch.device) -> dict:
     from detectron2.utils.events import EventStorage
 
     from eir.engine.builders import (
-        build_criterion,
+        build_method,
+        build_next_step_model,
         build_optimizer,
         build_step_model,
         build_trainer,
     )
-    from eir.engine.step_plan import plan_step
-    from eir.modeling.meta_arch import load_previous_step
 
     task = setup.task
     n_batches = max(2, min(args.iters, 8))
@@ -231,17 +230,16 @@ def bench_training(cfg, args, setup: Setup, device: torch.device) -> dict:
     old_model = build_step_model(cfg, task, STEP - 1, device)
     calibrate_batchnorm(old_model, plain_batches + paste_batches)
     old_model.eval().requires_grad_(False)
-    model = build_step_model(cfg, task, STEP, device)
-    load_previous_step(model, old_model.state_dict(), cfg.eir.new_head_init)
+    method = build_method(cfg)
+    model = build_next_step_model(cfg, task, STEP, old_model.state_dict(), device, method)
     optimizer = build_optimizer(cfg, model, STEP)
 
     # EIR's step as the run plans it; the plain step is the same without teacher or pasting.
-    criterion = build_criterion(cfg)
-    plan = plan_step(cfg, task, STEP, criterion)
+    plan = method.plan(task, STEP)
     plain_plan = dataclasses.replace(plan, teacher=False, paste=False)
     cfg.train.amp.enabled = args.amp
-    plain = build_trainer(cfg, model, itertools.cycle(plain_batches), optimizer, task, plain_plan, criterion)
-    eir = build_trainer(cfg, model, itertools.cycle(paste_batches), optimizer, task, plan, criterion, old_model)
+    plain = build_trainer(cfg, model, itertools.cycle(plain_batches), optimizer, task, plain_plan, method)
+    eir = build_trainer(cfg, model, itertools.cycle(paste_batches), optimizer, task, plan, method, old_model)
     trainers = {"plain": plain, "eir": eir}
     times = {k: [] for k in trainers}
     peaks = {k: 0 for k in trainers}
@@ -499,7 +497,7 @@ def report(args, cfg, device, train, loader, evaluation, command: str) -> str:
         )
         lines.append(
             f"- data: synthetic dataset at {args.size} px (`{args.data}`), bank of step 0 "
-            f"({int(cfg.eir.memory)} entries budget), PasteConfig cell {args.paste_cell}{pasted}"
+            f"({int(cfg.method.memory)} entries budget), PasteConfig cell {args.paste_cell}{pasted}"
         )
     if train is not None:
         lines += train_section(device, train)

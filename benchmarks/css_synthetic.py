@@ -71,11 +71,11 @@ CONFIGS = ROOT / "projects" / "EIR" / "configs" / "synthetic"
 #: The variants: name -> LazyConfig overrides (Hydra's grammar: ``null`` is None; a
 #: command-line ``None`` would be the string "None"). The baseline configs set the same keys.
 VARIANTS: dict[str, list[str]] = {
-    "finetune": ["eir.memory=0", "eir.paste=null", "eir.criterion.tau=null", "eir.criterion.w_kd=0"],
-    "distill": ["eir.memory=0", "eir.paste=null"],
-    "image_replay": ["eir.storage=image", "eir.paste=null"],
-    "eir_no_paste": ["eir.paste=null"],
-    "eir_paste_only": ["eir.storage=image"],
+    "finetune": ["method.memory=0", "method.paste=null", "method.criterion.tau=null", "method.criterion.w_kd=0"],
+    "distill": ["method.memory=0", "method.paste=null"],
+    "image_replay": ["method.storage=image", "method.paste=null"],
+    "eir_no_paste": ["method.paste=null"],
+    "eir_paste_only": ["method.storage=image"],
     "eir": [],
     "joint": ["task.name=joint"],
 }
@@ -111,7 +111,7 @@ QUICK_DATA = dict(num_train=40, num_val=10, size=128, seed=0)
 QUICK_OVERRIDES = [
     "schedule.max_iter=2",
     "dataloader.train.total_batch_size=4",
-    "eir.memory=6",
+    "method.memory=6",
     "train.log_period=1",
 ]
 
@@ -226,7 +226,7 @@ class Run:
         if self.joint or not config.is_file():
             config = CONFIGS / "4-2_overlap.py"  # same base; the task comes from task.name
         # The variant's switches come after the overrides for every run, so that e.g. a
-        # global eir.memory=... cannot give fine-tuning a bank. The joint run is the same
+        # global method.memory=... cannot give fine-tuning a bank. The joint run is the same
         # command whatever the task.
         self.overrides = (
             ([] if self.joint else [f"task.name={task_name}"])

@@ -87,7 +87,7 @@ def training_samples(runner, step: int, num: int, seed: int) -> list[dict]:
     bank = runner.load_bank(plan)
     _, dicts = runner.train_data(step, bank)
     prepass = PrepassStore.load(prepass_file, task=task, step=step)
-    mapper = build_train_mapper(cfg, task, step, bank, build_paster(cfg, task, plan, bank, prepass))
+    mapper = build_train_mapper(cfg, task, step, bank, build_paster(task, plan, bank, prepass, runner.method))
     order = np.random.default_rng(seed).permutation(len(dicts))[:num]
     return [mapper(dicts[i]) for i in order]
 
@@ -161,7 +161,7 @@ def diagnose(run: Path, step: int, runs=(), num_images: int = 160, seed: int = 0
             n += int(sel.sum())
         compared[str(other)] = {"new_right": (ok, n), "bce_pasted": tuple(bce[True]),
                                 "bce_unpasted": tuple(bce[False])}
-    return {"task": task, "paste": runner.cfg.eir.paste, "samples": len(samples), "pasted": (pasted, counted),
+    return {"task": task, "paste": runner.cfg.method.paste, "samples": len(samples), "pasted": (pasted, counted),
             "old_on_paste": (on_paste, strong), "old_natural": (right, natural), "runs": compared}
 
 
@@ -423,7 +423,7 @@ def focus(run: Path, step: int, class_name: str, checkpoints=("start", "final"),
     start, old_model = runner.build_models(plan)
     old_model = old_model if old_model is not None else runner.trained_model(step - 1)
     old_model.eval()
-    criterion = runner.criterion
+    criterion = runner.method.eir_criterion
     forces = {}
     for which in checkpoints:
         if str(which) == "start":

@@ -185,9 +185,9 @@ def test_report_names_folders_relative_to_the_repository(tmp_path):
 
 
 def test_overrides_are_split_from_options():
-    own, overrides = bench.split_argv(["--tasks", "6-1", "4-2", "schedule.lr=0.1", "--quick", "eir.paste=null"])
+    own, overrides = bench.split_argv(["--tasks", "6-1", "4-2", "schedule.lr=0.1", "--quick", "method.paste=null"])
     assert own == ["--tasks", "6-1", "4-2", "--quick"]
-    assert overrides == ["schedule.lr=0.1", "eir.paste=null"]
+    assert overrides == ["schedule.lr=0.1", "method.paste=null"]
 
 
 # --------------------------------------------------------------------------- Detectron2
@@ -211,8 +211,8 @@ def test_baseline_file_is_the_eir_config_with_the_benchmark_overrides(variant):
     expected = LazyConfig.apply_overrides(base, bench.VARIANTS[variant])
     got = LazyConfig.load(str(CONFIGS / bench.BASELINE_FILES[variant]))
     assert _container(got) == _container(expected)
-    if "eir.paste=null" in bench.VARIANTS[variant]:
-        assert got.eir.paste is None and expected.eir.paste is None  # None, not the string "None"
+    if "method.paste=null" in bench.VARIANTS[variant]:
+        assert got.method.paste is None and expected.method.paste is None  # None, not the string "None"
     assert got.train.output_dir.startswith("output/eir/voc_")
 
 
@@ -229,7 +229,7 @@ TINY = [
     "dataloader.train.total_batch_size=4",
     "dataloader.train.num_workers=0",
     "dataloader.test.num_workers=0",
-    "eir.memory=6",
+    "method.memory=6",
     "train.device=cpu",
     "train.log_period=1",
 ]

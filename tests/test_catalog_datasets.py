@@ -98,7 +98,7 @@ def test_example_config_runs_a_continual_task_end_to_end(folder_dataset):
     out = root / "run"
     cfg = load_config(EXAMPLE, [
         "dataloader.train.total_batch_size=4", "dataloader.train.augmentations.crop_size=48",
-        "eir.memory=4", "eir.paste.cell_size=24", "eir.prepass.short_side=48", "schedule.max_iter=20",
+        "method.memory=4", "method.paste.cell_size=24", "method.prepass.short_side=48", "schedule.max_iter=20",
         "train.device=cpu", "train.checkpointer.period=10", f"train.output_dir={out}",
     ])
     summaries = ContinualRunner(cfg).run()

@@ -18,7 +18,8 @@ pytest.importorskip("detectron2", reason=DETECTRON2_SKIP_REASON)
 from eir.data.datasets import register_eir_datasets  # noqa: E402
 from eir.engine.builders import (  # noqa: E402
     build_bank,
-    build_criterion,
+    build_method,
+    build_next_step_model,
     build_old_model,
     build_optimizer,
     build_paster,
@@ -29,10 +30,8 @@ from eir.engine.builders import (  # noqa: E402
     build_train_mapper,
 )
 from eir.engine.prepass import run_prepass  # noqa: E402
-from eir.engine.step_plan import plan_step  # noqa: E402
 from eir.engine.trainer import EIRTrainer  # noqa: E402
 from eir.evaluation.evaluator import ContinualSemSegEvaluator  # noqa: E402
-from eir.modeling.meta_arch import load_previous_step  # noqa: E402
 from eir.tasks import build_task  # noqa: E402
 
 pytestmark = pytest.mark.parametrize("device", DEVICES)
@@ -107,27 +106,26 @@ def tiny(tmp_path_factory):
         step0, _ = build_train_dicts(cfg, task, 0)
         torch.manual_seed(0)
         weights = build_step_model(cfg, task, 0, "cpu").state_dict()
-        yield SimpleNamespace(cfg=cfg, task=task, bank=build_bank(cfg, task, 0, step0, None), old_weights=weights)
+        yield SimpleNamespace(cfg=cfg, task=task, bank=build_bank(cfg, task, 0, step0, None, build_method(cfg)), old_weights=weights)
 
 
 def step1_trainer(tiny, device):
     """Step 1 as the runner builds it, on ``device`` with AMP on: the old model, the prepass on
     the device, pasting from step 0's bank, the loader, the optimizer and the trainer."""
     cfg, task = tiny.cfg, tiny.task
-    criterion = build_criterion(cfg)
-    plan = plan_step(cfg, task, 1, criterion)
+    method = build_method(cfg)
+    plan = method.plan(task, 1)
     assert plan.teacher and plan.paste
-    old_model = build_old_model(cfg, task, 0, tiny.old_weights, device)
-    model = build_step_model(cfg, task, 1, device)
-    load_previous_step(model, tiny.old_weights, cfg.eir.new_head_init)
+    old_model = build_old_model(cfg, task, 0, tiny.old_weights, device, method)
+    model = build_next_step_model(cfg, task, 1, tiny.old_weights, device, method)
     images, dicts = build_train_dicts(cfg, task, 1, tiny.bank)
-    p = cfg.eir.prepass
-    prepass = run_prepass(old_model, images, task, 1, tau=p.tau, short_side=p.short_side, stride=p.stride)
-    mapper = build_train_mapper(cfg, task, 1, tiny.bank, build_paster(cfg, task, plan, tiny.bank, prepass))
+    p = method.prepass
+    prepass = run_prepass(old_model, images, task, 1, tau=p["tau"], short_side=p["short_side"], stride=p["stride"])
+    mapper = build_train_mapper(cfg, task, 1, tiny.bank, build_paster(task, plan, tiny.bank, prepass, method))
     loader = build_train_loader(cfg, dicts, mapper, 1)
     optimizer = build_optimizer(cfg, model, 1)
     trainer = EIRTrainer(
-        model, loader, optimizer, task=task, plan=plan, criterion=criterion, old_model=old_model,
+        model, loader, optimizer, task=task, plan=plan, loss=method.criterion(task, 1), old_model=old_model,
         amp=True, seed=cfg.train.seed, gather_metric_period=1,
     )
     return trainer, loader, optimizer
@@ -147,9 +145,10 @@ def test_float16_autocast_iteration_with_an_enabled_grad_scaler(tiny, device):
     assert any(float(d["paste_alpha"].max()) > 0 for b in batches for d in b)  # pasting reaches the losses
     with torch.no_grad():
         batch = batches[0]
-        reference = trainer.compute_losses(batch)
+        step_loss = trainer.model
+        reference = step_loss.loss(step_loss.loss_inputs(batch))  # float32: without the module's autocast
         with torch.autocast(device, dtype=torch.float16):
-            half = trainer.compute_losses(batch)
+            half = step_loss.loss(step_loss.loss_inputs(batch))
     assert set(half) == set(reference) == {"loss_bce", "loss_rskd"}
     for name in reference:
         assert torch.isfinite(half[name]).item()
@@ -160,7 +159,7 @@ def test_float16_autocast_iteration_with_an_enabled_grad_scaler(tiny, device):
     for batch in batches[1:]:
         optimizer.zero_grad()
         with torch.autocast(device, dtype=torch.float16):
-            losses = trainer.compute_losses(batch)
+            losses = step_loss.loss(step_loss.loss_inputs(batch))
             total = sum(losses.values())
         assert all(torch.isfinite(v).item() for v in losses.values()), losses
         scaler.scale(total).backward()

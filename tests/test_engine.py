@@ -35,8 +35,8 @@ QUICK = [
     "dataloader.train.total_batch_size=8",
     "dataloader.train.num_workers=0",
     "dataloader.test.num_workers=0",
-    "eir.memory=12",
-    "eir.prepass.short_side=128",
+    "method.memory=12",
+    "method.prepass.short_side=128",
     "schedule.epochs=24",
     "schedule.incremental_epochs=8",
     "train.device=cpu",
@@ -137,8 +137,8 @@ def test_eir_keeps_old_classes_that_fine_tuning_forgets(finished_run, tmp_path):
     shutil.copytree(runner.output_dir / "step_0", tmp_path / "step_0")
     (tmp_path / "task.json").write_text((runner.output_dir / "task.json").read_text())
     finetune = quick_cfg(
-        tmp_path, "train.step=1", "eir.memory=0", "eir.paste=null", "eir.criterion.tau=null",
-        "eir.criterion.w_kd=0",
+        tmp_path, "train.step=1", "method.memory=0", "method.paste=null", "method.criterion.tau=null",
+        "method.criterion.w_kd=0",
     )
     ft = ContinualRunner(finetune).run()[1]
     before = _old_foreground(summaries[0], task)
@@ -188,9 +188,9 @@ def test_bad_requests_fail_with_clear_messages(finished_run, datasets_root, tmp_
 
 @pytest.mark.parametrize(
     "override, field",
-    [("eir.paste=None", "eir.paste"), ("eir.storage=pixels", "eir.storage"),
-     ("eir.criterion.rskd_mask=old", "eir.criterion.*rskd_mask"), ("eir.memory=-1", "eir.memory"),
-     ("eir.criterion.tau=7", "eir.criterion.*tau"), ("task.name=4-4", "4-4")],
+    [("method.paste=None", "method: paste .*write null"), ("method.storage=pixels", "method: storage"),
+     ("method.criterion.rskd_mask=old", "method.criterion: rskd_mask"), ("method.memory=-1", "method: memory"),
+     ("method.criterion.tau=7", "method.criterion: tau"), ("task.name=4-4", "4-4")],
 )
 def test_bad_config_fields_fail_at_start_up(override, field, tmp_path):
     with pytest.raises(ValueError, match=field):

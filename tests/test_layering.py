@@ -19,6 +19,9 @@ CORE_MODULES = [
     "eir.modeling.losses",
     "eir.modeling.criterion",
     "eir.engine.step_plan",
+    "eir.engine.config_schema",
+    "eir.methods.base",
+    "eir.methods.eir",
     "eir.evaluation.metrics",
     "eir.evaluation.report",
 ]

@@ -282,13 +282,9 @@ def test_pasting_copy_mode(tmp_path):
         assert (image[pasted] == INSTANCE_COLOR).all()
         assert not (image == (250, 0, 250)).all(axis=-1).any()  # outside the mask never pasted
 
-    # no pasting without a paster; a paster at step 0 or in evaluation is refused
+    # no pasting without a paster (whether a step pastes is its plan's to say)
     m = EIRDatasetMapper(is_train=True, task=TASK, step=1, bank=bank, paste=None, augmentations=[])
     assert not m(d)["paste_class"].any()
-    for kwargs in (dict(step=0), dict(step=1, is_train=False)):
-        with pytest.raises(ValueError, match="pasting is for training at an incremental step"):
-            EIRDatasetMapper(**{"is_train": True, "task": TASK, "bank": bank, "paste": _paster(bank, cfg),
-                                "augmentations": [], **kwargs})
 
 
 def test_prepass_map_follows_the_augmentation(tmp_path, monkeypatch):
@@ -409,10 +405,6 @@ def test_lazy_instantiation(tmp_path):
     mapper = instantiate(lazy)
     assert mapper.task == TASK and mapper.seed == 3 and mapper.paste is None
     assert mapper(d)["image"].shape == (3, 16, 16)
-    lazy.step = 0
-    lazy.paste = L(InstancePaster)(bank=None, prepass=None, config=PasteConfig(), old_classes=[])
-    with pytest.raises(ValueError, match="pasting is for training at an incremental step"):
-        instantiate(lazy)
     with pytest.raises(TypeError):
         EIRDatasetMapper(True, TASK, 1)  # keyword-only
     with pytest.raises(TypeError, match="eir.tasks.Task"):

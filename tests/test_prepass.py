@@ -295,12 +295,12 @@ def test_a_stale_prepass_is_recomputed(tmp_path, monkeypatch, caplog):
 
     run(1)
     run(1)  # the same settings: reused
-    cfg.eir.prepass.tau = 0.5
+    cfg.method.prepass.tau = 0.5
     run(2, "tau 0.7 -> 0.5")
     run(2)
-    cfg.eir.prepass.stride = 4
+    cfg.method.prepass.stride = 4
     run(3, "stride 8 -> 4")
-    cfg.eir.prepass.short_side = 256
+    cfg.method.prepass.short_side = 256
     run(4, "short_side 512 -> 256")
     weights_a = tensor_digest(tmp_path / "step_0" / "model_final.pth")
     _save_weights(tmp_path / "step_0" / "model_final.pth", 2)

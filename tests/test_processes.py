@@ -86,16 +86,15 @@ def _resnet101_step_1_worker(rank, init_file, out_dir):
     from detectron2.utils.events import EventStorage
 
     from eir.engine.builders import (
-        build_criterion,
         build_ddp_model,
+        build_method,
+        build_next_step_model,
         build_old_model,
         build_optimizer,
         build_run_task,
         build_step_model,
         build_trainer,
     )
-    from eir.engine.step_plan import plan_step
-    from eir.modeling.meta_arch import load_previous_step
 
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -109,10 +108,9 @@ def _resnet101_step_1_worker(rank, init_file, out_dir):
         torch.manual_seed(0)  # the same step-0 weights in both processes, as if read from its checkpoint
         step_0 = build_step_model(cfg, task, 0, torch.device("cpu")).state_dict()
         old_model = build_old_model(cfg, task, 0, step_0, torch.device("cpu"))
-        model = build_step_model(cfg, task, 1, torch.device("cpu"))
-        load_previous_step(model, step_0, cfg.eir.new_head_init)
-        criterion = build_criterion(cfg)
-        plan = plan_step(cfg, task, 1, criterion)
+        method = build_method(cfg)
+        model = build_next_step_model(cfg, task, 1, step_0, torch.device("cpu"), method)
+        plan = method.plan(task, 1)
         g = torch.Generator().manual_seed(rank)
         batches = []
         for _ in range(2):
@@ -122,16 +120,16 @@ def _resnet101_step_1_worker(rank, init_file, out_dir):
                              "paste_class": torch.zeros(64, 64, dtype=torch.long), "paste_alpha": torch.zeros(64, 64)}])
         ddp = build_ddp_model(cfg, model, torch.device("cpu"))
         trainer = build_trainer(cfg, ddp, itertools.cycle(batches), build_optimizer(cfg, model, 1), task, plan,
-                                criterion, old_model)
+                                method, old_model)
         losses = []
-        compute = trainer.compute_losses
+        compute = trainer.model.loss
 
-        def recorded(data):  # the losses of this process (only rank 0 writes metrics)
-            out = compute(data)
+        def recorded(inputs):  # the losses of this process (only rank 0 writes metrics)
+            out = compute(inputs)
             losses.append({k: float(v) for k, v in out.items()})
             return out
 
-        trainer.compute_losses = recorded
+        trainer.model.loss = recorded
         with EventStorage(0) as storage:
             trainer.storage = storage
             for trainer.iter in range(2):

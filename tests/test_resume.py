@@ -126,9 +126,9 @@ def test_number_of_workers_does_not_change_the_batches(reference):
         bank = runner.load_bank(plan)
         train_dicts, dicts = runner.train_data(1, bank)
         # The run's prepass.npz, read under this command's key (a stale one fails, naming what differs).
-        key = step_prepass_key(cfg, runner.folder, 1, train_dicts, torch.device("cpu"))
+        key = step_prepass_key(cfg, runner.folder, 1, train_dicts, torch.device("cpu"), runner.method.prepass)
         prepass = PrepassStore.load(runner.folder.step_dir(1) / PREPASS_FILE, task=task, step=1, key=key)
-        mapper = build_train_mapper(cfg, task, 1, bank, build_paster(cfg, task, plan, bank, prepass))
+        mapper = build_train_mapper(cfg, task, 1, bank, build_paster(task, plan, bank, prepass, runner.method))
         loader = iter(build_train_loader(cfg, dicts, mapper, 1))
         return [next(loader) for _ in range(count)]
 

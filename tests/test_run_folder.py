@@ -154,10 +154,15 @@ def test_lock_on_a_full_disk_is_named_and_leaves_no_temp_file(tmp_path, monkeypa
 def test_unknown_override_keys_name_the_nearest_known_key():
     from eir.engine.config_checks import check_override_keys
 
-    cfg = {"eir": {"memory": 100, "paste": {"mode": "mixup"}}, "train": {"seed": 0}}
-    check_override_keys(cfg, ["eir.memory=5", "eir.paste.mode=copy", "eir.paste=null", "train.seed=1"])
-    with pytest.raises(ValueError, match="'eir.memroy'.*did you mean eir.memory"):
-        check_override_keys(cfg, ["eir.memroy=50"])
+    cfg = {"method": {"memory": 100, "paste": {"mode": "mixup"}}, "train": {"seed": 0}}
+    check_override_keys(cfg, ["method.memory=5", "method.paste.mode=copy", "method.paste=null", "train.seed=1"])
+    with pytest.raises(ValueError, match="'method.memroy'.*did you mean method.memory"):
+        check_override_keys(cfg, ["method.memroy=50"])
+    # a key of an older schema names today's
+    with pytest.raises(ValueError, match="'eir.memory' .* is now 'method.memory'"):
+        check_override_keys(cfg, ["eir.memory=0"])
+    with pytest.raises(ValueError, match="'eir.w_kd' .* is now 'method.criterion.w_kd'"):
+        check_override_keys(cfg, ["eir.w_kd=0"])
     with pytest.raises(ValueError, match="unknown config key 'foo.bar'"):
         check_override_keys(cfg, ["foo.bar=1"])
 
@@ -173,7 +178,7 @@ def test_config_differences_list_changed_added_and_removed_keys():
 def _omegaconf(**train):
     omegaconf = pytest.importorskip("omegaconf")
     train = {"seed": 0, "float32_precision": "", **train}  # a key that records of earlier versions lack
-    return omegaconf.OmegaConf.create({"eir": {"memory": 6}, "train": train})
+    return omegaconf.OmegaConf.create({"method": {"memory": 6}, "train": train})
 
 
 def _synthetic_task():
@@ -188,14 +193,14 @@ def test_the_number_of_processes_is_recorded_and_compared(tmp_path):
     rf = run_folder()
     cfg = _omegaconf()
     record, _ = rf.check_recorded_config(tmp_path, cfg, False, world_size=1)
-    assert record == {"eir.memory": 6, "train.seed": 0, "train.float32_precision": "", "launch.world_size": 1}
+    assert record == {"method.memory": 6, "train.seed": 0, "train.float32_precision": "", "launch.world_size": 1}
     rf.write_config_record(tmp_path, record)
     assert rf.check_recorded_config(tmp_path, cfg, False, world_size=1) == (None, [])
     with pytest.raises(rf.RunFolderError, match="(?s)launch.world_size: 1 -> 2.*allow_config_change=True"):
         rf.check_recorded_config(tmp_path, cfg, False, world_size=2)
     record, changes = rf.check_recorded_config(tmp_path, cfg, True, world_size=2)
     assert record["launch.world_size"] == 2 and changes == ["launch.world_size: 1 -> 2"]
-    old = {"eir.memory": 6, "train.seed": 0, "train.float32_precision": ""}  # an earlier version's record
+    old = {"method.memory": 6, "train.seed": 0, "train.float32_precision": ""}  # an earlier version's record
     rf.write_config_record(tmp_path, old)
     assert rf.check_recorded_config(tmp_path, cfg, False, world_size=4) == (
         dict(old, **{"launch.world_size": 4}), []
@@ -328,9 +333,9 @@ def cli(out, *overrides):
 def test_changed_config_is_refused_with_its_keys_and_nothing_written(finished, tmp_path):
     out = copy_of(finished, tmp_path)
     before = snapshot(out)
-    proc = cli(out, "eir.memory=10", "schedule.max_iter=50")
+    proc = cli(out, "method.memory=10", "schedule.max_iter=50")
     assert proc.returncode != 0
-    assert "eir.memory: 6 -> 10" in proc.stderr and "schedule.max_iter: 60 -> 50" in proc.stderr
+    assert "method.memory: 6 -> 10" in proc.stderr and "schedule.max_iter: 60 -> 50" in proc.stderr
     assert "train.allow_config_change=True" in proc.stderr
     assert snapshot(out) == before  # config.yaml, log.txt, summary.json: untouched
     # Another task: refused before config.yaml and log.txt are written, too.
@@ -342,17 +347,17 @@ def test_changed_config_is_refused_with_its_keys_and_nothing_written(finished, t
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert summary(out) == summary(finished)
     # The explicit opt-in continues the run and records the new config.
-    proc = cli(out, "eir.memory=10", "train.allow_config_change=True")
+    proc = cli(out, "method.memory=10", "train.allow_config_change=True")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads((out / "run_config.json").read_text())["config"]["eir.memory"] == 10
+    assert json.loads((out / "run_config.json").read_text())["config"]["method.memory"] == 10
 
 
 @requires_detectron2
 @pytest.mark.slow
 def test_unknown_key_on_the_command_line_fails_before_anything_is_written(datasets, tmp_path):
-    proc = cli(tmp_path / "run", "eir.memroy=50")
+    proc = cli(tmp_path / "run", "method.memroy=50")
     assert proc.returncode != 0
-    assert "unknown config key 'eir.memroy'" in proc.stderr and "did you mean eir.memory" in proc.stderr
+    assert "unknown config key 'method.memroy'" in proc.stderr and "did you mean method.memory" in proc.stderr
     assert not (tmp_path / "run").exists()
 
 
@@ -528,8 +533,19 @@ def test_model_final_holds_weights_and_tag_and_periodic_checkpoints_the_trainer_
         assert periodic["trainer"]["optimizer"]["state"]  # SGD's momentum buffers
 
 
+def _second_schema(record: dict) -> dict:
+    """A run record as the second config schema wrote it: the method's keys under ``eir``, with
+    no ``_target_`` of its own."""
+    return {
+        ("eir" + k[len("method"):] if k.startswith("method.") else k): v
+        for k, v in record.items() if k != "method._target_"
+    }
+
+
 def _first_schema(record: dict) -> dict:
-    """A run record as the first config schema wrote it (eir.pseudo_label, eir.tau, loss keys under eir)."""
+    """A run record as the first config schema wrote it (eir.pseudo_label, eir.tau, loss keys
+    under eir, no pasted_bce)."""
+    record = _second_schema(record)
     old = {k: v for k, v in record.items() if not k.startswith("eir.criterion.") and k != "eir.prepass.tau"}
     old.update({
         "eir.pseudo_label": record["eir.criterion.tau"] is not None,
@@ -539,10 +555,34 @@ def _first_schema(record: dict) -> dict:
     return old
 
 
+def test_older_schemas_records_read_as_todays():
+    """Worked by hand: the first schema's ``eir.pseudo_label=False, eir.tau=0.6`` is today's
+    ``method.criterion.tau=None`` and ``method.prepass.tau=0.6``; every ``eir.*`` key is ``method.*``."""
+    rf = run_folder()
+    first = {"eir.pseudo_label": False, "eir.tau": 0.6, "eir.w_kd": 2.0, "eir.memory": 6, "eir.paste": None,
+             "train.seed": 0}
+    assert rf.upgrade_record(first) == {
+        "method._target_": "eir.methods.eir.EIR", "method.memory": 6, "method.paste": None,
+        "method.criterion._target_": "eir.modeling.criterion.EIRCriterion", "method.criterion.tau": None,
+        "method.criterion.w_kd": 2.0, "method.criterion.pasted_bce": "all", "method.prepass.tau": 0.6,
+        "train.seed": 0, "train.float32_precision": "",
+    }
+    second = {"eir.memory": 6, "eir.criterion._target_": "eir.modeling.criterion.EIRCriterion",
+              "eir.criterion.tau": 0.7, "eir.criterion.pasted_bce": "old_channels"}
+    assert rf.upgrade_record(second) == {
+        "method._target_": "eir.methods.eir.EIR", "method.memory": 6,
+        "method.criterion._target_": "eir.modeling.criterion.EIRCriterion", "method.criterion.tau": 0.7,
+        "method.criterion.pasted_bce": "old_channels", "train.float32_precision": "",
+    }
+    today = rf.upgrade_record(second)
+    assert rf.upgrade_record(today) == today
+
+
 @requires_detectron2
 @pytest.mark.slow
-def test_a_folder_written_by_the_first_schema_is_continued_and_evaluated(finished, tmp_path):
-    """A run folder of the earlier version (a record in the first config schema, model_final.pth
+@pytest.mark.parametrize("schema", [_first_schema, _second_schema])
+def test_a_folder_written_by_an_older_schema_is_continued_and_evaluated(finished, tmp_path, schema):
+    """A run folder of an earlier version (a record in an older config schema, model_final.pth
     with the trainer state) is recognised as this config's run: its steps are skipped, its record
     is rewritten in today's keys, and its checkpoints evaluate to the metrics it recorded."""
     import torch
@@ -550,8 +590,8 @@ def test_a_folder_written_by_the_first_schema_is_continued_and_evaluated(finishe
     out = copy_of(finished, tmp_path)
     record_path = out / "run_config.json"
     record = json.loads(record_path.read_text())
-    record["config"] = _first_schema(record["config"])
-    assert "eir.pseudo_label" in record["config"] and "eir.criterion.tau" not in record["config"]
+    record["config"] = schema(record["config"])
+    assert "eir.memory" in record["config"] and "method.memory" not in record["config"]
     record_path.write_text(json.dumps(record))
     for step in (0, 1):
         final = out / f"step_{step}" / "model_final.pth"
@@ -576,32 +616,63 @@ def test_a_folder_written_by_the_first_schema_is_continued_and_evaluated(finishe
     assert json.loads(json.dumps(runner.evaluate_checkpoint(1))) == recorded
 
 
-@requires_detectron2
-def test_a_config_of_the_first_schema_is_upgraded(tmp_path):
-    """A run's config.yaml written before eir.criterion loads in today's schema."""
+def _second_schema_config():
+    """Today's synthetic 4-2 config with the method written as the second schema did: a plain
+    node ``eir`` (no ``_target_``)."""
     from pathlib import Path
 
-    from detectron2.config import LazyConfig, instantiate
-
-    from eir.engine.config_checks import load_config
-    from eir.modeling.criterion import EIRCriterion
+    from detectron2.config import LazyConfig
 
     root = Path(__file__).resolve().parents[1]
     cfg = LazyConfig.load(str(root / "projects/EIR/configs/synthetic/4-2_overlap.py"))
+    eir = cfg.pop("method")
+    eir.pop("_target_")
+    cfg.eir = eir
+    return cfg
+
+
+@requires_detectron2
+def test_a_config_of_the_first_schema_is_upgraded(tmp_path):
+    """A run's config.yaml written before eir.criterion loads in today's schema."""
+    from detectron2.config import LazyConfig, instantiate
+
+    from eir.engine.config_checks import load_config
+    from eir.methods.eir import EIR
+
+    cfg = _second_schema_config()
     cfg.eir.prepass.pop("tau")
     cfg.eir.pop("criterion")
     cfg.eir.update(pseudo_label=False, tau=0.6, w_bce=1.0, w_kd=2.0, rskd_mask="all", rskd_normalize="all")
     old = tmp_path / "config.yaml"
     LazyConfig.save(cfg, str(old))
 
-    upgraded = load_config(old, ["eir.criterion.w_bce=3.0"])
-    assert "pseudo_label" not in upgraded.eir and "tau" not in upgraded.eir
-    assert upgraded.eir.prepass.tau == 0.6
-    criterion = instantiate(upgraded.eir.criterion)
-    assert isinstance(criterion, EIRCriterion)
+    upgraded = load_config(old, ["method.criterion.w_bce=3.0"])
+    assert "eir" not in upgraded
+    assert "pseudo_label" not in upgraded.method and "tau" not in upgraded.method
+    assert upgraded.method.prepass.tau == 0.6
+    method = instantiate(upgraded.method)
+    assert isinstance(method, EIR) and method.memory == 40 and method.prepass["tau"] == 0.6
+    criterion = method.eir_criterion
     assert (criterion.tau, criterion.w_bce, criterion.w_kd, criterion.rskd_mask, criterion.rskd_normalize) == (
         None, 3.0, 2.0, "all", "all",
     )
+
+
+@requires_detectron2
+def test_a_config_of_the_second_schema_is_upgraded(tmp_path):
+    """A run's config.yaml written with the method's node ``eir`` loads as ``method = L(EIR)(...)``,
+    its interpolation (the prepass's tau follows the criterion's) kept."""
+    from detectron2.config import LazyConfig, instantiate
+
+    from eir.engine.config_checks import load_config
+    from eir.methods.eir import EIR
+
+    old = tmp_path / "config.yaml"
+    LazyConfig.save(_second_schema_config(), str(old))
+    upgraded = load_config(old, ["method.criterion.tau=0.5"])
+    method = instantiate(upgraded.method)
+    assert isinstance(method, EIR) and method.memory == 40 and method.paste.cell_size == 62
+    assert method.eir_criterion.tau == 0.5 and method.prepass["tau"] == 0.5
 
 
 # --------------------------------------------------------------------------- allowed config changes, divergence
@@ -712,16 +783,17 @@ def test_a_label_changed_between_steps_is_refused_naming_it(finished, datasets, 
 def test_a_record_without_a_key_added_since_describes_what_the_run_did():
     rf = run_folder()
     assert rf.upgrade_record({"train.seed": 0}) == {"train.seed": 0, "train.float32_precision": ""}
-    criterion = {"eir.criterion._target_": "eir.modeling.criterion.EIRCriterion"}
-    assert rf.upgrade_record(criterion)["eir.criterion.pasted_bce"] == "all"
-    first_schema = {"eir.pseudo_label": True, "eir.tau": 0.7, "eir.w_kd": 5.0}  # gets eir.criterion.*
-    assert rf.upgrade_record(first_schema)["eir.criterion.pasted_bce"] == "all"
+    criterion = {"method.criterion._target_": "eir.modeling.criterion.EIRCriterion"}
+    assert rf.upgrade_record(criterion)["method.criterion.pasted_bce"] == "all"
+    first_schema = {"eir.pseudo_label": True, "eir.tau": 0.7, "eir.w_kd": 5.0}  # gets method.criterion.*
+    assert rf.upgrade_record(first_schema)["method.criterion.pasted_bce"] == "all"
     assert rf.upgrade_record({"train.float32_precision": "high"})["train.float32_precision"] == "high"
-    # a key inside eir.paste: added where the run pasted, not where it had eir.paste=null
-    pasting = {"eir.paste._target_": "eir.data.paste.PasteConfig", "eir.paste.mode": "mixup"}
-    assert rf.upgrade_record(pasting)["eir.paste.onto"] == "any"
-    assert rf.upgrade_record(pasting)["eir.paste.skip_classes"] == "[]"
-    assert "eir.paste.onto" not in rf.upgrade_record({"eir.paste": None})
+    # a key inside method.paste: added where the run pasted, not where it had method.paste=null
+    pasting = {"method.paste._target_": "eir.data.paste.PasteConfig", "method.paste.mode": "mixup"}
+    assert rf.upgrade_record(pasting)["method.paste.onto"] == "any"
+    assert rf.upgrade_record(pasting)["method.paste.skip_classes"] == "[]"
+    assert "method.paste.onto" not in rf.upgrade_record({"method.paste": None})
+    assert "method.paste.onto" not in rf.upgrade_record({"eir.paste": None})
 
 
 @requires_detectron2

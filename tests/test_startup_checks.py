@@ -13,16 +13,18 @@ pytestmark = requires_detectron2
         ("train.seed=-1", "train.seed must be an integer >= 0, got -1"),
         ("train.step=abc", "train.step must be a step number.*'abc'"),
         ("train.step=5", "step"),
-        ("eir.paste.mode=foo", "eir.paste: PasteConfig.mode must be one of.*'foo'"),
-        ("eir.prepass.stride=0", "eir.prepass.stride must be an integer >= 1, got 0"),
-        ("eir.prepass.short_side=-4", "eir.prepass.short_side must be an integer >= 1"),
+        ("method.paste.mode=foo", "method.paste: PasteConfig.mode must be one of.*'foo'"),
+        ("method.prepass.stride=0", "method: prepass.stride must be an integer >= 1, got 0"),
+        ("method.prepass.short_side=-4", "method: prepass.short_side must be an integer >= 1"),
+        ("method.prepass.tau=null", r"method: prepass.tau is None .*set method.prepass.tau=0.7"),
+        ("method.new_head_init=zeros", r"method: new_head_init must be one of \('random', 'aux'\), got 'zeros'"),
         ("train.allow_config_change=maybe", "train.allow_config_change must be True or False"),
         # wrong types: the field, not a conversion error
-        ("eir.memory=abc", r"eir.memory \(the bank budget, in entries\) must be an integer >= 0, got 'abc' "
-                           r"\(a string: on the command line, write a number without quotes\)"),
+        ("method.memory=abc", r"method: memory \(the bank budget, in entries\) must be an integer >= 0, got 'abc' "
+                              r"\(on the command line, write a number without quotes\)"),
         ("schedule.lr=abc", r"schedule.lr \(a learning rate\) must be a number > 0, got 'abc'"),
-        ("eir.criterion.tau=abc", r"eir.criterion.tau \(a sigmoid-score threshold\) must be a number >= 0 and "
-                                  r"<= 1, or None \(no pseudo-labels\), got 'abc'"),
+        ("method.criterion.tau=abc", r"method.criterion: tau is a sigmoid-score threshold in \[0, 1\] \(or None: "
+                                     r"no pseudo-labels\), got 'abc'"),
         ("train.output_dir=null", "train.output_dir must be a folder's path, got None"),
         ("train.device=gpu", 'train.device must be "auto", "cpu", "cuda" or "cuda:N", got \'gpu\''),
         # ranges, named with the accepted one
@@ -30,8 +32,8 @@ pytestmark = requires_detectron2
                                  r"\(the epochs set the iterations\), got -5"),
         ("schedule.max_iter=0.5", r"schedule.max_iter .*must be an integer >= 1.*got 0.5"),
         ("train.checkpointer.period=0", r"train.checkpointer.period \(iterations\) must be an integer >= 1, got 0"),
-        ("eir.memory=2.7", r"eir.memory .*must be an integer >= 0, got 2.7"),
-        ("eir.criterion.w_kd=-1", r"eir.criterion.w_kd \(a loss weight\) must be a number >= 0, got -1"),
+        ("method.memory=2.7", r"method: memory .*must be an integer >= 0, got 2.7"),
+        ("method.criterion.w_kd=-1", r"method.criterion: w_kd must be a number >= 0, got -1"),
         ("dataloader.train.total_batch_size=0", r"dataloader.train.total_batch_size \(over all processes\) must "
                                                 r"be an integer >= 1, got 0"),
         ("schedule.warmup_fraction=1.0", r"schedule.warmup_fraction .*must be a number >= 0 and < 1, got 1.0"),

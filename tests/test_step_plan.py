@@ -7,9 +7,8 @@ from conftest import DETECTRON2_SKIP_REASON
 
 pytest.importorskip("detectron2", reason=DETECTRON2_SKIP_REASON)
 
-from eir.engine.builders import build_criterion, build_run_task  # noqa: E402
+from eir.engine.builders import build_method, build_run_task  # noqa: E402
 from eir.engine.config_checks import load_config  # noqa: E402
-from eir.engine.step_plan import plan_step  # noqa: E402
 from eir.tasks import build_task  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "projects/EIR/configs"
@@ -28,8 +27,8 @@ INCREMENTAL = {
 def _plans(config):
     cfg = load_config(CONFIGS / config)
     task = build_run_task(cfg)
-    criterion = build_criterion(cfg)
-    return [plan_step(cfg, task, step, criterion) for step in range(task.num_steps)]
+    method = build_method(cfg)
+    return [method.plan(task, step) for step in range(task.num_steps)]
 
 
 @pytest.mark.parametrize("config", sorted(INCREMENTAL))
@@ -65,4 +64,4 @@ def test_a_step_outside_the_task_is_refused():
     cfg = load_config(CONFIGS / "voc/15-1_overlap.py")
     task = build_task("voc", "15-1", "overlap")
     with pytest.raises(ValueError):
-        plan_step(cfg, task, 6, build_criterion(cfg))
+        build_method(cfg).plan(task, 6)

@@ -12,10 +12,9 @@ import torch  # noqa: E402
 from detectron2.engine import SimpleTrainer  # noqa: E402
 from detectron2.structures import ImageList  # noqa: E402
 
-from eir.engine.builders import build_trainer  # noqa: E402
+from eir.engine.builders import build_method, build_trainer  # noqa: E402
 from eir.engine.step_plan import StepPlan  # noqa: E402
 from eir.engine.trainer import EIRTrainer  # noqa: E402
-from eir.modeling.criterion import EIRCriterion  # noqa: E402
 from eir.tasks import build_task  # noqa: E402
 
 TASK = build_task("synthetic", "4-2")  # step 1: 7 channels, 5 of them the old model's
@@ -56,9 +55,9 @@ def test_the_models_get_the_images_only_and_share_them():
     plan = StepPlan(step=1, last=False, teacher=True, replay=True, paste=True, save_bank=True)
     model, old = _Spy(7), _Spy(5).requires_grad_(False)
     trainer = EIRTrainer(model, [], torch.optim.SGD(model.parameters(), lr=0.1), task=TASK, plan=plan,
-                         criterion=EIRCriterion(), old_model=old, amp=False)
+                         loss=build_method(tiny_cfg("unused")).criterion(TASK, 1), old_model=old, amp=False)
     data = _batch()
-    losses = trainer.compute_losses(data)
+    losses = trainer.model(data)
     assert set(losses) == {"loss_bce", "loss_rskd"}
     (given,), (given_old,) = model.seen, old.seen
     assert [set(d) for d in given] == [{"image"}, {"image"}]
@@ -69,7 +68,7 @@ def test_the_gather_period_comes_from_the_config_and_the_last_iteration_is_alway
     cfg = tiny_cfg(tmp_path, "train.gather_metric_period=5")
     plan = StepPlan(step=0, last=False, teacher=False, replay=False, paste=False, save_bank=False)
     model = _Spy(5)
-    trainer = build_trainer(cfg, model, [], torch.optim.SGD(model.parameters(), lr=0.1), TASK, plan, EIRCriterion())
+    trainer = build_trainer(cfg, model, [], torch.optim.SGD(model.parameters(), lr=0.1), TASK, plan, build_method(cfg))
     assert trainer.gather_metric_period == 5
     gathered = []
     monkeypatch.setattr(SimpleTrainer, "write_metrics", staticmethod(lambda d, t, it, p="": gathered.append(it)))

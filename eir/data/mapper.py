@@ -355,8 +355,6 @@ class EIRDatasetMapper:
         self.is_train = bool(is_train)
         self.task = task
         self.step = task.check_step(step)
-        if paste is not None and not (self.is_train and self.step > 0):
-            raise ValueError("pasting is for training at an incremental step (step > 0)")
         if augmentations is None:
             augmentations = build_train_augmentations() if self.is_train else build_test_augmentations()
         self.augmentations = T.AugmentationList(list(augmentations))

@@ -39,15 +39,21 @@ from eir.data.paste import InstancePaster
 from eir.engine.sampling import PositionedDataset, ResumableTrainingSampler
 from eir.engine.step_plan import StepPlan
 from eir.engine.trainer import EIRTrainer
-from eir.modeling.criterion import EIRCriterion
-from eir.modeling.meta_arch import freeze_for_incremental, load_step_weights
+from eir.methods.base import ContinualMethod
+from eir.modeling.meta_arch import (
+    freeze_for_incremental,
+    load_previous_step,
+    load_step_weights,
+    unwrap_model,
+)
 from eir.tasks import Task, build_task
 
 __all__ = [
     "build_bank",
-    "build_criterion",
     "build_ddp_model",
     "build_lr_scheduler",
+    "build_method",
+    "build_next_step_model",
     "build_old_model",
     "build_optimizer",
     "build_paster",
@@ -89,34 +95,50 @@ def resolve_device(name: str) -> torch.device:
 # --------------------------------------------------------------------------- models
 
 
-def build_step_model(cfg, task: Task, step: int, device) -> torch.nn.Module:
-    """Instantiate ``cfg.model`` with the head and channel layout of ``step``, on ``device``.
+def build_method(cfg) -> ContinualMethod:
+    """The run's continual method, ``cfg.method`` (:class:`~eir.methods.base.ContinualMethod`)."""
+    method = instantiate(cfg.method)
+    if not isinstance(method, ContinualMethod):
+        raise ValueError(f"method must describe a ContinualMethod (eir.methods.base), got {method!r}")
+    return method
+
+
+def build_step_model(cfg, task: Task, step: int, device, method: ContinualMethod | None = None) -> torch.nn.Module:
+    """Instantiate ``cfg.model`` with the head and channel layout of ``step``, on ``device``,
+    with ``method``'s background channel and prediction rule (default: :func:`build_method`).
 
     At steps after the first, BatchNorm is frozen (METHOD.md section 3) so that a step's
     checkpoint loads into a model built here without key mismatches.
     """
     task.check_step(step)
+    method = build_method(cfg) if method is None else method
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.head.step_sizes = task.step_sizes(step)
+    model_cfg.head.detach_background = method.detach_background
     model_cfg.channel_classes = task.channel_classes(step)
     model_cfg.num_classes = task.num_classes
+    model_cfg.score_rule = method.class_scores
     model = instantiate(model_cfg)
     if step > 0:
         freeze_for_incremental(model)
     return model.to(device)
 
 
-def build_old_model(cfg, task: Task, step: int, weights, device) -> torch.nn.Module:
+def build_next_step_model(cfg, task: Task, step: int, previous, device, method: ContinualMethod) -> torch.nn.Module:
+    """The model of incremental step ``step`` starting from step - 1's weights ``previous`` (a
+    step checkpoint's state dict), its new classifier initialised by ``method``."""
+    model = build_step_model(cfg, task, step, device, method)
+    load_previous_step(model, previous)
+    method.init_new_classifier(unwrap_model(model).head, step)
+    return model
+
+
+def build_old_model(cfg, task: Task, step: int, weights, device, method: ContinualMethod | None = None) -> torch.nn.Module:
     """The frozen model of ``step`` with ``weights`` (a step checkpoint's state dict): eval mode,
-    no gradients. Step ``step + 1`` runs it for pseudo-labels, RSKD and the prepass."""
-    model = build_step_model(cfg, task, step, device)
+    no gradients. Step ``step + 1`` runs it (as its method's teacher, and for the prepass)."""
+    model = build_step_model(cfg, task, step, device, method)
     load_step_weights(model, weights)
     return model.eval().requires_grad_(False)
-
-
-def build_criterion(cfg) -> EIRCriterion:
-    """The training objective, ``cfg.eir.criterion``."""
-    return instantiate(cfg.eir.criterion)
 
 
 # --------------------------------------------------------------------------- optimisation
@@ -189,27 +211,27 @@ def build_test_dicts(cfg, task: Task, step: int, cache_dir=None, write_cache: bo
     )
 
 
-def build_bank(cfg, task: Task, step: int, train_dicts: list[dict], previous) -> InstanceBank:
-    """The bank for step ``step + 1``: ``cfg.eir.memory`` entries from step ``step``'s training
-    images and the ``previous`` bank (METHOD.md section 5)."""
+def build_bank(cfg, task: Task, step: int, train_dicts: list[dict], previous, method) -> InstanceBank:
+    """The bank for step ``step + 1``: ``method.memory`` entries (of ``method.storage``) from step
+    ``step``'s training images and the ``previous`` bank (METHOD.md section 5)."""
     return InstanceBank.build(
         train_dicts,
         task,
         step,
-        budget=cfg.eir.memory,
+        budget=method.memory,
         seed=cfg.train.seed,
         previous=previous,
-        storage=cfg.eir.storage,
+        storage=method.storage,
         num_workers=cfg.dataloader.train.num_workers,
     )
 
 
-def build_paster(cfg, task: Task, plan: StepPlan, bank, prepass) -> InstancePaster | None:
-    """The step's pasting (``cfg.eir.paste`` from ``bank``, guided by the ``prepass`` maps), or
-    None when the plan does not paste or the bank is empty."""
-    if not plan.paste or bank is None or not len(bank):
+def build_paster(task: Task, plan: StepPlan, bank, prepass, method) -> InstancePaster | None:
+    """The step's pasting (``method.paste`` from ``bank``, guided by the ``prepass`` maps), or
+    None when the plan does not paste."""
+    if not plan.paste:
         return None
-    return InstancePaster(bank, prepass, instantiate(cfg.eir.paste), task.old_classes(plan.step))
+    return InstancePaster(bank, prepass, method.paste, task.old_classes(plan.step))
 
 
 def build_train_mapper(cfg, task: Task, step: int, bank=None, paste=None) -> EIRDatasetMapper:
@@ -283,16 +305,17 @@ def ddp_arguments(cfg, device: torch.device) -> dict:
 
 
 def build_trainer(
-    cfg, model, loader, optimizer, task: Task, plan: StepPlan, criterion: EIRCriterion, old_model=None
+    cfg, model, loader, optimizer, task: Task, plan: StepPlan, method: ContinualMethod, old_model=None
 ) -> EIRTrainer:
-    """The step's :class:`EIRTrainer` (``model`` as :func:`build_ddp_model` gives it)."""
+    """The step's :class:`EIRTrainer` (``model`` as :func:`build_ddp_model` gives it) with
+    ``method``'s loss of the step."""
     return EIRTrainer(
         model,
         loader,
         optimizer,
         task=task,
         plan=plan,
-        criterion=criterion,
+        loss=method.criterion(task, plan.step),
         old_model=old_model,
         amp=cfg.train.amp.enabled,
         seed=cfg.train.seed,

@@ -19,9 +19,9 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.utils import comm
 
-from eir.data.bank import STORAGE_MODES
+from eir.engine.builders import build_method
+from eir.engine.config_schema import TreeKeys, renamed_key, upgrade
 from eir.engine.run_folder import flatten
-from eir.modeling.head import NEW_HEAD_INITS
 
 __all__ = ["check_config", "check_override_keys", "load_config", "upgrade_config"]
 
@@ -36,27 +36,19 @@ def check_override_keys(cfg, overrides: Iterable[str]) -> None:
         key = item.split("=", 1)[0].strip()
         if key in known:
             continue
+        renamed = renamed_key(key)
+        if renamed is not None:
+            raise ValueError(f"the config key {key!r} (override {item!r}) is now {renamed!r}")
         near = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
         hint = f"; did you mean {near[0]}?" if near else ""
         raise ValueError(f"unknown config key {key!r} in override {item!r}{hint}")
 
 
 def upgrade_config(cfg):
-    """``cfg`` (changed in place, and returned) in today's schema. A config of the first schema
-    (a run's ``config.yaml`` written before ``eir.criterion``) had ``eir.pseudo_label``,
-    ``eir.tau`` and the loss settings directly under ``eir``; they mean today's
-    ``eir.criterion`` (pseudo-labels off is ``tau=None``) and ``eir.prepass.tau``
-    (:func:`eir.engine.run_folder.upgrade_record` does the same for a run's recorded keys)."""
-    eir = cfg.eir
-    if "pseudo_label" not in eir:
-        return cfg
-    tau, pseudo_label = eir.pop("tau"), eir.pop("pseudo_label")
-    eir.criterion = {
-        "_target_": "eir.modeling.criterion.EIRCriterion",
-        "tau": tau if pseudo_label else None,
-        **{key: eir.pop(key) for key in ("w_bce", "w_kd", "rskd_mask", "rskd_normalize")},
-    }
-    eir.prepass.tau = tau
+    """``cfg`` (changed in place, and returned) in today's schema: a run's ``config.yaml`` written
+    by an older version (:mod:`eir.engine.config_schema`, whose table the run's recorded keys
+    go through as well)."""
+    upgrade(TreeKeys(cfg))
     return cfg
 
 
@@ -67,19 +59,6 @@ def load_config(path, overrides: Iterable[str] = ()):
     overrides = list(overrides)
     check_override_keys(cfg, overrides)
     return LazyConfig.apply_overrides(cfg, overrides)
-
-
-def _instantiated(node, name: str, expected: str):
-    """``instantiate(node)``, naming the field when the node is not an object or its values are bad."""
-    if not hasattr(node, "keys"):
-        raise ValueError(
-            f"{name} must be {expected} (configs/common/eir.py), got {node!r}; on the command "
-            "line write null for None (None is read as a string)"
-        )
-    try:
-        return instantiate(node)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name}: {e}") from e
 
 
 def _number(
@@ -117,39 +96,26 @@ def _device_type(name) -> str | None:
         return None
 
 
-def check_eir_config(eir) -> None:
-    """The ``eir.*`` fields (METHOD.md sections 4-6)."""
-
-    def one_of(key, allowed):
-        if eir[key] not in allowed:
-            raise ValueError(f"eir.{key} must be one of {allowed}, got {eir[key]!r}")
-
-    if hasattr(eir.criterion, "keys"):  # its numbers by name (EIRCriterion checks them too)
-        if "tau" in eir.criterion:
-            _number("eir.criterion.tau (a sigmoid-score threshold)", eir.criterion.tau, low=0, high=1,
-                    none="no pseudo-labels")
-        for key in ("w_bce", "w_kd"):
-            if key in eir.criterion:
-                _number(f"eir.criterion.{key} (a loss weight)", eir.criterion[key], low=0)
-    _instantiated(eir.criterion, "eir.criterion", "an EIRCriterion")
-    if eir.paste is not None:
-        _instantiated(eir.paste, "eir.paste", "a PasteConfig or null")
-    _number("eir.memory (the bank budget, in entries)", eir.memory, integer=True, low=0)
-    one_of("storage", STORAGE_MODES)
-    one_of("new_head_init", NEW_HEAD_INITS)
-    for key in ("short_side", "stride"):
-        value = eir.prepass[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"eir.prepass.{key} must be an integer >= 1, got {value!r}")
-    tau = eir.prepass.tau
-    if eir.paste is not None and eir.memory > 0:
-        if tau is None:
-            raise ValueError(
-                "eir.prepass.tau is None (by default it follows eir.criterion.tau), but pasting needs "
-                "the threshold at which the old model detects a class: set eir.prepass.tau=0.7"
-            )
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 <= tau <= 1.0:
-            raise ValueError(f"eir.prepass.tau is a sigmoid-score threshold in [0, 1], got {tau!r}")
+def check_method_config(cfg) -> None:
+    """``cfg.method``: the objects it holds (``method.criterion``, ...) and then the method object
+    check their own fields when they are built; an error names the object."""
+    node = cfg.get("method")
+    if not hasattr(node, "keys"):
+        raise ValueError(
+            f"method must describe a continual method, e.g. L(EIR)(...) (configs/common/methods/eir.py), "
+            f"got {node!r}"
+        )
+    for key in node.keys():
+        child = node[key]
+        if hasattr(child, "keys") and "_target_" in child:
+            try:
+                instantiate(child)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"method.{key}: {e}") from e
+    try:
+        build_method(cfg)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"method: {e}") from e
 
 
 def check_train_config(train) -> None:
@@ -224,7 +190,7 @@ def check_optimizer_config(optimizer) -> None:
 
 def check_config(cfg) -> None:
     """Every start-up check of a run's config (types and ranges, named with the accepted range)."""
-    check_eir_config(cfg.eir)
+    check_method_config(cfg)
     check_train_config(cfg.train)
     check_schedule_config(cfg.schedule)
     check_data_config(cfg.dataloader, comm.get_world_size())

@@ -126,15 +126,14 @@ def run_prepass(
 PREPASS_FILE = "prepass.npz"
 
 
-def step_prepass_key(cfg, folder, step: int, dicts, device: torch.device) -> dict:
-    """What step ``step``'s prepass maps depend on: ``cfg.eir.prepass``'s settings, the
-    pseudo-label rule, the weights of step - 1 in ``folder`` (a RunFolder), the images, and
-    the device and precision the old model runs in."""
-    p = cfg.eir.prepass
+def step_prepass_key(cfg, folder, step: int, dicts, device: torch.device, settings) -> dict:
+    """What step ``step``'s prepass maps depend on: the method's prepass ``settings`` (``tau``,
+    ``short_side``, ``stride``), the pseudo-label rule, the weights of step - 1 in ``folder``
+    (a RunFolder), the images, and the device and precision the old model runs in."""
     return prepass_key(
-        tau=p.tau,
-        stride=p.stride,
-        short_side=p.short_side,
+        tau=settings["tau"],
+        stride=settings["stride"],
+        short_side=settings["short_side"],
         rule=PSEUDO_LABEL_RULE,
         old_checkpoint=folder.step_dir(step - 1) / "model_final.pth",
         dataset_dicts=dicts,
@@ -143,12 +142,13 @@ def step_prepass_key(cfg, folder, step: int, dicts, device: torch.device) -> dic
     )
 
 
-def step_prepass(cfg, task: Task, folder, step: int, dicts, old_model) -> PrepassStore:
-    """Step ``step``'s prepass maps of ``dicts``: ``step_t/prepass.npz`` of ``folder`` when its key
-    matches, else computed with ``old_model`` (and saved by the main process)."""
+def step_prepass(cfg, task: Task, folder, step: int, dicts, old_model, settings) -> PrepassStore:
+    """Step ``step``'s prepass maps of ``dicts`` under the method's prepass ``settings``:
+    ``step_t/prepass.npz`` of ``folder`` when its key matches, else computed with ``old_model``
+    (and saved by the main process)."""
     path = folder.step_dir(step) / PREPASS_FILE
     device = old_model.device if old_model is not None else torch.device("cpu")
-    key = step_prepass_key(cfg, folder, step, dicts, device)
+    key = step_prepass_key(cfg, folder, step, dicts, device, settings)
     if path.is_file():
         try:
             return PrepassStore.load(path, task=task, step=step, key=key)
@@ -156,15 +156,14 @@ def step_prepass(cfg, task: Task, folder, step: int, dicts, old_model) -> Prepas
             logger.info("Recomputing the prepass of step %d: %s", step, e)
         except (OSError, ValueError) as e:
             raise RuntimeError(f"{path} cannot be read ({e}): delete it and rerun to compute it again") from e
-    p = cfg.eir.prepass
     store = run_prepass(
         old_model,
         dicts,
         task,
         step,
-        tau=p.tau,
-        short_side=p.short_side,
-        stride=p.stride,
+        tau=settings["tau"],
+        short_side=settings["short_side"],
+        stride=settings["stride"],
         num_workers=cfg.dataloader.train.num_workers,
         key=key,
         amp=cfg.train.amp.enabled,

@@ -38,6 +38,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from eir.engine.config_schema import FlatKeys, upgrade
 from eir.fileio import (
     TENSOR_DIGEST_PREFIX,
     atomic_write_json,
@@ -310,29 +311,19 @@ def results_config(cfg, world_size: int = 1) -> dict[str, Any]:
     return record
 
 
-#: Keys of the first config schema, before the losses became ``eir.criterion`` (an
-#: EIRCriterion) and the prepass got its own threshold: old key -> new key.
-_RENAMED_V1 = {
-    "eir.w_bce": "eir.criterion.w_bce",
-    "eir.w_kd": "eir.criterion.w_kd",
-    "eir.rskd_mask": "eir.criterion.rskd_mask",
-    "eir.rskd_normalize": "eir.criterion.rskd_normalize",
-}
-
-
 #: Result-changing keys added to the config after runs were recorded, with the value that
 #: describes what those runs did.
 _ADDED_KEYS = {"train.float32_precision": ""}
-#: The same for keys inside a node (``eir.criterion``, ``eir.paste``, which a run may have set
-#: to None): added only where the record has the node.
-_ADDED_NODE_KEYS = {"eir.criterion.pasted_bce": "all", "eir.paste.onto": "any", "eir.paste.skip_classes": "[]"}
+#: The same for keys inside a node (``method.criterion``, ``method.paste``, which a run may have
+#: set to None): added only where the record has the node.
+_ADDED_NODE_KEYS = {
+    "method.criterion.pasted_bce": "all", "method.paste.onto": "any", "method.paste.skip_classes": "[]",
+}
 
 
 def upgrade_record(recorded: Mapping[str, Any]) -> dict[str, Any]:
-    """A recorded config in today's keys. A record of the first schema (``eir.pseudo_label``
-    and ``eir.tau``, loss weights directly under ``eir``) means the same run as today's
-    ``eir.criterion.*`` and ``eir.prepass.tau``: pseudo-labels off is ``tau=None``, and the
-    prepass always detected at ``eir.tau``. A record with ``task.dataset`` (before the classes
+    """A recorded config in today's keys: older schemas' keys are renamed by
+    :func:`eir.engine.config_schema.upgrade` (the table ``config.yaml`` goes through too). A record with ``task.dataset`` (before the classes
     came from the datasets' ``MetadataCatalog``) ran a built-in dataset: its value 0 is the
     background, and ADE20K's unseen classes are ignored. Keys added since (:data:`_ADDED_KEYS`,
     :data:`_ADDED_NODE_KEYS`) get the value that describes the recorded run."""
@@ -341,7 +332,7 @@ def upgrade_record(recorded: Mapping[str, Any]) -> dict[str, Any]:
 
 def _with_added_node_keys(record: dict[str, Any]) -> dict[str, Any]:
     """``record`` with :data:`_ADDED_NODE_KEYS` where it has their node: a run with
-    ``eir.paste=null`` has no paste keys today either, so adding them would read as a change."""
+    ``method.paste=null`` has no paste keys today either, so adding them would read as a change."""
     for key, value in _ADDED_NODE_KEYS.items():
         if f"{key.rsplit('.', 1)[0]}._target_" in record:
             record.setdefault(key, value)
@@ -349,21 +340,12 @@ def _with_added_node_keys(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _upgrade_schema(record: dict[str, Any]) -> dict[str, Any]:
-    """:func:`upgrade_record`'s renames: ``task.dataset`` and the first schema's keys."""
+    """:func:`upgrade_record`'s renames: ``task.dataset``, and the schema's renamed keys."""
     if "task.dataset" in record:  # before the classes came from the datasets' MetadataCatalog
         dataset = record.pop("task.dataset")
         record["task.background"] = True  # every built-in dataset's value 0 is its background
         record["task.unseen_test_label"] = 255 if dataset == "ade" else None
-    if "eir.pseudo_label" not in record:
-        return record
-    pseudo_label = record.pop("eir.pseudo_label")
-    tau = record.pop("eir.tau")
-    record["eir.criterion.tau"] = tau if pseudo_label else None
-    record["eir.prepass.tau"] = tau
-    for old, new in _RENAMED_V1.items():
-        if old in record:
-            record[new] = record.pop(old)
-    record["eir.criterion._target_"] = "eir.modeling.criterion.EIRCriterion"
+    upgrade(FlatKeys(record))
     return record
 
 

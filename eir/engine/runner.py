@@ -42,9 +42,10 @@ from eir.data.bank import InstanceBank
 from eir.data.datasets import data_fingerprint
 from eir.engine.builders import (
     build_bank,
-    build_criterion,
     build_ddp_model,
     build_lr_scheduler,
+    build_method,
+    build_next_step_model,
     build_old_model,
     build_optimizer,
     build_paster,
@@ -70,12 +71,12 @@ from eir.engine.config_checks import check_config
 from eir.engine.init_checkpoint import check_init_checkpoint
 from eir.engine.prepass import step_prepass
 from eir.engine.run_folder import TRAINING_LOG, RunFolder
-from eir.engine.step_plan import StepPlan, plan_step
+from eir.engine.step_plan import StepPlan
 from eir.evaluation.evaluator import ContinualSemSegEvaluator, write_eval_events
 from eir.evaluation.metrics import format_table
 from eir.evaluation.prediction_figure import write_prediction_figure
 from eir.evaluation.report import write_summary
-from eir.modeling.meta_arch import load_previous_step, load_step_weights
+from eir.modeling.meta_arch import load_step_weights
 from eir.seeding import step_seed
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ class ContinualRunner:
         self.steps_to_run()  # a step outside the task fails here
         self.folder = RunFolder(cfg.train.output_dir, self.task)
         self.device = resolve_device(cfg.train.device)
-        self.criterion = build_criterion(cfg)
+        self.method = build_method(cfg)
         self.claimed = False
         self.inputs_checked = False
         self.checked_data: dict | None = None  # the datasets' fingerprints check_inputs compared
@@ -129,7 +130,7 @@ class ContinualRunner:
         return self.folder.step_dir(step)
 
     def plan(self, step: int) -> StepPlan:
-        return plan_step(self.cfg, self.task, step, self.criterion)
+        return self.method.plan(self.task, step)
 
     def steps_to_run(self) -> list[int]:
         step = self.cfg.train.step
@@ -257,7 +258,9 @@ class ContinualRunner:
         model, old_model = self.build_models(plan)
         bank = self.load_bank(plan)
         train_dicts, dicts = self.train_data(step, bank)
-        prepass = step_prepass(cfg, task, folder, step, train_dicts, old_model) if plan.prepass else None
+        prepass = None
+        if plan.prepass:
+            prepass = step_prepass(cfg, task, folder, step, train_dicts, old_model, self.method.prepass)
         logger.info(
             "Step %d trains on %d images + %d bank entries", step, len(train_dicts), len(dicts) - len(train_dicts)
         )
@@ -267,7 +270,7 @@ class ContinualRunner:
             logger.info("Step %d was trained before the interruption: %s", step, model_final)
             load_step_weights(model, read_step_checkpoint(model_final, task, step))
         else:
-            paste = build_paster(cfg, task, plan, bank, prepass)
+            paste = build_paster(task, plan, bank, prepass, self.method)
             mapper = build_train_mapper(cfg, task, step, bank, paste)
             self.fit(plan, model, old_model, dicts, mapper)
 
@@ -276,7 +279,7 @@ class ContinualRunner:
             folder.write_metrics(step, summary)
             write_eval_events(step_dir, summary, step)
             if plan.save_bank:
-                build_bank(cfg, task, step, train_dicts, bank).save(step_dir / "bank")
+                build_bank(cfg, task, step, train_dicts, bank, self.method).save(step_dir / "bank")
             message = f"step {step} of {task} done in {time.perf_counter() - started:.0f} s"
             folder.mark_done(step, message, plan.artifacts)
         comm.synchronize()
@@ -287,14 +290,15 @@ class ContinualRunner:
         """The step's model (from step - 1's weights, or the ImageNet backbone at step 0) and, when
         the plan needs it, the frozen model of step - 1."""
         cfg, task, step = self.cfg, self.task, plan.step
-        model = build_step_model(cfg, task, step, self.device)
         old_model = None
         if step > 0:
             previous = read_step_checkpoint(self.step_dir(step - 1) / "model_final.pth", task, step - 1)
-            load_previous_step(model, previous, cfg.eir.new_head_init)
+            model = build_next_step_model(cfg, task, step, previous, self.device, self.method)
             if plan.old_model:
-                old_model = build_old_model(cfg, task, step - 1, previous, self.device)
-        elif cfg.train.init_checkpoint:
+                old_model = build_old_model(cfg, task, step - 1, previous, self.device, self.method)
+            return model, old_model
+        model = build_step_model(cfg, task, step, self.device, self.method)
+        if cfg.train.init_checkpoint:
             DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
         return model, old_model
 
@@ -335,7 +339,7 @@ class ContinualRunner:
         loader = build_train_loader(cfg, dicts, mapper, step, start_iter)
         optimizer = build_optimizer(cfg, model, step)
         trainer = build_trainer(
-            cfg, build_ddp_model(cfg, model, self.device), loader, optimizer, self.task, plan, self.criterion, old_model
+            cfg, build_ddp_model(cfg, model, self.device), loader, optimizer, self.task, plan, self.method, old_model
         )
         checkpointer = StepCheckpointer(model, step_dir, task=self.task, step=step, trainer=trainer)
         main = comm.is_main_process()
@@ -401,7 +405,7 @@ class ContinualRunner:
     def trained_model(self, step: int, checkpoint=None) -> torch.nn.Module:
         """The model of ``step`` with the weights of ``checkpoint`` (default: its model_final.pth)."""
         path = Path(checkpoint) if checkpoint else self.step_dir(step) / "model_final.pth"
-        model = build_step_model(self.cfg, self.task, step, self.device)
+        model = build_step_model(self.cfg, self.task, step, self.device, self.method)
         load_step_weights(model, read_step_checkpoint(path, self.task, step))
         return model
 

@@ -1,17 +1,15 @@
-"""StepPlan: what one step of a continual run does, decided once from the config.
+"""StepPlan: what one step of a continual run does (core module).
 
 Whether a step runs the old model, replays the bank, pastes, runs the prepass and writes a
-bank for the next step are switches of the method (METHOD.md sections 3-6) that the runner,
-the trainer and the mapper builder all act on; :func:`plan_step` decides each of them here,
-in one place, and everything else reads the plan. A new ablation is a field here.
+bank for the next step are switches that the runner, the trainer and the mapper builder all
+act on; the run's method decides them (:meth:`eir.methods.base.ContinualMethod.plan`), in
+one place, and everything else reads the plan.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eir.tasks import Task
-
-__all__ = ["StepPlan", "plan_step"]
+__all__ = ["StepPlan"]
 
 
 @dataclass(frozen=True)
@@ -55,19 +53,3 @@ class StepPlan:
         if self.prepass:
             names.append("prepass.npz")
         return tuple(names)
-
-
-def plan_step(cfg, task: Task, step: int, criterion) -> StepPlan:
-    """The plan of ``step`` under ``cfg`` (its ``eir.memory`` and ``eir.paste``) and ``criterion``
-    (an :class:`~eir.modeling.criterion.EIRCriterion`, which says whether it needs the old model)."""
-    step = task.check_step(step)
-    incremental = step > 0
-    memory = int(cfg.eir.memory) > 0
-    return StepPlan(
-        step=step,
-        last=step + 1 == task.num_steps,
-        teacher=incremental and criterion.needs_old_model,
-        replay=incremental and memory,
-        paste=incremental and memory and cfg.eir.paste is not None,
-        save_bank=memory and step + 1 < task.num_steps,
-    )

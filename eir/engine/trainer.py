@@ -1,32 +1,33 @@
-"""EIRTrainer: Detectron2's AMPTrainer whose step trains with the frozen old model.
+"""EIRTrainer: Detectron2's training loop, whose "model" is the step's loss (:class:`StepLossModule`).
 
-One iteration (METHOD.md section 4):
+One iteration (METHOD.md section 4) is Detectron2's own ``run_step``: take a batch, call the
+model on it for a loss dict, backward, step. The one thing that differs in a continual step is
+what that call computes, so the trainer is handed a :class:`StepLossModule` as its model:
 
-1. take a batch from the mapper (images with pasted old-class instances, labels, paste maps);
-2. forward the new model (through DDP when distributed) to logits in channel space;
-3. when the step's plan has a teacher: the frozen old model on the same batch, whose logits
-   give pseudo-labels and region-specific distillation;
-4. the step's :class:`~eir.modeling.criterion.EIRCriterion` on them (soft targets, BCE,
-   RSKD), backward.
+1. the step's model (through DDP when distributed) on the batch's images: logits in channel space;
+2. when the step's plan has a teacher: the frozen old model on the same images;
+3. the method's loss (:meth:`~eir.methods.base.ContinualMethod.criterion`) on the
+   :class:`~eir.methods.base.LossInputs` (labels and paste maps in channel space).
 
-torch's generator (dropout) is seeded from :func:`eir.seeding.iteration_seed` before each
-forward pass, so a step resumed at iteration i draws what the uninterrupted one did. The
-trainer holds no algorithm of its own: targets and losses are the criterion's.
+Two small overrides remain: torch's generator is seeded from :func:`eir.seeding.iteration_seed`
+right after each batch is taken (so a step resumed at iteration i draws what the uninterrupted
+one did), and mixed precision without a grad scaler (bfloat16 on the CPU, which Detectron2's
+``AMPTrainer`` refuses) runs Detectron2's plain ``SimpleTrainer`` step with the autocast inside
+the loss module. The trainer holds no algorithm of its own.
 """
 from __future__ import annotations
 
 import eir.require_detectron2  # noqa: F401  (first: says how to install a missing Detectron2)
 
 # isort: split
-import time
-
 import torch
 from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.utils import comm
+from torch import nn
 
 from eir.constants import IGNORE_LABEL
 from eir.engine.step_plan import StepPlan
-from eir.modeling.criterion import EIRCriterion
+from eir.methods.base import LossInputs, StepLoss
 from eir.modeling.meta_arch import unwrap_model
 from eir.seeding import iteration_seed
 from eir.tasks import Task
@@ -45,21 +46,94 @@ def pad_batch(maps, size, fill, device):
     return out
 
 
-class EIRTrainer(AMPTrainer):
-    """Trains one continual step; see the module docstring for what a step does.
+class StepLossModule(nn.Module):
+    """The loss of one continual step as a module: ``forward(batch)`` returns the method's loss
+    dict, so Detectron2's trainers run it as their model.
+
+    Only the step's model is a submodule (``.train()`` reaches it, and its parameters are the
+    optimizer's); the old model is held outside the module tree, so that nothing flips it to
+    training mode and no state dict includes it. Checkpoints save the step's model itself.
 
     Args:
         model: the step's model (an ``EIRSegmentor``, possibly wrapped in DDP) in train mode.
-        data_loader, optimizer: as in Detectron2's trainers.
-        task: the continual protocol.
-        plan: the step's :class:`~eir.engine.step_plan.StepPlan`; ``plan.teacher`` runs the
-            old model in every iteration.
-        criterion: the step's :class:`~eir.modeling.criterion.EIRCriterion`.
+        task, plan: the protocol and the step's :class:`~eir.engine.step_plan.StepPlan`.
+        loss: the method's loss of the step, called on :class:`~eir.methods.base.LossInputs`.
         old_model: the frozen model of the previous step, needed when ``plan.teacher``. Never
             wrapped in DDP: it only runs forward passes.
-        amp: use mixed precision (float16 with a grad scaler on CUDA, bfloat16 on CPU).
-        seed: the run's seed; torch's generator is seeded from (seed, step, iteration) before
-            each forward pass. None leaves torch's generator alone.
+        amp: autocast the forward passes and the loss (float16 on CUDA, bfloat16 on the CPU).
+    """
+
+    def __init__(self, model, *, task: Task, plan: StepPlan, loss: StepLoss, old_model=None, amp: bool = False):
+        super().__init__()
+        if plan.teacher and old_model is None:
+            raise ValueError(f"step {plan.step} trains with the old model (plan.teacher) but none was given")
+        self.model = model
+        object.__setattr__(self, "old_model", old_model if plan.teacher else None)  # not a submodule
+        self.plan = plan
+        self.loss = loss
+        self.device = unwrap_model(model).device
+        self.precision = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.amp = amp
+        self.num_old_channels = len(task.channel_classes(plan.step - 1)) if plan.step > 0 else 0
+        self.class_to_channel = torch.as_tensor(
+            task.class_to_channel_lut(plan.step), dtype=torch.long, device=self.device
+        )
+
+    def loss_inputs(self, data) -> LossInputs:
+        """The step model's logits and, in channel space, the batch's labels and paste maps (when
+        the step pastes) and the old model's logits (when the plan has a teacher)."""
+        # The models read the images only; they go to the device once, shared by the old model.
+        # (DDP would copy every tensor of the dicts it is given, labels and pastes included.)
+        images = [{"image": d["image"].to(self.device, non_blocking=True)} for d in data]
+        logits = self.model(images)
+        size = logits.shape[-2:]
+        lut = self.class_to_channel
+        inputs = LossInputs(
+            logits=logits,
+            labels=lut[pad_batch([d["sem_seg"].long() for d in data], size, IGNORE_LABEL, self.device)],
+            num_old_channels=self.num_old_channels,
+        )
+        if self.plan.paste:
+            inputs.paste_class = lut[pad_batch([d["paste_class"].long() for d in data], size, 0, self.device)]
+            inputs.paste_alpha = pad_batch([d["paste_alpha"] for d in data], size, 0.0, self.device)
+        if self.old_model is not None:
+            with torch.no_grad():
+                old = self.old_model
+                inputs.old_logits = old.logits(old.preprocess_image(images).tensor)
+        return inputs
+
+    def forward(self, data) -> dict[str, torch.Tensor]:
+        """The weighted loss terms of one batch."""
+        with torch.autocast(self.device.type, dtype=self.precision, enabled=self.amp):
+            return dict(self.loss(self.loss_inputs(data)))
+
+
+class _Reseeding:
+    """The loader's iterator, seeding torch's generator from (seed, step, iteration, rank) after
+    each batch it gives (after: creating the iterator draws from that generator)."""
+
+    def __init__(self, batches, trainer: EIRTrainer):
+        self.batches = batches
+        self.trainer = trainer
+
+    def __next__(self):
+        data = next(self.batches)
+        t = self.trainer
+        torch.manual_seed(iteration_seed(t.seed, t.step, t.iter, comm.get_rank()))
+        return data
+
+
+class EIRTrainer(AMPTrainer):
+    """Trains one continual step with Detectron2's loop; see the module docstring.
+
+    Args:
+        model: the step's model (an ``EIRSegmentor``, possibly wrapped in DDP) in train mode;
+            the trainer's own ``model`` is the :class:`StepLossModule` around it.
+        data_loader, optimizer: as in Detectron2's trainers.
+        task, plan, loss, old_model: the :class:`StepLossModule`'s.
+        amp: use mixed precision (float16 with a grad scaler on CUDA, bfloat16 on the CPU).
+        seed: the run's seed; torch's generator is seeded from (seed, step, iteration) after
+            each batch is taken. None leaves torch's generator alone.
     """
 
     def __init__(
@@ -70,54 +144,38 @@ class EIRTrainer(AMPTrainer):
         *,
         task: Task,
         plan: StepPlan,
-        criterion: EIRCriterion,
+        loss: StepLoss,
         old_model=None,
         amp: bool = True,
         seed: int | None = None,
         gather_metric_period: int = 1,
     ):
-        device = unwrap_model(model).device
-        precision = torch.float16 if device.type == "cuda" else torch.bfloat16
-        scaler = torch.amp.GradScaler(device.type, enabled=amp and precision == torch.float16)
+        module = StepLossModule(model, task=task, plan=plan, loss=loss, old_model=old_model, amp=amp)
+        scaler = torch.amp.GradScaler(module.device.type, enabled=amp and module.precision == torch.float16)
         super().__init__(
-            model,
+            module,
             data_loader,
             optimizer,
             gather_metric_period=gather_metric_period,
             grad_scaler=scaler,
-            precision=precision,
+            precision=module.precision,
         )
-        if plan.teacher and old_model is None:
-            raise ValueError(f"step {plan.step} trains with the old model (plan.teacher) but none was given")
-        self.task = task
-        self.plan = plan
         self.step = plan.step
-        self.criterion = criterion
-        self.old_model = old_model if plan.teacher else None
-        self.device = device
-        self.amp = amp
         self.seed = seed
-        self.class_to_channel = torch.as_tensor(
-            task.class_to_channel_lut(plan.step), dtype=torch.long, device=device
-        )
 
-    def compute_losses(self, data) -> dict[str, torch.Tensor]:
-        """The weighted loss terms of one batch (called under autocast)."""
-        # The models read the images only; they go to the device once, shared by the old model.
-        # (DDP would copy every tensor of the dicts it is given, labels and pastes included.)
-        images = [{"image": d["image"].to(self.device, non_blocking=True)} for d in data]
-        logits = self.model(images)
-        size = logits.shape[-2:]
-        lut = self.class_to_channel
-        labels = lut[pad_batch([d["sem_seg"].long() for d in data], size, IGNORE_LABEL, self.device)]
-        paste_class = lut[pad_batch([d["paste_class"].long() for d in data], size, 0, self.device)]
-        paste_alpha = pad_batch([d["paste_alpha"] for d in data], size, 0.0, self.device)
-        old_logits = None
-        if self.old_model is not None:
-            with torch.no_grad():
-                old = self.old_model
-                old_logits = old.logits(old.preprocess_image(images).tensor)
-        return self.criterion(logits, labels, paste_class, paste_alpha, old_logits)
+    @property
+    def _data_loader_iter(self):
+        batches = SimpleTrainer._data_loader_iter.fget(self)
+        return batches if self.seed is None else _Reseeding(batches, self)
+
+    def run_step(self):
+        """Detectron2's step: AMPTrainer's when the grad scaler is on (float16 on CUDA), else
+        SimpleTrainer's (float32; or bfloat16, autocast inside the loss module, which needs
+        no scaler and runs on the CPU where AMPTrainer asserts CUDA)."""
+        if self.grad_scaler.is_enabled():
+            super().run_step()
+        else:
+            SimpleTrainer.run_step(self)
 
     def _write_metrics(self, loss_dict, data_time, prefix="", iter=None):
         """SimpleTrainer's, which gathers the losses (and checks they are finite) every
@@ -146,36 +204,3 @@ class EIRTrainer(AMPTrainer):
         """Drop the loader's iterator so its worker processes exit (the training sampler is
         infinite, so they would otherwise live on into the next step)."""
         self._data_loader_iter_obj = None
-
-    def run_step(self):
-        """AMPTrainer.run_step with three changes: the batch's losses come from
-        :meth:`compute_losses` (new and old model, criterion) instead of the model; torch's
-        generator is reseeded per iteration (exact resume); autocast takes the device's own
-        type and precision (``torch.autocast``), so the CPU runs bfloat16 where Detectron2's
-        AMPTrainer asserts CUDA. It is otherwise Detectron2's loop, step for step."""
-        assert self.model.training, "[EIRTrainer] model was changed to eval mode!"
-        start = time.perf_counter()
-        data = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
-        if self.seed is not None:
-            # After the batch is taken: creating the loader's iterator draws from this generator.
-            torch.manual_seed(iteration_seed(self.seed, self.step, self.iter, comm.get_rank()))
-
-        if self.zero_grad_before_forward:
-            self.optimizer.zero_grad()
-        with torch.autocast(self.device.type, dtype=self.precision, enabled=self.amp):
-            loss_dict = self.compute_losses(data)
-            losses = sum(loss_dict.values())
-        if not self.zero_grad_before_forward:
-            self.optimizer.zero_grad()
-
-        self.grad_scaler.scale(losses).backward()
-        self.after_backward()
-        if self.async_write_metrics:
-            self.concurrent_executor.submit(
-                self._write_metrics, loss_dict, data_time, iter=self.iter
-            )
-        else:
-            self._write_metrics(loss_dict, data_time)
-        self.grad_scaler.step(self.optimizer)
-        self.grad_scaler.update()

@@ -1,8 +1,10 @@
 """Incremental DeepLabV3 head: ASPP, one 3x3 conv, and one 1x1 classifier per step (Detectron2 layer).
 
-METHOD.md section 3. Output channel 0 is an auxiliary background classifier fed
-the *detached* feature (its BCE term trains only itself, never the body); then one
-block of channels per step, in task order. All outputs are sigmoid logits.
+METHOD.md section 3. Output channel 0 is the background classifier: EIR's reads the
+*detached* feature (its BCE term trains only itself, never the body), a method whose
+background is a class like the others (``detach_background=False``, the method's
+:attr:`~eir.methods.base.ContinualMethod.detach_background`) reads it as it is; then one
+block of channels per step, in task order.
 
 Parameter names are stable across steps so checkpoints load into the next step's
 model: ``aspp.*``, ``conv.*``, ``aux.{weight,bias}``, ``cls.<s>.{weight,bias}``.
@@ -24,11 +26,11 @@ import torch
 from detectron2.layers import ASPP, Conv2d, get_norm
 from torch import nn
 
+from eir.constants import NEW_HEAD_INITS
 from eir.modeling.norm import resolve_norm
 
 __all__ = ["IncrementalHead", "NEW_HEAD_INITS"]
 
-NEW_HEAD_INITS = ("random", "aux")
 _CLASSIFIER_STD = 0.01
 
 
@@ -55,7 +57,7 @@ class IncrementalHead(nn.Module):
         norm: str = "BN",
         aspp_dropout: float = 0.1,
         pool_kernel_size=None,
-        new_head_init: str = "random",
+        detach_background: bool = True,
         prior_prob: float | None = None,
     ):
         """
@@ -70,9 +72,8 @@ class IncrementalHead(nn.Module):
             aspp_dropout: dropout on ASPP's output in training mode.
             pool_kernel_size: Detectron2 ASPP's image-pooling window; None = global
                 average pooling at any input size (the DeepLabV3 definition).
-            new_head_init: how :func:`~eir.modeling.meta_arch.load_previous_step`
-                initialises the newest classifier by default: "random" (normal, std
-                0.01, bias 0) or "aux" (every row a copy of the aux classifier).
+            detach_background: channel 0's classifier reads the detached feature (its loss
+                trains it alone), or the feature itself (its loss trains the body too).
             prior_prob: None keeps "random" biases at 0 (the paper's init). A probability
                 p sets class biases to log(p / (1 - p)) and the aux (background) bias to
                 its opposite, so sigmoid scores start near p instead of 0.5: training from
@@ -87,7 +88,7 @@ class IncrementalHead(nn.Module):
             )
         if len(aspp_dilations) != 3:
             raise ValueError(f"aspp_dilations needs 3 rates, got {tuple(aspp_dilations)}")
-        self.new_head_init = _check_init(new_head_init)
+        self.detach_background = bool(detach_background)
         norm = resolve_norm(norm)
         if prior_prob is not None and not 0.0 < float(prior_prob) < 1.0:
             raise ValueError(f"prior_prob must be in (0, 1) or None, got {prior_prob!r}")
@@ -163,6 +164,6 @@ class IncrementalHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feat = self.features(x)
-        outs = [self.aux(feat.detach())]
+        outs = [self.aux(feat.detach() if self.detach_background else feat)]
         outs.extend(cls(feat) for cls in self.cls)
         return torch.cat(outs, dim=1)

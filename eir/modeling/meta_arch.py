@@ -3,19 +3,21 @@
 METHOD.md section 3. The model holds no loss: in training mode it returns the
 channel-space logits and the trainer (eir/engine) builds targets and losses from the
 batch. In eval mode it follows Detectron2's ``[{"sem_seg": scores}]`` convention with
-scores in class-id order arranged so that ``argmax`` is EIR's sigmoid rule, so
-Detectron2's SemSegEvaluator and Visualizer work on it unchanged.
+scores in class-id order arranged so that ``argmax`` is the method's prediction rule
+(``score_rule``: EIR's sigmoid rule by default), so Detectron2's SemSegEvaluator and
+Visualizer work on it unchanged.
 
 Growing a model from step t-1 to step t: build the step-t model (``task.step_sizes(t)``,
-``task.channel_classes(t)``), then :func:`load_previous_step`, then
-:func:`freeze_for_incremental`, then :func:`build_param_groups` for the optimizer.
+``task.channel_classes(t)``), then :func:`load_previous_step` and the method's
+``init_new_classifier``, then :func:`freeze_for_incremental`, then
+:func:`build_param_groups` for the optimizer.
 """
 from __future__ import annotations
 
 import eir.require_detectron2  # noqa: F401  (first: says how to install a missing Detectron2)
 
 # isort: split
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -24,6 +26,8 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 from torch.nn import functional as F
+
+from eir.methods.base import sigmoid_rule_scores
 
 __all__ = [
     "EIRSegmentor",
@@ -61,6 +65,7 @@ class EIRSegmentor(nn.Module):
         num_classes: int,
         in_feature: str = "res5",
         size_divisibility: int = 0,
+        score_rule: Callable = sigmoid_rule_scores,
     ):
         """
         Args:
@@ -73,12 +78,15 @@ class EIRSegmentor(nn.Module):
                 eval scores have ``num_classes + 1`` rows.
             in_feature: the backbone output the head reads.
             size_divisibility: pad the batch to a multiple of this (0: no extra padding).
+            score_rule: ``(channel_logits, channel_to_class, num_classes) -> scores`` in
+                class-id order, the method's ``class_scores`` (set by the model builder).
         """
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.in_feature = in_feature
         self.size_divisibility = int(size_divisibility)
+        self.score_rule = score_rule
         self.num_classes = int(num_classes)
         if self.num_classes < 1:
             raise ValueError(f"num_classes (foreground classes) must be >= 1, got {num_classes}")
@@ -166,28 +174,10 @@ class EIRSegmentor(nn.Module):
         return F.interpolate(z.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
 
     def class_scores(self, channel_logits: torch.Tensor) -> torch.Tensor:
-        """Channel logits [..., C, H, W] -> class-id-order scores [..., num_classes + 1, H, W].
-
-        Seen class c gets sigmoid(z of c's channel), background the constant 0.5, classes
-        not seen yet 0 (they never win). So ``argmax`` is EIR's inference rule: the class
-        with the highest sigmoid score, or background when no class score exceeds 0.5; an
-        exact tie at 0.5 goes to background because argmax returns the first maximum
-        (likewise two scores equal in float32, e.g. both saturated at 1.0, go to the
-        lower class id). The aux channel 0 is not used. Computed in float32.
-        """
-        z = channel_logits.float()
-        cdim = z.dim() - 3
-        if z.shape[cdim] != self.num_channels:
-            raise ValueError(
-                f"expected {self.num_channels} channels at dim {cdim}, got shape {tuple(z.shape)}"
-            )
-        shape = list(z.shape)
-        shape[cdim] = self.num_classes + 1
-        scores = z.new_zeros(shape)
-        scores.select(cdim, 0).fill_(0.5)
-        index = self.channel_to_class[1:].to(z.device)
-        scores.index_copy_(cdim, index, torch.sigmoid(z.narrow(cdim, 1, self.num_channels - 1)))
-        return scores
+        """Channel logits [..., C, H, W] -> class-id-order scores [..., num_classes + 1, H, W]
+        whose ``argmax`` is the prediction, by ``score_rule`` (EIR's:
+        :func:`~eir.methods.base.sigmoid_rule_scores`). Computed in float32."""
+        return self.score_rule(channel_logits, self.channel_to_class, self.num_classes)
 
     def forward(self, batched_inputs: Sequence[Mapping[str, Any]]):
         images = self.preprocess_image(batched_inputs)
@@ -289,16 +279,13 @@ def load_step_weights(model: nn.Module, state_dict: Mapping[str, Any]) -> None:
     _checked_load(unwrap_model(model), _plain_state_dict(state_dict), None, "step checkpoint")
 
 
-def load_previous_step(
-    model: nn.Module, state_dict: Mapping[str, Any], new_head_init: str | None = None
-) -> None:
-    """Load step t-1's weights into the step-t ``model`` and initialise its new classifier.
+def load_previous_step(model: nn.Module, state_dict: Mapping[str, Any]) -> None:
+    """Load step t-1's weights into the step-t ``model``: all but its newest classifier
+    (``head.cls.<t>``), which the method then initialises (``init_new_classifier``).
 
-    Every key except the newest classifier (``head.cls.<t>``) must be in ``state_dict``
-    with the same shape, and nothing else may be there; otherwise ValueError names the
-    missing / unexpected keys and shape mismatches. The new classifier is then
-    initialised with ``new_head_init`` ("random" or "aux"; None = the head's
-    ``new_head_init``). BatchNorm's ``num_batches_tracked`` counters are ignored.
+    Every key except the newest classifier must be in ``state_dict`` with the same shape,
+    and nothing else may be there; otherwise ValueError names the missing / unexpected keys
+    and shape mismatches. BatchNorm's ``num_batches_tracked`` counters are ignored.
     """
     m = unwrap_model(model)
     head = m.head
@@ -308,11 +295,9 @@ def load_previous_step(
             "load_previous_step needs a model of step >= 1 (its head has one classifier, so it "
             "is a step-0 model); build the model with task.step_sizes(t) for t >= 1"
         )
-    init = head.new_head_init if new_head_init is None else new_head_init
     _checked_load(
         m, _plain_state_dict(state_dict), f"head.cls.{t}.", f"step {t - 1} weights into a step-{t} model"
     )
-    head.init_classifier(head.cls[t], init)
 
 
 def freeze_for_incremental(model: nn.Module) -> nn.Module:

@@ -3,7 +3,7 @@
 Task files in ade/ import this and set ``task.name``.
 """
 from ....configs.common.data.continual import dataloader
-from ....configs.common.eir import eir
+from ....configs.common.methods.eir import method
 from ....configs.common.models.deeplabv3_r101 import model
 from ....configs.common.optim import SGD as optimizer
 from ....configs.common.schedule import schedule
@@ -27,4 +27,4 @@ schedule.lr = 2.5e-3
 schedule.incremental_lr = 2.5e-4
 schedule.warmup_fraction = 0.2
 
-eir.memory = 300
+method.memory = 300

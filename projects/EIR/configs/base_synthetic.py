@@ -12,7 +12,7 @@ from detectron2.config import LazyCall as L
 from eir.modeling.backbone import SMALL_RESNET, build_resnet_deeplab, resnet_out_channels
 
 from ....configs.common.data.continual import dataloader
-from ....configs.common.eir import eir
+from ....configs.common.methods.eir import method
 from ....configs.common.models.deeplabv3_r101 import model
 from ....configs.common.optim import SGD as optimizer
 from ....configs.common.schedule import schedule
@@ -58,10 +58,10 @@ schedule.lr = 0.02
 # rates made this from-scratch model collapse to background (0.005) or diverge (0.01).
 schedule.incremental_lr = 0.002
 
-eir.memory = 40
-eir.paste.cell_size = 62  # 250 / 512 of the 128-pixel crop
-eir.prepass.short_side = 160  # the images' own size: pseudo-labels at full resolution
-eir.prepass.stride = 4
+method.memory = 40
+method.paste.cell_size = 62  # 250 / 512 of the 128-pixel crop
+method.prepass.short_side = 160  # the images' own size: pseudo-labels at full resolution
+method.prepass.stride = 4
 
 train.from_scratch = True  # no ImageNet weights: the tiny ResNet trains from random weights
 train.device = "auto"

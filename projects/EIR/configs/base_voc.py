@@ -3,7 +3,7 @@
 Task files in voc/ import this and set ``task.name`` / ``task.setting``.
 """
 from ....configs.common.data.continual import dataloader
-from ....configs.common.eir import eir
+from ....configs.common.methods.eir import method
 from ....configs.common.models.deeplabv3_r101 import model
 from ....configs.common.optim import SGD as optimizer
 from ....configs.common.schedule import schedule
@@ -22,4 +22,4 @@ schedule.incremental_epochs = 60
 schedule.lr = 1e-3
 schedule.incremental_lr = 1e-4
 
-eir.memory = 100
+method.memory = 100

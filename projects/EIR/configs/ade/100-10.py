@@ -1,5 +1,5 @@
 """EIR, ADE20K 100-10 (overlap)."""
-from ..base_ade import dataloader, eir, model, optimizer, schedule, task, train
+from ..base_ade import dataloader, method, model, optimizer, schedule, task, train
 
 task.name = "100-10"
 train.output_dir = "output/eir/ade_100-10"

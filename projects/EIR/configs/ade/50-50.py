@@ -1,5 +1,5 @@
 """EIR, ADE20K 50-50 (overlap)."""
-from ..base_ade import dataloader, eir, model, optimizer, schedule, task, train
+from ..base_ade import dataloader, method, model, optimizer, schedule, task, train
 
 task.name = "50-50"
 train.output_dir = "output/eir/ade_50-50"

@@ -3,11 +3,11 @@
 The old model's pseudo-labels and RSKD, as in EIR, but no replay memory: no bank, so
 neither replayed samples nor pasting.
 """
-from ..base_voc import dataloader, eir, model, optimizer, schedule, task, train
+from ..base_voc import dataloader, method, model, optimizer, schedule, task, train
 
 task.name = "15-1"
 task.setting = "overlap"
 train.output_dir = "output/eir/voc_15-1_overlap_distill"
 
-eir.memory = 0
-eir.paste = None
+method.memory = 0
+method.paste = None

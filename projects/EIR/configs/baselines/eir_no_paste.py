@@ -3,10 +3,10 @@
 The bank stores instances and replays them on a flat background; nothing is pasted into
 new images.
 """
-from ..base_voc import dataloader, eir, model, optimizer, schedule, task, train
+from ..base_voc import dataloader, method, model, optimizer, schedule, task, train
 
 task.name = "15-1"
 task.setting = "overlap"
 train.output_dir = "output/eir/voc_15-1_overlap_eir_no_paste"
 
-eir.paste = None
+method.paste = None

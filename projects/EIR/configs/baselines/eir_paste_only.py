@@ -3,10 +3,10 @@
 The bank stores whole images with their step labels, replayed as whole images; old-class
 regions are cut from them and pasted into new images as in EIR.
 """
-from ..base_voc import dataloader, eir, model, optimizer, schedule, task, train
+from ..base_voc import dataloader, method, model, optimizer, schedule, task, train
 
 task.name = "15-1"
 task.setting = "overlap"
 train.output_dir = "output/eir/voc_15-1_overlap_eir_paste_only"
 
-eir.storage = "image"
+method.storage = "image"

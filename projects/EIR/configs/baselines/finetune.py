@@ -3,13 +3,13 @@
 Each step trains on its own labels only: no bank (no replay, no pasting), no pseudo-labels,
 no distillation, hence no old model. The lower bound of every continual method.
 """
-from ..base_voc import dataloader, eir, model, optimizer, schedule, task, train
+from ..base_voc import dataloader, method, model, optimizer, schedule, task, train
 
 task.name = "15-1"
 task.setting = "overlap"
 train.output_dir = "output/eir/voc_15-1_overlap_finetune"
 
-eir.memory = 0
-eir.paste = None
-eir.criterion.tau = None
-eir.criterion.w_kd = 0
+method.memory = 0
+method.paste = None
+method.criterion.tau = None
+method.criterion.w_kd = 0

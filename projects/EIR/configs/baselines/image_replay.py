@@ -3,11 +3,11 @@
 The bank stores whole images with their partial step labels and replays them as they
 are; no pasting. Pseudo-labels and RSKD as in EIR.
 """
-from ..base_voc import dataloader, eir, model, optimizer, schedule, task, train
+from ..base_voc import dataloader, method, model, optimizer, schedule, task, train
 
 task.name = "15-1"
 task.setting = "overlap"
 train.output_dir = "output/eir/voc_15-1_overlap_image_replay"
 
-eir.storage = "image"
-eir.paste = None
+method.storage = "image"
+method.paste = None

@@ -3,7 +3,7 @@
 Compare its per-class IoUs with a 15-1 run by grouping them the same way (old: background
 and classes 1-15; new: 16-20), as benchmarks/css_synthetic.py does.
 """
-from ..base_voc import dataloader, eir, model, optimizer, schedule, task, train
+from ..base_voc import dataloader, method, model, optimizer, schedule, task, train
 
 task.name = "joint"
 task.setting = "overlap"

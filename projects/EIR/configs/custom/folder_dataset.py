@@ -14,7 +14,7 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_sem_seg
 
-from ..base_synthetic import dataloader, eir, model, optimizer, schedule, task, train  # noqa: F401
+from ..base_synthetic import dataloader, method, model, optimizer, schedule, task, train  # noqa: F401
 
 _CLASSES = ["sky", "grass", "road"]  # the name of label value 0, 1, 2
 _ROOT = os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "my_dataset")

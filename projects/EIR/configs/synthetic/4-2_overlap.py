@@ -2,7 +2,7 @@
 
 The default of tools/train_net.py: a whole continual run in minutes on a CPU.
 """
-from ..base_synthetic import dataloader, eir, model, optimizer, schedule, task, train
+from ..base_synthetic import dataloader, method, model, optimizer, schedule, task, train
 
 task.name = "4-2"
 task.setting = "overlap"

@@ -1,5 +1,5 @@
 """EIR on the synthetic dataset, task 6-1 overlap (5 steps: 1-6 | 7 | 8 | 9 | 10)."""
-from ..base_synthetic import dataloader, eir, model, optimizer, schedule, task, train
+from ..base_synthetic import dataloader, method, model, optimizer, schedule, task, train
 
 task.name = "6-1"
 task.setting = "overlap"

@@ -1,5 +1,5 @@
 """EIR, Pascal VOC 10-5 overlap."""
-from ..base_voc import dataloader, eir, model, optimizer, schedule, task, train
+from ..base_voc import dataloader, method, model, optimizer, schedule, task, train
 
 task.name = "10-5"
 task.setting = "overlap"

@@ -1,5 +1,5 @@
 """EIR, Pascal VOC 5-3 overlap."""
-from ..base_voc import dataloader, eir, model, optimizer, schedule, task, train
+from ..base_voc import dataloader, method, model, optimizer, schedule, task, train
 
 task.name = "5-3"
 task.setting = "overlap"

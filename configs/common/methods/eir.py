@@ -1,10 +1,12 @@
-"""EIR's own knobs (METHOD.md sections 4-6), with the paper's defaults."""
+"""The run's continual method: EIR (eir/methods/eir.py; METHOD.md sections 3-6), with the
+paper's defaults. Its baselines are settings of it (projects/EIR/configs/baselines)."""
 from detectron2.config import LazyCall as L
 
 from eir.data.paste import PasteConfig
+from eir.methods.eir import EIR
 from eir.modeling.criterion import EIRCriterion
 
-eir = dict(
+method = L(EIR)(
     memory=100,  # instance bank budget M (entries); 0 disables the bank (and pasting)
     storage="instance",  # "instance" (EIR) or "image" (whole images with step labels: image replay)
     paste=L(PasteConfig)(  # instance pasting in incremental steps; None disables it
