@@ -202,9 +202,16 @@ def machine() -> str:
 
 
 def _without_output_dir(overrides: list[str]) -> list[str]:
-    """The overrides that define a run: its folder's own path is not one (a --work folder
-    reached through another path, or moved, holds the same runs)."""
-    return [o for o in overrides if not o.startswith("train.output_dir=")]
+    """The overrides that define a run, in today's config keys (a record written before a key
+    was renamed names the same run): its folder's own path is not one (a --work folder reached
+    through another path, or moved, holds the same runs)."""
+    from eir.engine.config_schema import renamed_key
+
+    today = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        today.append(f"{renamed_key(key) or key}{sep}{value}")
+    return [o for o in today if not o.startswith("train.output_dir=")]
 
 
 class Run:
@@ -235,7 +242,7 @@ class Run:
             + [f"train.output_dir={self.dir}", f"train.seed={seed}"]
         )
         self.cmd = [sys.executable, str(TRAIN_NET), "--config-file", str(config), *self.overrides]
-        # What step 0 depends on: the variants' switches (eir.*) act only after step 0.
+        # What step 0 depends on: the variants' switches (method.*) act only after step 0.
         self.step0_key = [f"task.name={task_name}", *overrides, f"train.seed={seed}"]
 
     @property
@@ -282,7 +289,7 @@ class Run:
             record = other / "bench.json"
             if not (other / "step_0" / "model_final.pth").is_file() or not record.is_file():
                 continue
-            if json.loads(record.read_text()).get("step0_key") == self.step0_key:
+            if _without_output_dir(json.loads(record.read_text()).get("step0_key", [])) == self.step0_key:
                 return other
         return None
 

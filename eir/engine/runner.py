@@ -154,7 +154,9 @@ class ContinualRunner:
         self.checked_data = self.check_data(write=False)
         for step in steps:
             if not self.folder.is_done(step):
-                self.train_data(step, bank=None)  # raises when no training image qualifies
+                images, _ = self.train_data(step, bank=None)  # raises when no training image qualifies
+                for warning in self.method.check_step_data(self.task, step, images):
+                    logger.warning("step %d: %s", step, warning)
             if not self.test_dicts(step):
                 raise ValueError(
                     f"the test set {self.cfg.dataloader.test.dataset} has no image for step {step}: "
