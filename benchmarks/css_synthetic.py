@@ -62,6 +62,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # this checkout's eir, as the runs get (PYTHONPATH)
 
 from benchmarks.machine import cpu_model, load_average, num_cores  # noqa: E402
+from eir.engine.run_files import FINAL_CHECKPOINT  # noqa: E402
 from eir.evaluation.metrics import group_means  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -287,7 +288,7 @@ class Run:
             if variant in ("joint", self.variant) or not (other / "step_0" / "DONE").is_file():
                 continue
             record = other / "bench.json"
-            if not (other / "step_0" / "model_final.pth").is_file() or not record.is_file():
+            if not (other / "step_0" / FINAL_CHECKPOINT).is_file() or not record.is_file():
                 continue
             if _without_output_dir(json.loads(record.read_text()).get("step0_key", [])) == self.step0_key:
                 return other
@@ -296,16 +297,16 @@ class Run:
     def adopt_step0(self, donor: Path) -> None:
         """Copy the donor's step-0 weights in: the runner then evaluates them and builds this
         variant's bank instead of training step 0 again (its resume path)."""
-        target = self.dir / "step_0" / "model_final.pth"
+        target = self.dir / "step_0" / FINAL_CHECKPOINT
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".tmp")
-        shutil.copyfile(donor / "step_0" / "model_final.pth", tmp)
+        shutil.copyfile(donor / "step_0" / FINAL_CHECKPOINT, tmp)
         os.replace(tmp, target)
         self.write_record(step0_from=donor)
 
     def needs_step0(self) -> bool:
         step0 = self.dir / "step_0"
-        return not ((step0 / "DONE").is_file() or (step0 / "model_final.pth").is_file())
+        return not ((step0 / "DONE").is_file() or (step0 / FINAL_CHECKPOINT).is_file())
 
     def execute(self, env: dict) -> tuple[int, float]:
         """Run (or resume) it in a subprocess; returns (exit code, seconds)."""

@@ -78,9 +78,10 @@ def training_samples(runner, step: int, num: int, seed: int) -> list[dict]:
     ``seed``, through the step's own training mapper (pasting included)."""
     from eir.data.prepass import PrepassStore
     from eir.engine.builders import build_paster, build_train_mapper
+    from eir.engine.run_files import PREPASS_FILE
 
     plan = runner.plan(step)
-    prepass_file = runner.step_dir(step) / "prepass.npz"
+    prepass_file = runner.step_dir(step) / PREPASS_FILE
     if not plan.paste or not prepass_file.is_file():
         raise SystemExit(f"{runner.output_dir} does not paste at step {step} (no {prepass_file}): give an EIR run")
     cfg, task = runner.cfg, runner.task

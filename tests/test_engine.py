@@ -238,7 +238,7 @@ def test_a_refusal_on_rank_0_stops_both_processes_at_once(datasets_root, tmp_pat
     collective timeout: tests/test_processes.py checks the exchange itself.)"""
     import socket
 
-    from eir.engine.run_folder import process_identity
+    from eir.engine.run_lock import process_identity
 
     holder = subprocess.Popen(["sleep", "600"])
     try:

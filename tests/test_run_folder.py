@@ -17,16 +17,18 @@ import pytest
 from conftest import requires_detectron2, tiny_cfg, tiny_datasets, train_net_command
 
 
-def run_folder():
-    from eir.engine import run_folder
+def engine(module: str):
+    """A module of eir.engine (the run folder's concerns: run_folder, run_lock, run_records,
+    step_done, training_log), imported when a test runs."""
+    import importlib
 
-    return run_folder
+    return importlib.import_module(f"eir.engine.{module}")
 
 # --------------------------------------------------------------------------- lock (no Detectron2)
 
 
 def test_lock_refuses_a_second_claim_naming_the_holder(tmp_path):
-    RunLock, RunFolderError = run_folder().RunLock, run_folder().RunFolderError
+    RunLock, RunFolderError = engine('run_lock').RunLock, engine('run_lock').RunFolderError
     first = RunLock(tmp_path)
     first.acquire()
     held = json.loads((tmp_path / "run.lock").read_text())
@@ -41,11 +43,11 @@ def test_lock_refuses_a_second_claim_naming_the_holder(tmp_path):
 
 
 def test_lock_of_a_dead_process_is_taken_over(tmp_path):
-    RunLock, RunFolderError = run_folder().RunLock, run_folder().RunFolderError
+    RunLock, RunFolderError = engine('run_lock').RunLock, engine('run_lock').RunFolderError
     gone = subprocess.Popen(["true"])
     gone.wait()  # its pid no longer runs
     dead = {"pid": gone.pid, "host": socket.gethostname(), "started": "x"}
-    assert not run_folder()._pid_alive(dead["pid"])
+    assert not engine('run_lock')._pid_alive(dead["pid"])
     (tmp_path / "run.lock").write_text(json.dumps(dead))
     lock = RunLock(tmp_path)
     lock.acquire()
@@ -62,21 +64,20 @@ def test_lock_of_a_restarted_container_with_the_same_host_and_pid_is_taken_over(
     """A container restarted with the same host name can run the new command under the pid of
     the one that left the lock (it is alive: it is us). The recorded process identity (boot id,
     start time) tells them apart; the same identity is a live holder."""
-    rf = run_folder()
-    me = rf.process_identity(os.getpid())
+    me = engine('run_lock').process_identity(os.getpid())
     if me is None:
         pytest.skip("no /proc: the process identity is not recorded here")
     boot, started = me.rsplit(":", 1)
     earlier = {"pid": os.getpid(), "host": socket.gethostname(), "started": "x", "token": "t",
                "process": f"{boot}:{int(started) - 1}"}
     (tmp_path / "run.lock").write_text(json.dumps(earlier))
-    lock = rf.RunLock(tmp_path)
+    lock = engine('run_lock').RunLock(tmp_path)
     lock.acquire()
     assert json.loads((tmp_path / "run.lock").read_text())["token"] == lock.info["token"]
     lock.release()
     (tmp_path / "run.lock").write_text(json.dumps(dict(earlier, process=me)))
-    with pytest.raises(rf.RunFolderError, match="is in use by another run"):
-        rf.RunLock(tmp_path).acquire()
+    with pytest.raises(engine('run_lock').RunFolderError, match="is in use by another run"):
+        engine('run_lock').RunLock(tmp_path).acquire()
 
 
 def test_lock_on_a_filesystem_without_hard_links(tmp_path, monkeypatch):
@@ -84,17 +85,15 @@ def test_lock_on_a_filesystem_without_hard_links(tmp_path, monkeypatch):
     exclusive create: one holder, the second command refused naming it, no temp file left."""
     import errno
 
-    rf = run_folder()
-
     def no_link(src, dst):
         raise OSError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr(rf.os, "link", no_link)
-    first = rf.RunLock(tmp_path)
+    monkeypatch.setattr(engine('run_lock').os, "link", no_link)
+    first = engine('run_lock').RunLock(tmp_path)
     first.acquire()
     assert json.loads((tmp_path / "run.lock").read_text()) == first.info
-    with pytest.raises(rf.RunFolderError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
-        rf.RunLock(tmp_path).acquire()
+    with pytest.raises(engine('run_lock').RunFolderError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
+        engine('run_lock').RunLock(tmp_path).acquire()
     assert [p.name for p in tmp_path.iterdir()] == ["run.lock"]
     first.release()
     assert list(tmp_path.iterdir()) == []
@@ -115,7 +114,7 @@ HOST = socket.gethostname()
 def test_damaged_lock_is_named_with_what_to_do(tmp_path, content):
     """A lock file is always written whole, so one that holds no pid and host is damaged: named,
     with what to do, never an AttributeError, an OverflowError or "pid None on None"."""
-    RunLock, RunFolderError = run_folder().RunLock, run_folder().RunFolderError
+    RunLock, RunFolderError = engine('run_lock').RunLock, engine('run_lock').RunFolderError
     lock = tmp_path / "run.lock"
     lock.write_bytes(content)
     with pytest.raises(RunFolderError) as info:
@@ -135,7 +134,7 @@ def test_lock_on_a_full_disk_is_named_and_leaves_no_temp_file(tmp_path, monkeypa
     import errno
     from pathlib import Path
 
-    RunLock, RunFolderError = run_folder().RunLock, run_folder().RunFolderError
+    RunLock, RunFolderError = engine('run_lock').RunLock, engine('run_lock').RunFolderError
 
     def full_disk(self, text, *args, **kwargs):
         self.touch()  # the file is made, its contents are not written
@@ -170,7 +169,7 @@ def test_unknown_override_keys_name_the_nearest_known_key():
 def test_config_differences_list_changed_added_and_removed_keys():
     old = {"eir.memory": 6, "schedule.max_iter": 60, "eir.tau": 0.7}
     new = {"eir.memory": 10, "schedule.max_iter": 60, "eir.w_kd": 5.0}
-    assert run_folder().config_differences(old, new) == [
+    assert engine('run_records').config_differences(old, new) == [
         'eir.memory: 6 -> 10', 'eir.tau: 0.7 -> "(absent)"', 'eir.w_kd: "(absent)" -> 5.0',
     ]
 
@@ -190,19 +189,18 @@ def _synthetic_task():
 def test_the_number_of_processes_is_recorded_and_compared(tmp_path):
     """run_config.json records the number of processes: another number is refused like any
     config change; a record written before it was recorded accepts any number, then records it."""
-    rf = run_folder()
     cfg = _omegaconf()
-    record, _ = rf.check_recorded_config(tmp_path, cfg, False, world_size=1)
+    record, _ = engine('run_records').check_recorded_config(tmp_path, cfg, False, world_size=1)
     assert record == {"method.memory": 6, "train.seed": 0, "train.float32_precision": "", "launch.world_size": 1}
-    rf.write_config_record(tmp_path, record)
-    assert rf.check_recorded_config(tmp_path, cfg, False, world_size=1) == (None, [])
-    with pytest.raises(rf.RunFolderError, match="(?s)launch.world_size: 1 -> 2.*allow_config_change=True"):
-        rf.check_recorded_config(tmp_path, cfg, False, world_size=2)
-    record, changes = rf.check_recorded_config(tmp_path, cfg, True, world_size=2)
+    engine('run_records').write_config_record(tmp_path, record)
+    assert engine('run_records').check_recorded_config(tmp_path, cfg, False, world_size=1) == (None, [])
+    with pytest.raises(engine('run_lock').RunFolderError, match="(?s)launch.world_size: 1 -> 2.*allow_config_change=True"):
+        engine('run_records').check_recorded_config(tmp_path, cfg, False, world_size=2)
+    record, changes = engine('run_records').check_recorded_config(tmp_path, cfg, True, world_size=2)
     assert record["launch.world_size"] == 2 and changes == ["launch.world_size: 1 -> 2"]
     old = {"method.memory": 6, "train.seed": 0, "train.float32_precision": ""}  # an earlier version's record
-    rf.write_config_record(tmp_path, old)
-    assert rf.check_recorded_config(tmp_path, cfg, False, world_size=4) == (
+    engine('run_records').write_config_record(tmp_path, old)
+    assert engine('run_records').check_recorded_config(tmp_path, cfg, False, world_size=4) == (
         dict(old, **{"launch.world_size": 4}), []
     )
 
@@ -217,10 +215,9 @@ def test_the_number_of_processes_is_recorded_and_compared(tmp_path):
      ("task.json", b'{"dataset": "synthetic", "name": "8-2", "order": 5}')],
 )
 def test_damaged_records_are_named_with_what_to_do(tmp_path, name, content):
-    rf = run_folder()
     (tmp_path / name).write_bytes(content)
-    folder = rf.RunFolder(tmp_path, _synthetic_task())
-    with pytest.raises((rf.RunFolderError, ValueError)) as info:
+    folder = engine('run_folder').RunFolder(tmp_path, _synthetic_task())
+    with pytest.raises((engine('run_lock').RunFolderError, ValueError)) as info:
         folder.claim(_omegaconf())
     message = str(info.value)
     assert message.startswith(f"{tmp_path / name} is damaged (")
@@ -234,11 +231,10 @@ def test_damaged_records_are_named_with_what_to_do(tmp_path, name, content):
 
 
 def test_temp_files_of_a_failed_start_are_removed_when_the_folder_is_claimed(tmp_path):
-    rf = run_folder()
     left = [tmp_path / ".run.lock.0f3a.tmp", tmp_path / ".task.json.x1.tmp"]
     for path in left:
         path.write_text("")
-    folder = rf.RunFolder(tmp_path, _synthetic_task())
+    folder = engine('run_folder').RunFolder(tmp_path, _synthetic_task())
     folder.claim(_omegaconf())
     try:
         assert not any(p.exists() for p in left)
@@ -254,19 +250,18 @@ def test_trimming_the_training_log_drops_damaged_rows(tmp_path):
     rows = ['{"iteration": 0, "loss": 1.0}', '{"iteration": 1e400}', '{"iteration": "x"}', "[3]",
             '{"iteration": 2, "loss": 0.5}', '{"iteration": 5, "loss": 0.1}', '{"iter']
     log.write_text("\n".join(rows))
-    run_folder().trim_training_log(log, 4)
+    engine('training_log').trim_training_log(log, 4)
     assert log.read_text() == '{"iteration": 0, "loss": 1.0}\n{"iteration": 2, "loss": 0.5}\n'
 
 
 def test_summaries_of_done_steps_check_metrics_against_done(tmp_path):
     """A done step that this command does not run is read back only when its metrics.json still
     has the digest in DONE: an edited file is named, not summarised."""
-    rf = run_folder()
     step_dir = tmp_path / "step_0"
     step_dir.mkdir()
     (step_dir / "metrics.json").write_text('{"summary": {"all": 50.0}}\n')
-    rf.write_done(step_dir, "step 0 done", ["metrics.json"])
-    folder = rf.RunFolder(tmp_path, _synthetic_task())
+    engine('step_done').write_done(step_dir, "step 0 done", ["metrics.json"])
+    folder = engine('run_folder').RunFolder(tmp_path, _synthetic_task())
     assert folder.finished_summaries() == {0: {"all": 50.0}}
     (step_dir / "metrics.json").write_text('{"summary": {"all": 99.9}}\n')
     with pytest.raises(ValueError, match="metrics.json is damaged or was changed .its digest differs"):
@@ -558,10 +553,9 @@ def _first_schema(record: dict) -> dict:
 def test_older_schemas_records_read_as_todays():
     """Worked by hand: the first schema's ``eir.pseudo_label=False, eir.tau=0.6`` is today's
     ``method.criterion.tau=None`` and ``method.prepass.tau=0.6``; every ``eir.*`` key is ``method.*``."""
-    rf = run_folder()
     first = {"eir.pseudo_label": False, "eir.tau": 0.6, "eir.w_kd": 2.0, "eir.memory": 6, "eir.paste": None,
              "train.seed": 0}
-    assert rf.upgrade_record(first) == {
+    assert engine('run_records').upgrade_record(first) == {
         "method._target_": "eir.methods.eir.EIR", "method.memory": 6, "method.paste": None,
         "method.criterion._target_": "eir.modeling.criterion.EIRCriterion", "method.criterion.tau": None,
         "method.criterion.w_kd": 2.0, "method.criterion.pasted_bce": "all", "method.prepass.tau": 0.6,
@@ -569,13 +563,13 @@ def test_older_schemas_records_read_as_todays():
     }
     second = {"eir.memory": 6, "eir.criterion._target_": "eir.modeling.criterion.EIRCriterion",
               "eir.criterion.tau": 0.7, "eir.criterion.pasted_bce": "old_channels"}
-    assert rf.upgrade_record(second) == {
+    assert engine('run_records').upgrade_record(second) == {
         "method._target_": "eir.methods.eir.EIR", "method.memory": 6,
         "method.criterion._target_": "eir.modeling.criterion.EIRCriterion", "method.criterion.tau": 0.7,
         "method.criterion.pasted_bce": "old_channels", "train.float32_precision": "",
     }
-    today = rf.upgrade_record(second)
-    assert rf.upgrade_record(today) == today
+    today = engine('run_records').upgrade_record(second)
+    assert engine('run_records').upgrade_record(today) == today
 
 
 @requires_detectron2
@@ -601,7 +595,7 @@ def test_a_folder_written_by_an_older_schema_is_continued_and_evaluated(finished
         torch.save(fat, final)
         done = out / f"step_{step}" / "DONE"
         lines = done.read_text().splitlines()
-        run_folder().write_done(done.parent, lines[0], [line.partition("  ")[2] for line in lines[1:]])
+        engine('step_done').write_done(done.parent, lines[0], [line.partition("  ")[2] for line in lines[1:]])
     finals = {p: p.read_bytes() for p in out.glob("step_*/model_final.pth")}
 
     rerun(out)  # every step is done: nothing trains
@@ -724,12 +718,12 @@ def test_a_diverged_step_says_what_to_do_and_the_advice_works(finished, tmp_path
 def test_data_differences_name_added_removed_and_changed_files():
     recorded = {"train": {"a.png": [10, 1], "b.png": [10, 1], "c.png": [10, 1]}, "val": {"v.png": [5, 1]}}
     current = {"train": {"a.png": [10, 1], "b.png": [11, 2], "d.png": [10, 1]}, "val": {"v.png": [5, 1]}}
-    assert run_folder().data_differences(recorded, current) == [
+    assert engine('run_records').data_differences(recorded, current) == [
         "train: 1 file(s) added: d.png",
         "train: 1 file(s) removed: c.png",
         "train: 1 file(s) changed (size or modification time): b.png",
     ]
-    assert run_folder().data_differences(recorded, recorded) == []
+    assert engine('run_records').data_differences(recorded, recorded) == []
 
 
 @requires_detectron2
@@ -781,19 +775,18 @@ def test_a_label_changed_between_steps_is_refused_naming_it(finished, datasets, 
 
 
 def test_a_record_without_a_key_added_since_describes_what_the_run_did():
-    rf = run_folder()
-    assert rf.upgrade_record({"train.seed": 0}) == {"train.seed": 0, "train.float32_precision": ""}
+    assert engine('run_records').upgrade_record({"train.seed": 0}) == {"train.seed": 0, "train.float32_precision": ""}
     criterion = {"method.criterion._target_": "eir.modeling.criterion.EIRCriterion"}
-    assert rf.upgrade_record(criterion)["method.criterion.pasted_bce"] == "all"
+    assert engine('run_records').upgrade_record(criterion)["method.criterion.pasted_bce"] == "all"
     first_schema = {"eir.pseudo_label": True, "eir.tau": 0.7, "eir.w_kd": 5.0}  # gets method.criterion.*
-    assert rf.upgrade_record(first_schema)["method.criterion.pasted_bce"] == "all"
-    assert rf.upgrade_record({"train.float32_precision": "high"})["train.float32_precision"] == "high"
+    assert engine('run_records').upgrade_record(first_schema)["method.criterion.pasted_bce"] == "all"
+    assert engine('run_records').upgrade_record({"train.float32_precision": "high"})["train.float32_precision"] == "high"
     # a key inside method.paste: added where the run pasted, not where it had method.paste=null
     pasting = {"method.paste._target_": "eir.data.paste.PasteConfig", "method.paste.mode": "mixup"}
-    assert rf.upgrade_record(pasting)["method.paste.onto"] == "any"
-    assert rf.upgrade_record(pasting)["method.paste.skip_classes"] == "[]"
-    assert "method.paste.onto" not in rf.upgrade_record({"method.paste": None})
-    assert "method.paste.onto" not in rf.upgrade_record({"eir.paste": None})
+    assert engine('run_records').upgrade_record(pasting)["method.paste.onto"] == "any"
+    assert engine('run_records').upgrade_record(pasting)["method.paste.skip_classes"] == "[]"
+    assert "method.paste.onto" not in engine('run_records').upgrade_record({"method.paste": None})
+    assert "method.paste.onto" not in engine('run_records').upgrade_record({"eir.paste": None})
 
 
 @requires_detectron2
@@ -803,7 +796,7 @@ def test_gpu_settings_of_detectron2s_default_setup_can_be_set(tmp_path):
     cfg = tiny_cfg(tmp_path)
     check_override_keys(cfg, ["train.cudnn_benchmark=True", "train.float32_precision=high"])
     assert cfg.train.cudnn_benchmark is False and cfg.train.float32_precision == ""
-    keys = run_folder().results_config(cfg)
+    keys = engine('run_records').results_config(cfg)
     assert "train.float32_precision" in keys and "train.cudnn_benchmark" not in keys
 
 
@@ -820,11 +813,11 @@ def test_an_empty_or_unreadable_done_is_not_done(finished, tmp_path, content):
     metrics["summary"]["all"] = 99.9
     (out / "step_1" / "metrics.json").write_text(json.dumps(metrics))
     final = (out / "step_1" / "model_final.pth").read_bytes()
-    assert not run_folder().RunFolder(out, None).is_done(1)
+    assert not engine('run_folder').RunFolder(out, None).is_done(1)
     rerun(out)
     assert (out / "step_1" / "model_final.pth").read_bytes() == final
     assert summary(out) == summary(finished)
-    assert run_folder().done_problems(out / "step_1", ["model_final.pth", "metrics.json"]) == []
+    assert engine('step_done').done_problems(out / "step_1", ["model_final.pth", "metrics.json"]) == []
 
 
 @requires_detectron2
@@ -837,7 +830,7 @@ def test_another_number_of_processes_is_refused_like_a_config_change(finished, t
     before = snapshot(out)
     monkeypatch.setattr(comm, "get_world_size", lambda: 2)  # as under --num-gpus 2 ...
     monkeypatch.setattr(comm, "all_gather", lambda data, group=None: [data, None])  # ... rank 1 passing its checks
-    with pytest.raises(run_folder().RunFolderError, match="launch.world_size: 1 -> 2"):
+    with pytest.raises(engine('run_lock').RunFolderError, match="launch.world_size: 1 -> 2"):
         rerun(out)
     assert snapshot(out) == before
 

@@ -92,7 +92,7 @@ def test_a_gather_period_that_could_let_a_diverged_checkpoint_through_is_refused
 
 
 def test_the_gather_period_does_not_change_results(tmp_path):
-    from eir.engine.run_folder import results_config
+    from eir.engine.run_records import results_config
 
     assert "train.gather_metric_period" not in results_config(tiny_cfg(tmp_path))
 

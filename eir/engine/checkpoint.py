@@ -21,11 +21,13 @@ from pathlib import Path
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from eir.engine.run_files import FINAL_CHECKPOINT
 from eir.fileio import atomic_write
 from eir.tasks import Task, same_task, task_text
 
-#: The name of a step's last checkpoint (``model_final.pth``): weights and tag only.
-FINAL = "model_final"
+#: The name of a step's last checkpoint (:data:`~eir.engine.run_files.FINAL_CHECKPOINT` without
+#: its suffix, as Detectron2's checkpointers name them): weights and tag only.
+FINAL = Path(FINAL_CHECKPOINT).stem
 
 
 class StepCheckpointer(DetectionCheckpointer):

@@ -21,7 +21,7 @@ from detectron2.utils import comm
 
 from eir.engine.builders import build_method
 from eir.engine.config_schema import TreeKeys, renamed_key, upgrade
-from eir.engine.run_folder import flatten
+from eir.engine.run_records import flatten
 
 __all__ = ["check_config", "check_override_keys", "load_config", "upgrade_config"]
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from eir.data.io import check_same_size, read_image, read_label
 from eir.data.prepass import PrepassStore, StalePrepassError, prepass_key
+from eir.engine.run_files import FINAL_CHECKPOINT, PREPASS_FILE
 from eir.modeling.losses import PSEUDO_LABEL_RULE, pseudo_labels
 from eir.tasks import Task
 
@@ -123,9 +124,6 @@ def run_prepass(
     return store
 
 
-PREPASS_FILE = "prepass.npz"
-
-
 def step_prepass_key(cfg, folder, step: int, dicts, device: torch.device, settings) -> dict:
     """What step ``step``'s prepass maps depend on: the method's prepass ``settings`` (``tau``,
     ``short_side``, ``stride``), the pseudo-label rule, the weights of step - 1 in ``folder``
@@ -135,7 +133,7 @@ def step_prepass_key(cfg, folder, step: int, dicts, device: torch.device, settin
         stride=settings["stride"],
         short_side=settings["short_side"],
         rule=PSEUDO_LABEL_RULE,
-        old_checkpoint=folder.step_dir(step - 1) / "model_final.pth",
+        old_checkpoint=folder.step_dir(step - 1) / FINAL_CHECKPOINT,
         dataset_dicts=dicts,
         device=device.type,
         precision=prepass_precision(device, cfg.train.amp.enabled),

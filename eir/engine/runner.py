@@ -62,6 +62,7 @@ from eir.engine.builders import (
     resolve_device,
 )
 from eir.engine.checkpoint import (
+    FINAL,
     StepCheckpointer,
     latest_checkpoint,
     periodic_checkpoints,
@@ -70,7 +71,8 @@ from eir.engine.checkpoint import (
 from eir.engine.config_checks import check_config
 from eir.engine.init_checkpoint import check_init_checkpoint
 from eir.engine.prepass import step_prepass
-from eir.engine.run_folder import TRAINING_LOG, RunFolder
+from eir.engine.run_files import FINAL_CHECKPOINT, TRAINING_LOG
+from eir.engine.run_folder import RunFolder
 from eir.engine.step_plan import StepPlan
 from eir.evaluation.evaluator import ContinualSemSegEvaluator, write_eval_events
 from eir.evaluation.metrics import format_table
@@ -267,7 +269,7 @@ class ContinualRunner:
             "Step %d trains on %d images + %d bank entries", step, len(train_dicts), len(dicts) - len(train_dicts)
         )
 
-        model_final = step_dir / "model_final.pth"
+        model_final = step_dir / FINAL_CHECKPOINT
         if model_final.is_file():
             logger.info("Step %d was trained before the interruption: %s", step, model_final)
             load_step_weights(model, read_step_checkpoint(model_final, task, step))
@@ -294,7 +296,7 @@ class ContinualRunner:
         cfg, task, step = self.cfg, self.task, plan.step
         old_model = None
         if step > 0:
-            previous = read_step_checkpoint(self.step_dir(step - 1) / "model_final.pth", task, step - 1)
+            previous = read_step_checkpoint(self.step_dir(step - 1) / FINAL_CHECKPOINT, task, step - 1)
             model = build_next_step_model(cfg, task, step, previous, self.device, self.method)
             if plan.old_model:
                 old_model = build_old_model(cfg, task, step - 1, previous, self.device, self.method)
@@ -376,9 +378,9 @@ class ContinualRunner:
             raise RuntimeError(self.divergence_advice(step, e)) from e
         finally:
             trainer.close_data_loader()
-        if main and not (step_dir / "model_final.pth").is_file():
+        if main and not (step_dir / FINAL_CHECKPOINT).is_file():
             # Resumed from the checkpoint of the last iteration: nothing was left to train.
-            checkpointer.save("model_final", iteration=iterations - 1)
+            checkpointer.save(FINAL, iteration=iterations - 1)
         comm.synchronize()
 
     def divergence_advice(self, step: int, error: FloatingPointError) -> str:
@@ -406,7 +408,7 @@ class ContinualRunner:
 
     def trained_model(self, step: int, checkpoint=None) -> torch.nn.Module:
         """The model of ``step`` with the weights of ``checkpoint`` (default: its model_final.pth)."""
-        path = Path(checkpoint) if checkpoint else self.step_dir(step) / "model_final.pth"
+        path = Path(checkpoint) if checkpoint else self.step_dir(step) / FINAL_CHECKPOINT
         model = build_step_model(self.cfg, self.task, step, self.device, self.method)
         load_step_weights(model, read_step_checkpoint(path, self.task, step))
         return model
@@ -420,7 +422,7 @@ class ContinualRunner:
     def evaluate_checkpoint(self, step: int, checkpoint=None) -> dict:
         """Evaluate ``checkpoint`` (default: the step's model_final.pth) at ``step``; print the table."""
         self.task.check_step(step)
-        path = Path(checkpoint) if checkpoint else self.step_dir(step) / "model_final.pth"
+        path = Path(checkpoint) if checkpoint else self.step_dir(step) / FINAL_CHECKPOINT
         summary = self.evaluate_model(self.trained_model(step, path), step)
         if comm.is_main_process():
             print(format_table(summary, title=f"{self.task} step {step}: {path}"))

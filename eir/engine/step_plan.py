@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from eir.engine.run_files import BANK_MANIFEST, FINAL_CHECKPOINT, METRICS_FILE, PREPASS_FILE
+
 __all__ = ["StepPlan"]
 
 
@@ -47,9 +49,9 @@ class StepPlan:
     @property
     def artifacts(self) -> tuple[str, ...]:
         """The files (relative to the step's folder) a finished step holds, recorded in its DONE."""
-        names = ["model_final.pth", "metrics.json"]
+        names = [FINAL_CHECKPOINT, METRICS_FILE]
         if self.save_bank:
-            names.append("bank/manifest.json")
+            names.append(BANK_MANIFEST)
         if self.prepass:
-            names.append("prepass.npz")
+            names.append(PREPASS_FILE)
         return tuple(names)
