@@ -21,7 +21,6 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from eir.constants import IGNORE_LABEL
-from eir.data.synthetic import SYNTHETIC_CLASSES
 
 __all__ = [
     "DATASETS",
@@ -206,6 +205,12 @@ class DatasetSpec:
             "unlabelled_value": self.unlabelled_value,
         }
 
+
+#: The synthetic dataset's classes (:mod:`eir.data.synthetic` draws them), background first.
+SYNTHETIC_CLASSES = (
+    "background", "disc", "square", "triangle", "ring", "cross", "star", "hexagon",
+    "crescent", "bar", "diamond",
+)  # fmt: skip
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",

@@ -105,6 +105,7 @@ import numpy as np
 from tqdm import tqdm
 
 from eir.constants import IGNORE_LABEL
+from eir.tasks import SYNTHETIC_CLASSES
 
 __all__ = [
     "DEFAULTS",
@@ -127,10 +128,6 @@ FORMAT_VERSION = 3  # 2: scene groups, a common class, VOC's objects per image, 
 GENERATOR = "eir.data.synthetic"
 JPEG_QUALITY = 95
 
-SYNTHETIC_CLASSES = (
-    "background", "disc", "square", "triangle", "ring", "cross", "star", "hexagon",
-    "crescent", "bar", "diamond",
-)  # fmt: skip
 NUM_CLASSES = len(SYNTHETIC_CLASSES) - 1
 
 DEFAULTS = {"num_train": 5000, "num_val": 500, "size": 160, "seed": 0}  # 500: rare classes in 40+ val images
