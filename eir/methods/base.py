@@ -63,6 +63,15 @@ class ContinualMethod:
     #: loss alone (EIR), or a class like the others whose loss trains the body (MiB: False).
     detach_background: bool = True
 
+    #: What the builders read where the plan asks for it: a plan that replays or saves a bank,
+    #: the bank's budget in entries and what it stores (``"instance"`` or ``"image"``); a plan
+    #: that pastes, the pasting settings (a :class:`~eir.data.paste.PasteConfig`) and the
+    #: prepass's (a mapping of ``tau``, ``short_side``, ``stride``).
+    memory: int = 0
+    storage: str = "instance"
+    paste = None
+    prepass: Mapping | None = None
+
     def plan(self, task: Task, step: int) -> StepPlan:
         """What ``step`` runs: old model, replay, pasting, prepass, bank."""
         raise NotImplementedError
