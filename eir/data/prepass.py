@@ -18,6 +18,10 @@ stride, the old model's input short side, the pseudo-label rule, the old checkpo
 SHA-256, the image list). Loading with another key raises :class:`StalePrepassError`,
 on which the runner recomputes the maps rather than reuse ones that no longer match.
 Core layer: NumPy only.
+
+The prepass lives in two modules along one line: this one is the artifact (its format, its
+key, when it is stale); :mod:`eir.engine.prepass` runs the old model to make it, with the
+method's prepass settings (``method.prepass``: ``tau``, ``short_side``, ``stride``).
 """
 from __future__ import annotations
 

@@ -6,6 +6,10 @@ and storing a low-resolution map lets the data loader paste on the CPU; the map 
 transformed with the same augmentation as the image. :func:`step_prepass` gives a step its
 maps: the stored ``step_t/prepass.npz`` when it was made from the same settings, old weights
 and images (:func:`step_prepass_key`), else a fresh :func:`run_prepass`.
+
+The prepass lives in two modules along one line: this one runs the old model (Detectron2
+layer) under the method's prepass settings, which come in as arguments (``method.prepass``);
+:mod:`eir.data.prepass` is the artifact it makes (format, key, staleness).
 """
 from __future__ import annotations
 
