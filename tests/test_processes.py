@@ -38,8 +38,8 @@ def test_ddp_takes_the_config_without_deprecation_warnings(tmp_path, one_process
 def _stop_together_worker(rank, init_file, out_dir):
     import datetime
 
+    from eir.engine.run_claim import OtherRankError, stop_together
     from eir.engine.run_folder import RunFolderError
-    from eir.engine.runner import OtherRankError, stop_together
 
     torch.set_num_threads(1)
     dist.init_process_group(

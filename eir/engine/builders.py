@@ -19,8 +19,10 @@ import math
 import torch
 from detectron2.config import instantiate
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.solver import LRMultiplier
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 from fvcore.common.param_scheduler import (
     CompositeParamScheduler,
     LinearParamScheduler,
@@ -36,6 +38,8 @@ from eir.data.datasets import (
 )
 from eir.data.mapper import EIRDatasetMapper
 from eir.data.paste import InstancePaster
+from eir.engine.checkpoint import periodic_checkpoints
+from eir.engine.run_files import TRAINING_LOG
 from eir.engine.sampling import PositionedDataset, ResumableTrainingSampler
 from eir.engine.step_plan import StepPlan
 from eir.engine.trainer import EIRTrainer
@@ -57,6 +61,7 @@ __all__ = [
     "build_old_model",
     "build_optimizer",
     "build_paster",
+    "build_step_hooks",
     "build_step_model",
     "build_test_dicts",
     "build_test_loader",
@@ -321,6 +326,30 @@ def build_trainer(
         seed=cfg.train.seed,
         gather_metric_period=cfg.train.gather_metric_period,
     )
+
+
+def build_step_hooks(cfg, checkpointer, optimizer, step_dir, iterations: int, main: bool) -> list:
+    """The training hooks of a step of ``iterations``: timing, the schedule, and on the main
+    process the log writers (``step_dir``'s training log, TensorBoard, the console) and the
+    periodic ``checkpointer`` (whose earlier checkpoints count towards ``max_to_keep``)."""
+    periodic = None
+    if main:
+        periodic = hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+        # Checkpoints of an interrupted run count towards max_to_keep, oldest deleted first.
+        periodic.recent_checkpoints = [str(p) for p in periodic_checkpoints(step_dir)]
+    writers = [
+        CommonMetricPrinter(iterations),
+        JSONWriter(str(step_dir / TRAINING_LOG)),
+        TensorboardXWriter(str(step_dir)),
+    ]
+    return [
+        hooks.IterationTimer(),
+        hooks.LRScheduler(scheduler=build_lr_scheduler(cfg, optimizer, iterations)),
+        # The writer before the checkpointer: a checkpoint of iteration i implies its log
+        # row is written, so a kill between the two cannot lose row i on resume.
+        hooks.PeriodicWriter(writers, period=cfg.train.log_period) if main else None,
+        periodic,
+    ]
 
 
 def build_ddp_model(cfg, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

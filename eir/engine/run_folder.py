@@ -62,6 +62,15 @@ class RunFolder:
         the step is finished again, from its model_final.pth when there is one)."""
         return read_done(self.step_dir(step)) is not None
 
+    def require_done(self, step: int, needed_by: int) -> None:
+        """Raise unless ``step`` is done: step ``needed_by`` starts from it."""
+        if not self.is_done(step):
+            raise RuntimeError(
+                f"step {needed_by} needs step {step}, which is not trained "
+                f"({self.step_dir(step) / DONE_FILE} is missing, empty or unreadable): run the steps "
+                "in order (leave train.step unset to run them all)."
+            )
+
     # ----------------------------------------------------------------- claim
     def claim(self, cfg, world_size: int = 1) -> None:
         """Take the lock; refuse a folder of another task or config (``cfg`` run by

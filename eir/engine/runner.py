@@ -31,25 +31,21 @@ from pathlib import Path
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import DatasetCatalog
-from detectron2.engine import hooks
 from detectron2.evaluation import inference_on_dataset
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
-from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 
 from eir.data.bank import InstanceBank
-from eir.data.datasets import data_fingerprint
 from eir.engine.builders import (
     build_bank,
     build_ddp_model,
-    build_lr_scheduler,
     build_method,
     build_next_step_model,
     build_old_model,
     build_optimizer,
     build_paster,
     build_run_task,
+    build_step_hooks,
     build_step_model,
     build_test_dicts,
     build_test_loader,
@@ -71,7 +67,8 @@ from eir.engine.checkpoint import (
 from eir.engine.config_checks import check_config
 from eir.engine.init_checkpoint import check_init_checkpoint
 from eir.engine.prepass import step_prepass
-from eir.engine.run_files import FINAL_CHECKPOINT, TRAINING_LOG
+from eir.engine.run_claim import check_run_data, claim_together
+from eir.engine.run_files import FINAL_CHECKPOINT
 from eir.engine.run_folder import RunFolder
 from eir.engine.step_plan import StepPlan
 from eir.evaluation.evaluator import ContinualSemSegEvaluator, write_eval_events
@@ -82,25 +79,6 @@ from eir.modeling.meta_arch import load_step_weights
 from eir.seeding import step_seed
 
 logger = logging.getLogger(__name__)
-
-
-class OtherRankError(RuntimeError):
-    """Another process of the run stopped at start-up; its message is repeated here."""
-
-
-def stop_together(error: BaseException | None) -> None:
-    """Raise on every rank when any rank failed: each tells the others whether it failed
-    (a gather over the gloo group), so a refusal on one rank (a held lock, another config,
-    bad data) does not leave the other ranks waiting at the next barrier for the collective
-    timeout (30 minutes with NCCL). The failing rank raises its own error; the others an
-    :class:`OtherRankError` that repeats it."""
-    mine = None if error is None else f"{type(error).__name__}: {error}"
-    failures = [(rank, text) for rank, text in enumerate(comm.all_gather(mine)) if text is not None]
-    if error is not None:
-        raise error
-    if failures:
-        rank, text = failures[0]
-        raise OtherRankError(f"rank {rank} stopped at start-up: {text}")
 
 
 class ContinualRunner:
@@ -150,10 +128,10 @@ class ContinualRunner:
             return
         steps = self.steps_to_run()
         if steps[0] > 0:
-            self.require_done(steps[0] - 1, steps[0])
+            self.folder.require_done(steps[0] - 1, needed_by=steps[0])
         if 0 in steps and not self.folder.is_done(0):
             check_init_checkpoint(self.cfg)
-        self.checked_data = self.check_data(write=False)
+        self.checked_data = check_run_data(self.folder, self.cfg, write=False)
         for step in steps:
             if not self.folder.is_done(step):
                 images, _ = self.train_data(step, bank=None)  # raises when no training image qualifies
@@ -166,33 +144,13 @@ class ContinualRunner:
                 )
         self.inputs_checked = True
 
-    def require_done(self, step: int, needed_by: int) -> None:
-        if not self.folder.is_done(step):
-            raise RuntimeError(
-                f"step {needed_by} needs step {step}, which is not trained "
-                f"({self.step_dir(step) / 'DONE'} is missing, empty or unreadable): run the steps "
-                "in order (leave train.step unset to run them all)."
-            )
-
     def claim_output_dir(self) -> None:
         """Check the inputs (:meth:`check_inputs`), then claim the output folder on the main
-        process (:meth:`RunFolder.claim`, with the number of processes); every rank waits for
-        it. Idempotent; :meth:`release_output_dir` gives the folder up."""
-        if self.claimed:
-            return
-        error = None
-        try:
-            self.check_inputs()
-            if comm.is_main_process():
-                self.folder.claim(self.cfg, world_size=comm.get_world_size())
-        except Exception as e:
-            error = e
-        try:
-            stop_together(error)
-        except OtherRankError:
-            self.folder.release()  # rank 0 took the folder, another rank cannot start
-            raise
-        self.claimed = True
+        process (:func:`~eir.engine.run_claim.claim_together`); every rank waits for it.
+        Idempotent; :meth:`release_output_dir` gives the folder up."""
+        if not self.claimed:
+            claim_together(self.folder, self.cfg, self.check_inputs)
+            self.claimed = True
 
     def release_output_dir(self) -> None:
         """Give the folder up; a later claim checks the inputs again."""
@@ -211,7 +169,7 @@ class ContinualRunner:
         claimed_here = not self.claimed
         self.claim_output_dir()
         try:
-            self.check_data(fingerprints=self.checked_data)  # records the data of a new run
+            check_run_data(self.folder, self.cfg, fingerprints=self.checked_data)  # records a new run's data
             for step in steps:
                 if self.folder.is_done(step):
                     self.check_done(step)
@@ -228,25 +186,11 @@ class ContinualRunner:
                 self.release_output_dir()
         return summaries
 
-    def check_data(self, write: bool = True, fingerprints: dict | None = None) -> dict:
-        """Refuse datasets whose files changed since the run recorded them (``run_data.json``):
-        checked when a command starts and before each step trains; the record is written (by
-        the main process) only with ``write``. ``fingerprints``: the datasets' files as just
-        read (else they are read now); returns them."""
-        if fingerprints is None:
-            names = dict.fromkeys([self.cfg.dataloader.train.dataset, self.cfg.dataloader.test.dataset])
-            fingerprints = {name: data_fingerprint(DatasetCatalog.get(name)) for name in names}
-        allow = bool(self.cfg.train.get("allow_data_change", False))
-        self.folder.check_data(fingerprints, allow, write=write and comm.is_main_process())
-        if write:
-            comm.synchronize()  # the other ranks wait for the record
-        return fingerprints
-
     def train_step(self, plan: StepPlan) -> dict:
         """Train, evaluate and finish the step of ``plan`` (resuming it when it was interrupted)."""
         cfg, task, folder, step = self.cfg, self.task, self.folder, plan.step
         if step > 0:
-            self.require_done(step - 1, step)
+            self.folder.require_done(step - 1, needed_by=step)
             self.check_done(step - 1)
         step_dir = self.step_dir(step)
         if comm.is_main_process():
@@ -255,7 +199,7 @@ class ContinualRunner:
         started = time.perf_counter()
         logger.info("==== step %d of %s: classes %s", step, task, task.new_classes(step))
         if step != self.steps_to_run()[0]:
-            self.check_data()  # the data may have changed while the previous steps trained
+            check_run_data(self.folder, self.cfg)  # the data may have changed while the previous steps trained
         # The step is a function of (config, seed, step), not of what this process did before.
         seed_all_rng(step_seed(cfg.train.seed, step))
 
@@ -347,27 +291,9 @@ class ContinualRunner:
         )
         checkpointer = StepCheckpointer(model, step_dir, task=self.task, step=step, trainer=trainer)
         main = comm.is_main_process()
-        periodic = None
         if main:
             self.folder.trim_training_log(step, start_iter)
-            periodic = hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
-            # Checkpoints of an interrupted run count towards max_to_keep, oldest deleted first.
-            periodic.recent_checkpoints = [str(p) for p in periodic_checkpoints(step_dir)]
-        writers = [
-            CommonMetricPrinter(iterations),
-            JSONWriter(str(step_dir / TRAINING_LOG)),
-            TensorboardXWriter(str(step_dir)),
-        ]
-        trainer.register_hooks(
-            [
-                hooks.IterationTimer(),
-                hooks.LRScheduler(scheduler=build_lr_scheduler(cfg, optimizer, iterations)),
-                # The writer before the checkpointer: a checkpoint of iteration i implies its log
-                # row is written, so a kill between the two cannot lose row i on resume.
-                hooks.PeriodicWriter(writers, period=cfg.train.log_period) if main else None,
-                periodic,
-            ]
-        )
+        trainer.register_hooks(build_step_hooks(cfg, checkpointer, optimizer, step_dir, iterations, main))
         if checkpoint:
             checkpointer.resume_from(checkpoint[0])
             logger.info("Resuming step %d at iteration %d from %s", step, start_iter, checkpoint[0])
