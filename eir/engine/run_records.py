@@ -106,10 +106,11 @@ _ADDED_NODE_KEYS = {
 
 def upgrade_record(recorded: Mapping[str, Any]) -> dict[str, Any]:
     """A recorded config in today's keys: older schemas' keys are renamed by
-    :func:`eir.engine.config_schema.upgrade` (the table ``config.yaml`` goes through too). A record with ``task.dataset`` (before the classes
-    came from the datasets' ``MetadataCatalog``) ran a built-in dataset: its value 0 is the
-    background, and ADE20K's unseen classes are ignored. Keys added since (:data:`_ADDED_KEYS`,
-    :data:`_ADDED_NODE_KEYS`) get the value that describes the recorded run."""
+    :func:`eir.engine.config_schema.upgrade` (the table a ``config.yaml`` goes through too). A
+    record with ``task.dataset`` (before the classes came from the datasets' ``MetadataCatalog``)
+    ran a built-in dataset: its value 0 is the background, and ADE20K's unseen classes are
+    ignored. Keys added since (:data:`_ADDED_KEYS`, :data:`_ADDED_NODE_KEYS`) get the value that
+    describes the recorded run."""
     return _with_added_node_keys(_upgrade_schema({**_ADDED_KEYS, **recorded}))
 
 
