@@ -1,4 +1,5 @@
 """tools/predict.py: the written labels are the model's own argmax; inputs are named when bad."""
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -64,4 +65,39 @@ def test_a_missing_or_undecodable_input_is_named(finished, tmp_path):
     broken.write_bytes(b"not an image")
     with pytest.raises(Exception, match="broken.jpg"):
         run_predict(finished, [broken], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+class _RunsCode:
+    """Unpickling it calls ``os.mkdir(marker)``: what a malicious checkpoint could do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_a_checkpoint_whose_unpickling_runs_code_is_refused_unrun(finished, tmp_path):
+    """Evaluation, predict --checkpoint, the backbone check and DONE's digests read a .pth with
+    weights_only=True: the file is refused, naming it, and its code never runs."""
+    from eir.engine.init_checkpoint import unloaded_backbone_keys
+    from eir.fileio import PickledObjectsError, tensor_digest
+
+    marker = tmp_path / "code_ran"
+    good = torch.load(finished / "run/step_0/model_final.pth", weights_only=True)
+    evil = tmp_path / "shared.pth"
+    torch.save({**good, "extra": _RunsCode(marker)}, evil)
+    runner = ContinualRunner(tiny_cfg(finished / "run"))
+    refused = "shared.pth holds pickled Python objects other than tensors and plain values"
+    with pytest.raises(PickledObjectsError, match=refused):
+        runner.evaluate_checkpoint(0, evil)
+    with pytest.raises(PickledObjectsError, match=refused):
+        image = next((finished / "eir_synthetic/JPEGImages").glob("val_*.jpg"))
+        run_predict(finished, [image], tmp_path / "out", "--checkpoint", str(evil))
+    with pytest.raises(PickledObjectsError, match=refused):
+        unloaded_backbone_keys(runner.cfg.model.backbone, str(evil))
+    with pytest.raises(PickledObjectsError, match=refused):
+        tensor_digest(evil)
+    assert not marker.exists()
     assert not (tmp_path / "out").exists()

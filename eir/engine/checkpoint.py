@@ -7,7 +7,8 @@ shape error deep inside ``load_state_dict``. A step's periodic checkpoints
 grad scaler), which an exact resume needs; its ``model_final.pth`` holds the weights and the
 tag only, since no later step reads the rest (for ResNet-101 the SGD momentum alone is as
 large as the weights). Final checkpoints written with the trainer state (before this rule)
-load the same way.
+load the same way. Every checkpoint is read with ``torch.load(weights_only=True)``
+(:func:`eir.fileio.load_pth`): a file that needs other pickled objects is refused, not run.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from eir.fileio import atomic_write
+from eir.fileio import PickledObjectsError, atomic_write, load_pth
 from eir.tasks import Task, same_task, task_text
 
 #: The name of a step's last checkpoint (``model_final.pth``): weights and tag only.
@@ -53,9 +54,14 @@ class StepCheckpointer(DetectionCheckpointer):
         atomic_write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
+    def _torch_load(self, f):
+        return load_pth(f)
+
     def _load_file(self, filename: str):
         try:
             data = super()._load_file(filename)
+        except PickledObjectsError:
+            raise
         except Exception as e:
             raise ValueError(
                 f"checkpoint {filename} cannot be read ({type(e).__name__}: {e}); it is damaged: "
@@ -113,7 +119,9 @@ def read_step_checkpoint(path, task: Task, step: int) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
+        data = load_pth(path)
+    except PickledObjectsError:
+        raise
     except Exception as e:
         raise ValueError(
             f"{path} cannot be read as a checkpoint ({type(e).__name__}: {e}): it is damaged or not a "
