@@ -23,6 +23,8 @@ pytestmark = requires_detectron2
         ("schedule.lr=abc", r"schedule.lr \(a learning rate\) must be a number > 0, got 'abc'"),
         ("eir.criterion.tau=abc", r"eir.criterion.tau \(a sigmoid-score threshold\) must be a number >= 0 and "
                                   r"<= 1, or None \(no pseudo-labels\), got 'abc'"),
+        ("eir.criterion.tau=None", r"eir.criterion.tau .*got 'None' \(a string: on the command line, write null "
+                                   r"for None\)"),
         ("train.output_dir=null", "train.output_dir must be a folder's path, got None"),
         ("train.device=gpu", 'train.device must be "auto", "cpu", "cuda" or "cuda:N", got \'gpu\''),
         # ranges, named with the accepted one

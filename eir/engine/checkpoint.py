@@ -15,6 +15,7 @@ from __future__ import annotations
 import eir.require_detectron2  # noqa: F401  (first: says how to install a missing Detectron2)
 
 # isort: split
+import itertools
 import os
 import re
 from pathlib import Path
@@ -70,7 +71,8 @@ class StepCheckpointer(DetectionCheckpointer):
         tag = data.get("eir")
         if tag is not None and not _tagged(tag, self.task, self.step):
             raise ValueError(
-                f"{filename} belongs to {_describe(tag)}, not {_describe(self.eir_tag)}: "
+                f"{filename} belongs to {_describe(tag)}, not {_describe(self.eir_tag)}"
+                f"{_class_differences(tag.get('task'), self.task)}: "
                 "move it out of the step's folder"
             )
         return data
@@ -137,7 +139,8 @@ def read_step_checkpoint(path, task: Task, step: int) -> dict:
     if not _tagged(tag, task, step):
         want = {"task": task.to_dict(), "step": step}
         raise ValueError(
-            f"{path} belongs to {_describe(tag)}, but {_describe(want)} is needed: "
+            f"{path} belongs to {_describe(tag)}, but {_describe(want)} is needed"
+            f"{_class_differences(tag.get('task'), task)}: "
             "point to the checkpoint of that task and step (or fix task.* / train.step)."
         )
     return data["model"]
@@ -146,6 +149,25 @@ def read_step_checkpoint(path, task: Task, step: int) -> dict:
 def _tagged(tag: dict, task: Task, step: int) -> bool:
     """Whether a checkpoint's tag names ``task`` and ``step``."""
     return same_task(tag.get("task"), task) and str(tag.get("step")) == str(step)
+
+
+def _class_differences(stored, task: Task, shown: int = 5) -> str:
+    """The class names a stored task and ``task`` give differently, for a message (the two
+    tasks' descriptions read alike when only their class tables differ); "" when none do."""
+    try:
+        theirs = Task.from_dict(stored).class_names
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return ""
+    ours = task.class_names
+    differ = [
+        f"class {c}: {a!r} in the checkpoint, {b!r} in the config"
+        for c, (a, b) in enumerate(itertools.zip_longest(theirs, ours, fillvalue="(none)"))
+        if a != b
+    ]
+    if not differ:
+        return ""
+    more = f" and {len(differ) - shown} more" if len(differ) > shown else ""
+    return f" (their class names differ: {'; '.join(differ[:shown])}{more})"
 
 
 def _describe(tag: dict) -> str:

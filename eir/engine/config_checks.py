@@ -105,7 +105,11 @@ def _number(
     if high is not None:
         bounds.append(f"{'<' if high_open else '<='} {high}")
     accepted = f"{kind} {' and '.join(bounds)}".strip() + (f", or None ({none})" if none else "")
-    hint = " (a string: on the command line, write a number without quotes)" if isinstance(value, str) else ""
+    hint = ""
+    if isinstance(value, str):
+        hint = " (a string: on the command line, " + (
+            "write null for None)" if value.strip().lower() in ("none", "null") else "write a number without quotes)"
+        )
     raise ValueError(f"{name} must be {accepted}, got {value!r}{hint}")
 
 
