@@ -14,8 +14,9 @@ step's files can be trusted.
   unless it opts in with ``train.allow_config_change=True``. Records of older versions of the config schema are
   read through :func:`upgrade_record`.
 * ``run_data.json`` records the datasets' files (size and modification time of every image
-  and label); a step that finds them changed is refused, naming the files, unless the
-  command opts in with ``train.allow_data_change=True``.
+  and label); once a step is done, a step that finds them changed is refused, naming the
+  files, unless the command opts in with ``train.allow_data_change=True`` (before, the record
+  is renewed).
 * ``step_t/DONE`` holds a line of text, then the digest of every artifact the step wrote
   (``sha256sum`` format; a checkpoint's is the digest of its tensors, :func:`artifact_digest`);
   a done step whose artifacts are missing or changed is reported, never skipped silently. A
@@ -605,7 +606,9 @@ class RunFolder:
     def check_data(self, current: Mapping[str, Any], allow_change: bool, write: bool = True) -> None:
         """Compare the datasets' files (``{dataset: data_fingerprint}``) with the folder's data
         record, written by the command that first trained here; refuse a difference, naming it,
-        unless ``allow_change`` (then the record is rewritten). Datasets not yet recorded are
+        unless ``allow_change`` (then the record is rewritten). While no step is done nothing was
+        trained on the recorded files (a file restored after a failed start, say), so the record is
+        simply renewed. Datasets not yet recorded are
         added to the record (written when ``write``: by the main process)."""
         path = self.path / DATA_RECORD
         recorded = {}
@@ -618,7 +621,10 @@ class RunFolder:
                 ) from e
         known = [name for name in current if name in recorded]
         diff = data_differences({k: recorded[k] for k in known}, {k: current[k] for k in known})
-        if diff and not allow_change:
+        if diff and not any(self.is_done(step) for step in range(self.task.num_steps)):
+            logger.info("No step of %s is done: its data record is renewed:\n  %s", self.path, "\n  ".join(diff))
+            recorded = {k: v for k, v in recorded.items() if k not in current}
+        elif diff and not allow_change:
             listing = "\n  ".join(diff)
             raise RunFolderError(
                 f"the data of the run in {self.path} changed since it was recorded in {path}:\n  {listing}\n"
