@@ -12,6 +12,7 @@ CORE_MODULES = [
     "eir.seeding",
     "eir.tasks",
     "eir.data.bank",
+    "eir.data.catalog_checks",
     "eir.data.io",
     "eir.data.paste",
     "eir.data.prepass",

@@ -51,6 +51,13 @@ from detectron2.utils import comm
 from tqdm import tqdm
 
 from eir.constants import IGNORE_LABEL
+from eir.data.catalog_checks import (
+    STEMS_DIFFER_KEY,
+    check_class_names,
+    check_pairs,
+    describe_dropped,
+    dropped_files,
+)
 from eir.data.io import read_label
 from eir.fileio import atomic_write
 from eir.tasks import DATASETS, DatasetSpec, Task
@@ -87,6 +94,9 @@ _registered_root: dict[str, str] = {}
 #: (cache file, key) -> table. Later calls for that file use it instead of reading the labels
 #: again; the first that may write the cache writes it.
 _unwritten: dict[tuple[str, str], np.ndarray] = {}
+
+#: The catalog datasets whose left-out files were reported (dataset, first and last file, count).
+_reported: set[tuple] = set()
 
 
 # --------------------------------------------------------------------------- label values
@@ -412,6 +422,8 @@ def catalog_dicts(dataset_name: str) -> list[dict]:
             f"{lacking[0]}) lack 'file_name' or 'sem_seg_file_name'; a semantic segmentation "
             "dataset gives both"
         )
+    if dataset_name not in DATASET_NAMES:  # the built-in layouts are checked as they are listed
+        _check_catalog_files(dataset_name, dicts)
     if all("image_id" in d for d in dicts):
         return dicts
     stems = [os.path.splitext(os.path.basename(str(d["file_name"])))[0] for d in dicts]
@@ -420,6 +432,31 @@ def catalog_dicts(dataset_name: str) -> list[dict]:
         base = os.path.commonpath(files) if len(files) > 1 else os.path.dirname(files[0])
         stems = [os.path.splitext(os.path.relpath(f, base))[0] for f in files]
     return [d if "image_id" in d else dict(d, image_id=stem) for d, stem in zip(dicts, stems)]
+
+
+def _check_catalog_files(dataset_name: str, dicts: Sequence[dict]) -> None:
+    """A user's dataset: refuse images paired with labels of other names (unless its metadata
+    says they differ on purpose) and a dataset without images; report, once, the files of its
+    folders that it leaves out (:mod:`eir.data.catalog_checks`). The metadata's ``image_root``
+    and ``sem_seg_root``, when set, are searched too."""
+    meta = MetadataCatalog.get(dataset_name)
+    if not meta.get(STEMS_DIFFER_KEY, False):
+        check_pairs(dataset_name, dicts)
+    key = (dataset_name, len(dicts), str(dicts[0]["file_name"]) if dicts else meta.get("image_root"))
+    if key in _reported and dicts:
+        return
+    roots = [meta.get("image_root")], [meta.get("sem_seg_root")]
+    dropped = dropped_files(dicts, *([r for r in rs if r] for rs in roots))
+    report = describe_dropped(dataset_name, dropped)
+    if not dicts:
+        raise ValueError(
+            f"dataset {dataset_name!r} has no image: its loader left out every file"
+            + (f":\n{report}" if report else " (set its MetadataCatalog image_root and sem_seg_root to be told which)")
+            + "\nCheck the folders, and image_ext / gt_ext of load_sem_seg (they are case-sensitive)"
+        )
+    _reported.add(key)
+    if report:
+        logger.warning("%s", report)
 
 
 def catalog_spec(
@@ -455,6 +492,7 @@ def catalog_spec(
             f"0..{len(classes) - 1} are the classes and ignore_label marks pixels of none "
             "(Detectron2's ADE20K and Cityscapes formats)"
         )
+    check_class_names(train_dataset, list(classes), bool(background))
     name = meta.get("eir_dataset", train_dataset)
     return DatasetSpec.from_label_values(
         name,
