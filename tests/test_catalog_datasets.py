@@ -268,3 +268,43 @@ def test_a_dataset_whose_every_image_is_left_out_says_so(folder_dataset):
                                          r"my_dataset_val leaves out files of \S*images/val: 6 extension differs "
                                          r"in case \(val_0.JPG, val_1.JPG, val_2.JPG ...\)"):
         catalog_dicts("my_dataset_val")
+
+
+@requires_detectron2
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", r"image \S*val_2.jpg is truncated"),
+    ("resize", r"label \S*train_4.png is 48x48 but image \S*train_4.jpg is 40x48"),
+])
+def test_damaged_images_are_found_before_the_folder_is_claimed(folder_dataset, damage, message):
+    """A test image without its end (found after step 0 trained, before) and a training image of
+    step 1 of another size than its label (found mid-step) stop the run at start-up."""
+    root, _ = folder_dataset
+    if damage == "truncate":
+        path = root / "my_dataset/images/val/val_2.jpg"
+        path.write_bytes(path.read_bytes()[:-2])
+    else:
+        path = root / "my_dataset/images/train/train_4.jpg"
+        cv2.imwrite(str(path), cv2.imread(str(path))[:40])
+    with pytest.raises(ValueError, match=message):
+        _runner(root / "run").run()
+    assert not (root / "run").exists()
+
+
+@requires_detectron2
+def test_header_checks_are_cached_for_the_files_as_they_are(folder_dataset, tmp_path, monkeypatch):
+    from eir.data import image_checks
+
+    root, _ = folder_dataset
+    task = _runner(root / "run").task  # registers the datasets
+    calls = []
+    real = image_checks.header_size
+    monkeypatch.setattr(image_checks, "header_size", lambda path, what: calls.append(path) or real(path, what))
+    cache = tmp_path / "cache"
+    step_dataset_dicts("my_dataset_val", task, 0, "test", cache_dir=cache, verbose=False)
+    assert len(calls) == 12 and (cache / "headers_my_dataset_val.json").is_file()  # 6 images, 6 labels
+    calls.clear()
+    step_dataset_dicts("my_dataset_val", task, 0, "test", cache_dir=cache, verbose=False)
+    assert calls == []  # a rerun does not pay again
+    os.utime(root / "my_dataset/images/val/val_1.jpg", ns=(1, 1))
+    step_dataset_dicts("my_dataset_val", task, 0, "test", cache_dir=cache, verbose=False)
+    assert sorted(os.path.basename(p) for p in calls) == ["val_1.jpg", "val_1.png"]  # the changed pair only

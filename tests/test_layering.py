@@ -13,6 +13,7 @@ CORE_MODULES = [
     "eir.tasks",
     "eir.data.bank",
     "eir.data.catalog_checks",
+    "eir.data.image_checks",
     "eir.data.io",
     "eir.data.paste",
     "eir.data.prepass",

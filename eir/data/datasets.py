@@ -58,6 +58,7 @@ from eir.data.catalog_checks import (
     describe_dropped,
     dropped_files,
 )
+from eir.data.image_checks import check_image_files
 from eir.data.io import read_label
 from eir.fileio import atomic_write
 from eir.tasks import DATASETS, DatasetSpec, Task
@@ -530,6 +531,9 @@ def step_dataset_dicts(
     (only read with ``write_cache=False``); ``num_workers`` threads read the labels the first time.
     ``require_every_class``: a step's class that none of the returned images holds is an error
     (a run's training images, :func:`eir.engine.builders.build_train_dicts`).
+    With ``cache_dir`` (a run's folder), the returned images and labels are checked from their
+    headers too (:func:`eir.data.image_checks.check_image_files`), the pairs that passed cached
+    in ``cache_dir/headers_<dataset_name>.json`` (written as the presence table is).
     """
     task = _as_task(task)
     step = task.check_step(step)
@@ -548,6 +552,11 @@ def step_dataset_dicts(
     keep = task.keeps_train_image if split == "train" else task.keeps_test_image
     kept = np.array([keep(np.flatnonzero(row), step) for row in presence], dtype=bool)
     out = [dict(d, eir_step=step) for d, k in zip(dicts, kept) if k]
+    if cache_dir is not None:
+        check_image_files(
+            out, Path(cache_dir) / f"headers_{dataset_name}.json", write_cache and comm.is_main_process(),
+            verbose=comm.is_main_process() if verbose is None else verbose,
+        )
     logger.info(
         "%s, step %d (%s), %s: %d of %d images", dataset_name, step, task.name, split, len(out), len(dicts)
     )
