@@ -23,7 +23,10 @@ costs more than it helps, and the mapper reports sizes of what it returns.
 Any other dataset in the catalogs works the same way: :func:`catalog_spec` reads a run's class
 table from the ``MetadataCatalog`` entries of its datasets (``stuff_classes``, ``stuff_colors``,
 ``ignore_label``; the built-in six are registered with theirs), and :func:`catalog_dicts` gives
-their dicts an ``image_id`` where they have none (Detectron2's ``load_sem_seg``).
+their dicts an ``image_id`` where they have none (Detectron2's ``load_sem_seg``). Such a
+dataset's class names, image/label pairs and left-out files are checked at start-up
+(:mod:`eir.data.catalog_checks`), and a run's images, built-in or not, from their headers
+(:mod:`eir.data.image_checks`).
 
 Label files hold the dataset's values; the task's tables turn them into class ids as in the
 rest of the project (0 background, 255 ignore; :meth:`eir.tasks.DatasetSpec.label_lut`).
