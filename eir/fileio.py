@@ -151,8 +151,9 @@ def load_pth(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():
-            raise
+        text = str(e).lower()
+        if "weights only" not in text or not any(w in text for w in ("global", "can only build", "reduce")):
+            raise  # not a refused object: a damaged file, or no torch.save file at all
         reason = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), "")
         raise PickledObjectsError(
             f"{path} holds pickled Python objects other than tensors and plain values"
