@@ -14,6 +14,7 @@ import errno
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -112,7 +113,7 @@ def tensor_digest(path: str | os.PathLike) -> str:
     and by a resumed run differ in bytes but not in this digest."""
     import torch
 
-    data = torch.load(path, map_location="cpu", weights_only=False)
+    data = load_pth(path)
     h = hashlib.sha256()
 
     def update(obj: Any) -> None:
@@ -134,3 +135,30 @@ def tensor_digest(path: str | os.PathLike) -> str:
 
     update(data)
     return h.hexdigest()
+
+
+class PickledObjectsError(ValueError):
+    """A ``.pth`` file holds pickled objects other than tensors and plain values."""
+
+
+def load_pth(path: str | os.PathLike) -> Any:
+    """What ``torch.save`` wrote to ``path``, read with ``torch.load(weights_only=True)``: tensors,
+    numbers, strings and containers of them only. A checkpoint is data, not code: a file that
+    needs other pickled objects (unpickling them could run code from the file) is refused with
+    :class:`PickledObjectsError`, naming it; other errors (a damaged file) pass through."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e).lower()
+        if "weights only" not in text or not any(w in text for w in ("global", "can only build", "reduce")):
+            raise  # not a refused object: a damaged file, or no torch.save file at all
+        reason = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), "")
+        raise PickledObjectsError(
+            f"{path} holds pickled Python objects other than tensors and plain values"
+            f"{f' ({reason})' if reason else ''}. EIR reads .pth files with torch.load(weights_only=True), "
+            "because unpickling such objects can run code from the file; it was not loaded. Use a "
+            "checkpoint written by EIR, or, only if you trust where the file comes from, save its "
+            "tensors again (torch.save({'model': state_dict, ...}, new_path)) and use that file"
+        ) from None

@@ -2,7 +2,9 @@
 continual task (the README's example config), and Detectron2's own ADE20K registration gives
 the class ids of the raw ADE20K layout."""
 import json
+import logging
 import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -14,7 +16,7 @@ pytest.importorskip("detectron2")
 
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
-from eir.data.datasets import catalog_spec, step_dataset_dicts  # noqa: E402
+from eir.data.datasets import catalog_dicts, catalog_spec, step_dataset_dicts  # noqa: E402
 from eir.data.mapper import EIRDatasetMapper  # noqa: E402
 from eir.tasks import build_task  # noqa: E402
 
@@ -185,3 +187,124 @@ def test_catalog_errors_say_what_to_do(folder_dataset):
     with pytest.raises(ValueError, match=r"val_3.png holds values \[7\] outside the label values"):
         step_dataset_dicts("my_dataset_val", task, 0, "test", verbose=False)
     os.remove(bad)
+
+
+TINY = ["dataloader.train.total_batch_size=4", "dataloader.train.augmentations.crop_size=48", "method.memory=4",
+        "method.paste.cell_size=24", "method.prepass.short_side=48", "schedule.max_iter=20", "train.device=cpu"]
+
+
+def _runner(out, *overrides):
+    from eir.engine.config_checks import load_config
+    from eir.engine.runner import ContinualRunner
+
+    return ContinualRunner(load_config(EXAMPLE, [*TINY, f"train.output_dir={out}", *overrides]))
+
+
+@requires_detectron2
+def test_images_paired_with_labels_of_another_name_are_refused_at_start_up(folder_dataset):
+    """A label renamed (train_3.png -> zzz.png) keeps the folders equally long, so load_sem_seg
+    pairs them by position: from train_3.jpg on, every image gets the next image's label."""
+    root, _ = folder_dataset
+    labels = root / "my_dataset/labels/train"
+    (labels / "train_3.png").rename(labels / "zzz.png")
+    runner = _runner(root / "run")
+    with pytest.raises(ValueError, match=r"'my_dataset_train': 7 of its 24 images are paired with a label of "
+                                         r"another name, e.g. \S*train_3.jpg with \S*train_4.png; .*eir_stems_differ=True"):
+        runner.run()
+    assert not (root / "run").exists()
+    MetadataCatalog.get("my_dataset_train").set(eir_stems_differ=True)  # pairs of different names on purpose
+    assert len(catalog_dicts("my_dataset_train")) == 24
+
+
+@requires_detectron2
+@pytest.mark.parametrize("classes, background, message", [
+    (["background", "grass", "road"], "False", r"label value 0 is named 'background'.*The names suggest "
+                                                r"task.background=True"),
+    (["sky", "grass", "sky"], "False", r"stuff_classes names a class more than once: 'sky' \(values 0, 2\)"),
+    (["sky", "grass", "grass"], "True", r"names a class more than once: 'grass' \(values 1, 2\)"),
+])
+def test_class_names_that_would_collide_are_refused_before_the_folder_is_claimed(
+    folder_dataset, classes, background, message
+):
+    root, _ = folder_dataset
+    _runner(root / "run")  # registers the datasets
+    for name in ("my_dataset_train", "my_dataset_val"):
+        MetadataCatalog.remove(name)
+        MetadataCatalog.get(name).set(stuff_classes=classes, ignore_label=255)
+    with pytest.raises(ValueError, match=message):
+        _runner(root / "run", f"task.background={background}")
+    assert not (root / "run").exists()
+
+
+@requires_detectron2
+def test_files_the_dataset_leaves_out_are_reported(folder_dataset, caplog):
+    """load_sem_seg keeps the images and labels whose names match when the folders differ in
+    length: an image of extension .JPG (image_ext "jpg"), an image without a label and labels
+    without an image are left out, counted and named."""
+    root, _ = folder_dataset
+    images, labels = root / "my_dataset/images/train", root / "my_dataset/labels/train"
+    shutil.copy(images / "train_0.jpg", images / "extra.JPG")
+    shutil.copy(labels / "train_0.png", labels / "extra.png")
+    shutil.copy(images / "train_0.jpg", images / "orphan.jpg")
+    for name in ("lone_a.png", "lone_b.png"):
+        shutil.copy(labels / "train_0.png", labels / name)
+    _runner(root / "run")  # registers the datasets
+    with caplog.at_level(logging.WARNING, logger="eir.data.datasets"):
+        assert len(catalog_dicts("my_dataset_train")) == 24
+    assert f"my_dataset_train leaves out files of {images}: 1 extension differs in case (extra.JPG); 1 images " \
+           "without a label (orphan.jpg)" in caplog.text
+    assert f"my_dataset_train leaves out files of {labels}: 2 labels without an image (lone_a.png, lone_b.png)" \
+           in caplog.text
+
+
+@requires_detectron2
+def test_a_dataset_whose_every_image_is_left_out_says_so(folder_dataset):
+    root, _ = folder_dataset
+    images = root / "my_dataset/images/val"
+    for path in sorted(images.glob("*.jpg")):
+        path.rename(path.with_suffix(".JPG"))
+    _runner(root / "run")  # registers the datasets
+    with pytest.raises(ValueError, match=r"'my_dataset_val' has no image: its loader left out every file:\n"
+                                         r"my_dataset_val leaves out files of \S*images/val: 6 extension differs "
+                                         r"in case \(val_0.JPG, val_1.JPG, val_2.JPG ...\)"):
+        catalog_dicts("my_dataset_val")
+
+
+@requires_detectron2
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", r"image \S*val_2.jpg is truncated"),
+    ("resize", r"label \S*train_4.png is 48x48 but image \S*train_4.jpg is 40x48"),
+])
+def test_damaged_images_are_found_before_the_folder_is_claimed(folder_dataset, damage, message):
+    """A test image without its end (found after step 0 trained, before) and a training image of
+    step 1 of another size than its label (found mid-step) stop the run at start-up."""
+    root, _ = folder_dataset
+    if damage == "truncate":
+        path = root / "my_dataset/images/val/val_2.jpg"
+        path.write_bytes(path.read_bytes()[:-2])
+    else:
+        path = root / "my_dataset/images/train/train_4.jpg"
+        cv2.imwrite(str(path), cv2.imread(str(path))[:40])
+    with pytest.raises(ValueError, match=message):
+        _runner(root / "run").run()
+    assert not (root / "run").exists()
+
+
+@requires_detectron2
+def test_header_checks_are_cached_for_the_files_as_they_are(folder_dataset, tmp_path, monkeypatch):
+    from eir.data import image_checks
+
+    root, _ = folder_dataset
+    task = _runner(root / "run").task  # registers the datasets
+    calls = []
+    real = image_checks.header_size
+    monkeypatch.setattr(image_checks, "header_size", lambda path, what: calls.append(path) or real(path, what))
+    cache = tmp_path / "cache"
+    step_dataset_dicts("my_dataset_val", task, 0, "test", cache_dir=cache, verbose=False)
+    assert len(calls) == 12 and (cache / "headers_my_dataset_val.json").is_file()  # 6 images, 6 labels
+    calls.clear()
+    step_dataset_dicts("my_dataset_val", task, 0, "test", cache_dir=cache, verbose=False)
+    assert calls == []  # a rerun does not pay again
+    os.utime(root / "my_dataset/images/val/val_1.jpg", ns=(1, 1))
+    step_dataset_dicts("my_dataset_val", task, 0, "test", cache_dir=cache, verbose=False)
+    assert sorted(os.path.basename(p) for p in calls) == ["val_1.jpg", "val_1.png"]  # the changed pair only

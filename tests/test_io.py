@@ -10,7 +10,7 @@ import torch
 from conftest import requires_detectron2
 from PIL import Image, ImageOps
 
-from eir.data.io import check_same_size, read_image, read_label
+from eir.data.io import check_same_size, header_size, read_image, read_label
 from eir.tasks import build_task
 
 TASK = build_task("voc", "15-1")  # step 0: classes 1..15; step 1: class 16
@@ -107,11 +107,64 @@ def test_read_label_gives_stored_indices(tmp_path):
     Image.fromarray(label.astype(np.uint16)).save(tmp_path / "i16.png")  # 16-bit, values <= 255
     np.testing.assert_array_equal(read_label(tmp_path / "i16.png"), label)
     Image.fromarray(np.stack([label] * 3, axis=-1)).save(tmp_path / "rgb.png")
-    with pytest.raises(ValueError, match="rgb.png has image mode RGB"):
+    with pytest.raises(ValueError, match=r"rgb.png is a colour \(RGB\) image, not class ids"):
         read_label(tmp_path / "rgb.png")
     Image.fromarray(np.full((2, 2), 300, np.uint16)).save(tmp_path / "big.png")
     with pytest.raises(ValueError, match="outside 0..255"):
         read_label(tmp_path / "big.png")
+
+
+def test_16_bit_images_are_scaled_to_8_bits(tmp_path):
+    """A 16-bit grayscale PNG (PIL mode I;16) reads as v / 257 rounded in all three channels,
+    not as 255 wherever v > 255 (PIL's own conversion)."""
+    values = np.array([[0, 257, 1000], [32768, 65000, 65535]], np.uint16)
+    Image.fromarray(values).save(tmp_path / "camera.png")
+    assert Image.open(tmp_path / "camera.png").mode.startswith("I")
+    expected = np.array([[0, 1, 4], [128, 253, 255]], np.uint8)  # 1000/257 = 3.9, 65000/257 = 252.9
+    got = read_image(tmp_path / "camera.png")
+    assert got.dtype == np.uint8 and got.shape == (2, 3, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(got[..., channel], expected)
+    Image.fromarray(np.zeros((2, 2), np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(ValueError, match="float.tif has floating-point pixels"):
+        read_image(tmp_path / "float.tif")
+
+
+def test_labels_of_other_modes_are_described_as_what_they_are(tmp_path):
+    Image.fromarray(np.eye(4, dtype=bool)).save(tmp_path / "mask.png")
+    with pytest.raises(ValueError, match=r"mask.png is a 1-bit \(black and white\) image.*mode 1\)"):
+        read_label(tmp_path / "mask.png")
+    Image.fromarray(np.zeros((4, 4, 2), np.uint8), mode="LA").save(tmp_path / "la.png")
+    with pytest.raises(ValueError, match="la.png is a grayscale image with an alpha channel"):
+        read_label(tmp_path / "la.png")
+    with pytest.raises(ValueError, match="la.png is a grayscale image with an alpha channel"):
+        header_size(tmp_path / "la.png", "label")
+
+
+def test_an_image_above_pil_s_bomb_guard_is_named_with_how_to_allow_it(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 400 pixels > 2 x 100: PIL's error
+    allow = r"huge.png is larger than PIL opens by default .*Image.MAX_IMAGE_PIXELS = None"
+    with pytest.raises(ValueError, match=allow):
+        read_image(tmp_path / "huge.png")
+    with pytest.raises(ValueError, match=allow):
+        header_size(tmp_path / "huge.png", "image")
+
+
+def test_header_size_reads_the_displayed_size_and_refuses_damaged_files(exif_sample, tmp_path):
+    d, _, _ = exif_sample
+    assert header_size(d["file_name"], "image") == (H, W)  # EXIF orientation 6: 48 x 32 as displayed
+    assert header_size(d["sem_seg_file_name"], "label") == (H, W)
+    data = open(d["file_name"], "rb").read()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cut.jpg (is truncated|cannot be decoded)"):
+        header_size(tmp_path / "cut.jpg", "image")
+    (tmp_path / "no_end.jpg").write_bytes(data[:-2])  # the header whole, the end marker lost
+    with pytest.raises(ValueError, match="no_end.jpg is truncated"):
+        header_size(tmp_path / "no_end.jpg", "image")
+    (tmp_path / "junk.png").write_bytes(b"not an image at all")
+    with pytest.raises(ValueError, match="junk.png is not an image PIL can read"):
+        header_size(tmp_path / "junk.png", "image")
 
 
 def test_check_same_size_names_both_files():

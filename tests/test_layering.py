@@ -12,6 +12,8 @@ CORE_MODULES = [
     "eir.seeding",
     "eir.tasks",
     "eir.data.bank",
+    "eir.data.catalog_checks",
+    "eir.data.image_checks",
     "eir.data.io",
     "eir.data.paste",
     "eir.data.prepass",

@@ -268,6 +268,23 @@ def test_summaries_of_done_steps_check_metrics_against_done(tmp_path):
         folder.finished_summaries()
 
 
+def test_the_data_record_is_renewed_while_no_step_is_done(tmp_path):
+    """A file restored after a failed start is no 'data change' while nothing was trained on the
+    recorded files; once a step is done, a change is refused."""
+    rf = engine('run_folder')
+    folder = rf.RunFolder(tmp_path, _synthetic_task())
+    folder.check_data({"ds": {"a.jpg": [10, 1], "a.png": [5, 1]}}, allow_change=False)
+    restored = {"ds": {"a.jpg": [12, 2], "a.png": [5, 1]}}
+    folder.check_data(restored, allow_change=False)  # no step done: renewed
+    assert json.loads((tmp_path / "run_data.json").read_text())["datasets"] == restored
+    step_dir = tmp_path / "step_0"
+    step_dir.mkdir()
+    (step_dir / "metrics.json").write_text("{}\n")
+    rf.write_done(step_dir, "step 0 done", ["metrics.json"])
+    with pytest.raises(rf.RunFolderError, match=r"ds: 1 file\(s\) changed .*: a.jpg"):
+        folder.check_data({"ds": {"a.jpg": [13, 3], "a.png": [5, 1]}}, allow_change=False)
+
+
 # --------------------------------------------------------------------------- end to end
 
 @pytest.fixture(scope="module")

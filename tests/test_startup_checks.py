@@ -25,6 +25,8 @@ pytestmark = requires_detectron2
         ("schedule.lr=abc", r"schedule.lr \(a learning rate\) must be a number > 0, got 'abc'"),
         ("method.criterion.tau=abc", r"method.criterion: tau is a sigmoid-score threshold in \[0, 1\] \(or None: "
                                      r"no pseudo-labels\), got 'abc'"),
+        ("method.criterion.tau=None", r"method.criterion: tau .*got 'None' \(the string 'None': on the command line, "
+                                      r"write null for None\)"),
         ("train.output_dir=null", "train.output_dir must be a folder's path, got None"),
         ("train.device=gpu", 'train.device must be "auto", "cpu", "cuda" or "cuda:N", got \'gpu\''),
         # ranges, named with the accepted one

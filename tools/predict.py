@@ -7,7 +7,9 @@
 The model is the step's ``model_final.pth`` in ``train.output_dir`` (or ``--checkpoint``) of the
 run the config describes; ``KEY=VALUE`` overrides as in ``tools/train_net.py``. Writes, per
 image, ``<stem>.png`` (class ids, with the dataset's colours as palette) and
-``<stem>_overlay.jpg`` into ``--output``. Runs on the config's ``train.device`` (``auto``:
+``<stem>_overlay.jpg`` into ``--output`` (inputs of one stem: ``<name>.png``, e.g.
+``im.tif.png``), and never overwrites a file it did not write: a folder holding the inputs, or
+files of those names from elsewhere, is refused before the model is built. Runs on the config's ``train.device`` (``auto``:
 CUDA when there is a GPU).
 """
 import argparse
@@ -18,7 +20,7 @@ import eir.require_detectron2  # noqa: F401  (first: says how to install a missi
 
 # isort: split
 from eir.engine.config_checks import load_config
-from eir.engine.predictor import collect_images, predict_labels, write_prediction
+from eir.engine.predictor import PredictionFolder, collect_images, predict_labels
 from eir.engine.runner import ContinualRunner
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "projects/EIR/configs/synthetic/4-2_overlap.py"
@@ -39,13 +41,13 @@ def parse_args(argv=None):
 def main(argv=None) -> list[Path]:
     args = parse_args(argv)
     files = collect_images(args.input)  # a missing input stops here, before the model is built
+    folder = PredictionFolder(args.output, files)  # so does an output folder that is not safe to write
     cfg = load_config(args.config_file, args.opts)
     runner = ContinualRunner(cfg)  # checks the config and builds the task; writes nothing
     model = runner.trained_model(runner.task.check_step(args.step), args.checkpoint)
     short_side = cfg.dataloader.test.augmentations.get("short_side")
-    written = []
-    for path, image, label in predict_labels(model, files, short_side=short_side, batch_size=args.batch_size):
-        written.append(write_prediction(args.output, path, image, label, runner.task)[0])
+    predictions = predict_labels(model, files, short_side=short_side, batch_size=args.batch_size)
+    written = folder.write(predictions, runner.task)
     print(f"{len(written)} predictions in {args.output}")
     return written
 

@@ -23,7 +23,10 @@ costs more than it helps, and the mapper reports sizes of what it returns.
 Any other dataset in the catalogs works the same way: :func:`catalog_spec` reads a run's class
 table from the ``MetadataCatalog`` entries of its datasets (``stuff_classes``, ``stuff_colors``,
 ``ignore_label``; the built-in six are registered with theirs), and :func:`catalog_dicts` gives
-their dicts an ``image_id`` where they have none (Detectron2's ``load_sem_seg``).
+their dicts an ``image_id`` where they have none (Detectron2's ``load_sem_seg``). Such a
+dataset's class names, image/label pairs and left-out files are checked at start-up
+(:mod:`eir.data.catalog_checks`), and a run's images, built-in or not, from their headers
+(:mod:`eir.data.image_checks`).
 
 Label files hold the dataset's values; the task's tables turn them into class ids as in the
 rest of the project (0 background, 255 ignore; :meth:`eir.tasks.DatasetSpec.label_lut`).
@@ -51,6 +54,14 @@ from detectron2.utils import comm
 from tqdm import tqdm
 
 from eir.constants import IGNORE_LABEL
+from eir.data.catalog_checks import (
+    STEMS_DIFFER_KEY,
+    check_class_names,
+    check_pairs,
+    describe_dropped,
+    dropped_files,
+)
+from eir.data.image_checks import check_image_files
 from eir.data.io import read_label
 from eir.fileio import atomic_write
 from eir.tasks import DATASETS, DatasetSpec, Task
@@ -87,6 +98,9 @@ _registered_root: dict[str, str] = {}
 #: (cache file, key) -> table. Later calls for that file use it instead of reading the labels
 #: again; the first that may write the cache writes it.
 _unwritten: dict[tuple[str, str], np.ndarray] = {}
+
+#: The catalog datasets whose left-out files were reported (dataset, first and last file, count).
+_reported: set[tuple] = set()
 
 
 # --------------------------------------------------------------------------- label values
@@ -412,6 +426,8 @@ def catalog_dicts(dataset_name: str) -> list[dict]:
             f"{lacking[0]}) lack 'file_name' or 'sem_seg_file_name'; a semantic segmentation "
             "dataset gives both"
         )
+    if dataset_name not in DATASET_NAMES:  # the built-in layouts are checked as they are listed
+        _check_catalog_files(dataset_name, dicts)
     if all("image_id" in d for d in dicts):
         return dicts
     stems = [os.path.splitext(os.path.basename(str(d["file_name"])))[0] for d in dicts]
@@ -420,6 +436,31 @@ def catalog_dicts(dataset_name: str) -> list[dict]:
         base = os.path.commonpath(files) if len(files) > 1 else os.path.dirname(files[0])
         stems = [os.path.splitext(os.path.relpath(f, base))[0] for f in files]
     return [d if "image_id" in d else dict(d, image_id=stem) for d, stem in zip(dicts, stems)]
+
+
+def _check_catalog_files(dataset_name: str, dicts: Sequence[dict]) -> None:
+    """A user's dataset: refuse images paired with labels of other names (unless its metadata
+    says they differ on purpose) and a dataset without images; report, once, the files of its
+    folders that it leaves out (:mod:`eir.data.catalog_checks`). The metadata's ``image_root``
+    and ``sem_seg_root``, when set, are searched too."""
+    meta = MetadataCatalog.get(dataset_name)
+    if not meta.get(STEMS_DIFFER_KEY, False):
+        check_pairs(dataset_name, dicts)
+    key = (dataset_name, len(dicts), str(dicts[0]["file_name"]) if dicts else meta.get("image_root"))
+    if key in _reported and dicts:
+        return
+    roots = [meta.get("image_root")], [meta.get("sem_seg_root")]
+    dropped = dropped_files(dicts, *([r for r in rs if r] for rs in roots))
+    report = describe_dropped(dataset_name, dropped)
+    if not dicts:
+        raise ValueError(
+            f"dataset {dataset_name!r} has no image: its loader left out every file"
+            + (f":\n{report}" if report else " (set its MetadataCatalog image_root and sem_seg_root to be told which)")
+            + "\nCheck the folders, and image_ext / gt_ext of load_sem_seg (they are case-sensitive)"
+        )
+    _reported.add(key)
+    if report:
+        logger.warning("%s", report)
 
 
 def catalog_spec(
@@ -455,6 +496,7 @@ def catalog_spec(
             f"0..{len(classes) - 1} are the classes and ignore_label marks pixels of none "
             "(Detectron2's ADE20K and Cityscapes formats)"
         )
+    check_class_names(train_dataset, list(classes), bool(background))
     name = meta.get("eir_dataset", train_dataset)
     return DatasetSpec.from_label_values(
         name,
@@ -492,6 +534,9 @@ def step_dataset_dicts(
     (only read with ``write_cache=False``); ``num_workers`` threads read the labels the first time.
     ``require_every_class``: a step's class that none of the returned images holds is an error
     (a run's training images, :func:`eir.engine.builders.build_train_dicts`).
+    With ``cache_dir`` (a run's folder), the returned images and labels are checked from their
+    headers too (:func:`eir.data.image_checks.check_image_files`), the pairs that passed cached
+    in ``cache_dir/headers_<dataset_name>.json`` (written as the presence table is).
     """
     task = _as_task(task)
     step = task.check_step(step)
@@ -510,6 +555,11 @@ def step_dataset_dicts(
     keep = task.keeps_train_image if split == "train" else task.keeps_test_image
     kept = np.array([keep(np.flatnonzero(row), step) for row in presence], dtype=bool)
     out = [dict(d, eir_step=step) for d, k in zip(dicts, kept) if k]
+    if cache_dir is not None:
+        check_image_files(
+            out, Path(cache_dir) / f"headers_{dataset_name}.json", write_cache and comm.is_main_process(),
+            verbose=comm.is_main_process() if verbose is None else verbose,
+        )
     logger.info(
         "%s, step %d (%s), %s: %d of %d images", dataset_name, step, task.name, split, len(out), len(dicts)
     )

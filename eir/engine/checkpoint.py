@@ -7,13 +7,15 @@ shape error deep inside ``load_state_dict``. A step's periodic checkpoints
 grad scaler), which an exact resume needs; its ``model_final.pth`` holds the weights and the
 tag only, since no later step reads the rest (for ResNet-101 the SGD momentum alone is as
 large as the weights). Final checkpoints written with the trainer state (before this rule)
-load the same way.
+load the same way. Every checkpoint is read with ``torch.load(weights_only=True)``
+(:func:`eir.fileio.load_pth`): a file that needs other pickled objects is refused, not run.
 """
 from __future__ import annotations
 
 import eir.require_detectron2  # noqa: F401  (first: says how to install a missing Detectron2)
 
 # isort: split
+import itertools
 import os
 import re
 from pathlib import Path
@@ -22,7 +24,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from eir.engine.run_files import FINAL_CHECKPOINT
-from eir.fileio import atomic_write
+from eir.fileio import PickledObjectsError, atomic_write, load_pth
 from eir.tasks import Task, same_task, task_text
 
 #: The name of a step's last checkpoint (:data:`~eir.engine.run_files.FINAL_CHECKPOINT` without
@@ -55,9 +57,14 @@ class StepCheckpointer(DetectionCheckpointer):
         atomic_write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
+    def _torch_load(self, f):
+        return load_pth(f)
+
     def _load_file(self, filename: str):
         try:
             data = super()._load_file(filename)
+        except PickledObjectsError:
+            raise
         except Exception as e:
             raise ValueError(
                 f"checkpoint {filename} cannot be read ({type(e).__name__}: {e}); it is damaged: "
@@ -66,7 +73,8 @@ class StepCheckpointer(DetectionCheckpointer):
         tag = data.get("eir")
         if tag is not None and not _tagged(tag, self.task, self.step):
             raise ValueError(
-                f"{filename} belongs to {_describe(tag)}, not {_describe(self.eir_tag)}: "
+                f"{filename} belongs to {_describe(tag)}, not {_describe(self.eir_tag)}"
+                f"{_class_differences(tag.get('task'), self.task)}: "
                 "move it out of the step's folder"
             )
         return data
@@ -115,7 +123,9 @@ def read_step_checkpoint(path, task: Task, step: int) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
+        data = load_pth(path)
+    except PickledObjectsError:
+        raise
     except Exception as e:
         raise ValueError(
             f"{path} cannot be read as a checkpoint ({type(e).__name__}: {e}): it is damaged or not a "
@@ -131,7 +141,8 @@ def read_step_checkpoint(path, task: Task, step: int) -> dict:
     if not _tagged(tag, task, step):
         want = {"task": task.to_dict(), "step": step}
         raise ValueError(
-            f"{path} belongs to {_describe(tag)}, but {_describe(want)} is needed: "
+            f"{path} belongs to {_describe(tag)}, but {_describe(want)} is needed"
+            f"{_class_differences(tag.get('task'), task)}: "
             "point to the checkpoint of that task and step (or fix task.* / train.step)."
         )
     return data["model"]
@@ -140,6 +151,25 @@ def read_step_checkpoint(path, task: Task, step: int) -> dict:
 def _tagged(tag: dict, task: Task, step: int) -> bool:
     """Whether a checkpoint's tag names ``task`` and ``step``."""
     return same_task(tag.get("task"), task) and str(tag.get("step")) == str(step)
+
+
+def _class_differences(stored, task: Task, shown: int = 5) -> str:
+    """The class names a stored task and ``task`` give differently, for a message (the two
+    tasks' descriptions read alike when only their class tables differ); "" when none do."""
+    try:
+        theirs = Task.from_dict(stored).class_names
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return ""
+    ours = task.class_names
+    differ = [
+        f"class {c}: {a!r} in the checkpoint, {b!r} in the config"
+        for c, (a, b) in enumerate(itertools.zip_longest(theirs, ours, fillvalue="(none)"))
+        if a != b
+    ]
+    if not differ:
+        return ""
+    more = f" and {len(differ) - shown} more" if len(differ) > shown else ""
+    return f" (their class names differ: {'; '.join(differ[:shown])}{more})"
 
 
 def _describe(tag: dict) -> str:

@@ -84,7 +84,11 @@ def _number(
     if high is not None:
         bounds.append(f"{'<' if high_open else '<='} {high}")
     accepted = f"{kind} {' and '.join(bounds)}".strip() + (f", or None ({none})" if none else "")
-    hint = " (a string: on the command line, write a number without quotes)" if isinstance(value, str) else ""
+    hint = ""
+    if isinstance(value, str):
+        hint = " (a string: on the command line, " + (
+            "write null for None)" if value.strip().lower() in ("none", "null") else "write a number without quotes)"
+        )
     raise ValueError(f"{name} must be {accepted}, got {value!r}{hint}")
 
 
@@ -111,11 +115,19 @@ def check_method_config(cfg) -> None:
             try:
                 instantiate(child)
             except (TypeError, ValueError) as e:
-                raise ValueError(f"method.{key}: {e}") from e
+                raise ValueError(f"method.{key}: {e}{_none_string_hint(child)}") from e
     try:
         build_method(cfg)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"method: {e}") from e
+        raise ValueError(f"method: {e}{_none_string_hint(node)}") from e
+
+
+def _none_string_hint(node) -> str:
+    """A hint when ``node`` holds the string "None": Hydra's override grammar reads
+    ``key=None`` as a string, and a refused value was probably meant as None."""
+    if any(isinstance(v, str) and v.strip().lower() == "none" for v in flatten(node).values()):
+        return " (the string 'None': on the command line, write null for None)"
+    return ""
 
 
 def check_train_config(train) -> None:

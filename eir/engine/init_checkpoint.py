@@ -22,6 +22,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from torch import nn
 
+from eir.fileio import load_pth
+
 logger = logging.getLogger(__name__)
 
 #: Attribute of the backbone in ``EIRSegmentor``: its weights are named ``backbone.*``.
@@ -35,6 +37,9 @@ class _KeyRecordingCheckpointer(DetectionCheckpointer):
 
     incompatible = None
     checkpoint_keys: tuple = ()
+
+    def _torch_load(self, f):
+        return load_pth(f)  # weights_only=True: a .pth is data, not code
 
     def _load_model(self, checkpoint):
         self.checkpoint_keys = tuple(sorted(checkpoint.get("model", {})))

@@ -123,7 +123,9 @@ class RunFolder:
     def check_data(self, current: Mapping[str, Any], allow_change: bool, write: bool = True) -> None:
         """Compare the datasets' files (``{dataset: data_fingerprint}``) with the folder's data
         record, written by the command that first trained here; refuse a difference, naming it,
-        unless ``allow_change`` (then the record is rewritten). Datasets not yet recorded are
+        unless ``allow_change`` (then the record is rewritten). While no step is done nothing was
+        trained on the recorded files (a file restored after a failed start, say), so the record is
+        simply renewed. Datasets not yet recorded are
         added to the record (written when ``write``: by the main process)."""
         path = self.path / DATA_RECORD
         recorded = {}
@@ -136,15 +138,18 @@ class RunFolder:
                 ) from e
         known = [name for name in current if name in recorded]
         diff = data_differences({k: recorded[k] for k in known}, {k: current[k] for k in known})
-        if diff and not allow_change:
+        if diff and not any(self.is_done(step) for step in range(self.task.num_steps)):
+            logger.info("No step of %s is done: its data record is renewed:\n  %s", self.path, "\n  ".join(diff))
+            recorded = {k: v for k, v in recorded.items() if k not in current}
+        elif diff and allow_change:
+            logger.warning("train.allow_data_change=True: continuing on changed data:\n  %s", "\n  ".join(diff))
+        elif diff:
             listing = "\n  ".join(diff)
             raise RunFolderError(
                 f"the data of the run in {self.path} changed since it was recorded in {path}:\n  {listing}\n"
                 "Its finished steps were trained on the recorded files. Restore them, or add "
                 "train.allow_data_change=True to continue on the data as it is now."
             )
-        if diff:
-            logger.warning("train.allow_data_change=True: continuing on changed data:\n  %s", "\n  ".join(diff))
         merged = {**recorded, **current}
         if merged != recorded and write:
             atomic_write_json(path, {"about": "the datasets' files (size, mtime_ns), checked at every step", "datasets": merged})

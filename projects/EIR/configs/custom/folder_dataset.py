@@ -26,7 +26,10 @@ for _split in ("train", "val"):
             _name,
             lambda s=_split: load_sem_seg(f"{_ROOT}/labels/{s}", f"{_ROOT}/images/{s}", gt_ext="png", image_ext="jpg"),
         )
-        MetadataCatalog.get(_name).set(stuff_classes=_CLASSES, ignore_label=255)
+        MetadataCatalog.get(_name).set(  # the two roots: the run reports the files the dataset leaves out
+            stuff_classes=_CLASSES, ignore_label=255, image_root=f"{_ROOT}/images/{_split}",
+            sem_seg_root=f"{_ROOT}/labels/{_split}",
+        )
 
 dataloader.train.dataset = "my_dataset_train"
 dataloader.test.dataset = "my_dataset_val"
