@@ -19,6 +19,7 @@ CORE_MODULES = [
     "eir.modeling.losses",
     "eir.modeling.criterion",
     "eir.engine.step_plan",
+    "eir.methods.mib",
     "eir.evaluation.metrics",
     "eir.evaluation.report",
 ]
