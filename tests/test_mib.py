@@ -186,6 +186,15 @@ def test_recomputed_backward_gives_the_direct_gradient():
     assert torch.allclose(grads[0], grads[1], atol=1e-7)
 
 
+def test_losses_under_autocast_are_the_float32_ones():
+    """The trainer calls the loss under autocast (bfloat16 on a CPU): nothing is downcast."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = MiBLoss(num_old_channels=2, w_kd=10.0)(step1_inputs())
+    assert all(v.dtype == torch.float32 for v in losses.values())
+    assert losses["loss_kd"].item() == pytest.approx(10 * EXPECTED_KD, abs=1e-5)
+    assert losses["loss_ce"].item() == pytest.approx((ln(2) + ln(8 / 5)) / 2, abs=1e-6)
+
+
 def test_step_0_is_the_plain_cross_entropy_without_distillation():
     z, y = pixels(A, B, IGNORED), labels(0, 2, 255)
     losses = MiB().criterion(build_task("synthetic", "2-2"), 0)(LossInputs(logits=z, labels=y))
@@ -238,6 +247,9 @@ def test_plan_has_no_memory_and_a_teacher_at_incremental_steps():
         assert not (p.replay or p.paste or p.save_bank or p.prepass)
         assert p.artifacts == ("model_final.pth", "metrics.json")
     assert not any(MiB(w_kd=0).plan(task, t).old_model for t in range(task.num_steps))
+    # the teacher runs exactly where the loss distils
+    for method in (MiB(), MiB(w_kd=0)):
+        assert [method.plan(task, t).teacher for t in range(5)] == [method.criterion(task, t).distils for t in range(5)]
     assert MiB.detach_background is False
     with pytest.raises(ValueError, match="out of range"):
         MiB().plan(task, 5)
