@@ -100,6 +100,7 @@ class MiBLoss:
 
     @property
     def distils(self) -> bool:
+        """Whether the step distils, so the trainer must hand the old model's logits."""
         return self.num_old_channels > 0 and self.w_kd > 0
 
     def __call__(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
@@ -151,7 +152,7 @@ class MiB(ContinualMethod):
 
     detach_background = False
 
-    def __init__(self, w_kd: float = 10.0):
+    def __init__(self, *, w_kd: float = 10.0):
         self.w_kd = _check_weight(w_kd)
 
     def plan(self, task: Task, step: int) -> StepPlan:
