@@ -11,7 +11,8 @@ interrupted run resumes where it stopped, so rerunning the command is cheap; a r
 made with other overrides is refused. Step 0 is the same in every continual variant (their
 switches act from step 1 on), so by default it is trained once per task and seed: later
 variants copy that run's ``step_0/model_final.pth`` in, and the runner (as when it resumes
-a step whose training had finished) evaluates it and builds the variant's own bank.
+a step whose training had finished) evaluates it and builds the variant's own bank. A variant
+that swaps the method (``method=...``, mib) trains its own step 0 (its loss and head differ).
 ``--no-share-step0`` trains it in every run.
 
 After the last step of every run, the script reads ``summary.json`` / ``step_t/metrics.json``
@@ -78,6 +79,8 @@ VARIANTS: dict[str, list[str]] = {
     "eir_no_paste": ["method.paste=null"],
     "eir_paste_only": ["method.storage=image"],
     "eir": [],
+    # Another method: the whole node replaced (emptied first, as an override merges into a node).
+    "mib": ["method=null", "method={_target_:eir.methods.mib.MiB,w_kd:10.0}"],
     "joint": ["task.name=joint"],
 }
 
@@ -89,6 +92,7 @@ DESCRIPTIONS: dict[str, str] = {
     "eir_no_paste": "EIR without pasting (instance storage only)",
     "eir_paste_only": "EIR without instance storage (pasting only, whole images replayed)",
     "eir": "EIR, full",
+    "mib": "MiB (Cermelli et al. 2020): unbiased CE and distillation, background-shared init, no bank",
     "joint": "joint training on all classes (upper bound)",
 }
 
@@ -100,6 +104,7 @@ BASELINE_FILES: dict[str, str] = {
     "eir_no_paste": "baselines/eir_no_paste.py",
     "eir_paste_only": "baselines/eir_paste_only.py",
     "eir": "voc/15-1_overlap.py",
+    "mib": "mib/voc/15-1_overlap.py",
     "joint": "baselines/joint.py",
 }
 
@@ -243,8 +248,10 @@ class Run:
             + [f"train.output_dir={self.dir}", f"train.seed={seed}"]
         )
         self.cmd = [sys.executable, str(TRAIN_NET), "--config-file", str(config), *self.overrides]
-        # What step 0 depends on: the variants' switches (method.*) act only after step 0.
-        self.step0_key = [f"task.name={task_name}", *overrides, f"train.seed={seed}"]
+        # What step 0 depends on: the variants' switches (method.*) act only after step 0; a
+        # variant that swaps the method (method=...) trains its own.
+        swap = [o for o in VARIANTS[variant] if o.startswith("method=")]
+        self.step0_key = [f"task.name={task_name}", *overrides, f"train.seed={seed}", *swap]
 
     @property
     def label(self) -> str:
@@ -396,7 +403,7 @@ def comparison(results, task_name, variants) -> list[str]:
         return []
     eir_runs = [r for r in results.get((task_name, "eir"), []) if r is not None]
     lines = []
-    for other in ("finetune", "distill", "image_replay", "eir_no_paste", "eir_paste_only"):
+    for other in ("finetune", "distill", "image_replay", "eir_no_paste", "eir_paste_only", "mib"):
         runs = [r for r in results.get((task_name, other), []) if r is not None]
         if other not in variants or not runs or not eir_runs:
             continue
@@ -448,7 +455,7 @@ def report(args, runs, results, outcomes, command: str, png_name: str) -> str:
         + (
             "trained once per task and seed (by the first variant run) and reused by the other "
             "continual variants, which evaluate it and build their own bank (the variants differ "
-            "only after step 0)"
+            "only after step 0; a variant that swaps the method, mib, trains its own)"
             if args.share_step0
             else "trained in every run (--no-share-step0)"
         ),

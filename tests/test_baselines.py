@@ -30,7 +30,15 @@ EXPECTED = {
     "eir_no_paste": dict(bank="instance", pastes=False, distils=True),
     "eir_paste_only": dict(bank="image", pastes=True, distils=True),
     "eir": dict(bank="instance", pastes=True, distils=True),
+    "mib": dict(bank=None, pastes=False, distils=True),
 }
+#: The distillation's loss term of each method, in a step's training log.
+DISTILLATION_TERMS = ("loss_rskd", "loss_kd")
+
+
+def _swaps_method(variant: str) -> bool:
+    """Whether a variant replaces the method (``method=...``) rather than switching EIR's knobs."""
+    return any(o.startswith("method=") for o in bench.VARIANTS[variant])
 
 
 def test_every_variant_has_a_baseline_file_and_a_description():
@@ -43,12 +51,23 @@ def test_every_variant_has_a_baseline_file_and_a_description():
 
 
 def test_continual_variants_switch_only_what_acts_after_step_0():
-    """The benchmark shares step 0 between continual variants: their switches must be eir.*
-    keys, which step 0 never reads (no old model, no bank, no pasting before step 1)."""
+    """The benchmark shares step 0 between continual variants: their switches must be fields of
+    EIR's method (method.*), which step 0 never reads (no old model, no bank, no pasting before step 1)."""
     for name, overrides in bench.VARIANTS.items():
-        if name != "joint":
-            assert all(o.startswith("eir.") for o in overrides), (name, overrides)
+        if name != "joint" and not _swaps_method(name):
+            assert all(o.startswith("method.") for o in overrides), (name, overrides)
     assert bench.VARIANTS["joint"] == ["task.name=joint"]
+
+
+def test_a_variant_that_swaps_the_method_trains_its_own_step_0(tmp_path):
+    """MiB's step 0 is not EIR's (softmax cross-entropy, a background trained through the body):
+    its step-0 key differs, so neither takes the other's step-0 model."""
+    args = SimpleNamespace(work=tmp_path)
+    eir, distill = bench.Run("4-2", "eir", 0, args, ["schedule.epochs=3"]), bench.Run("4-2", "distill", 0, args, ["schedule.epochs=3"])
+    mib = bench.Run("4-2", "mib", 0, args, ["schedule.epochs=3"])
+    assert _swaps_method("mib") and not _swaps_method("eir")
+    assert eir.step0_key == distill.step0_key != mib.step0_key
+    assert mib.step0_key[: len(eir.step0_key)] == eir.step0_key  # plus the swap
 
 
 @pytest.mark.parametrize("task_name", ["6-1", "4-2", "2-2"])
@@ -202,7 +221,7 @@ def _container(cfg):
 
 
 @requires_detectron2
-@pytest.mark.parametrize("variant", list(bench.VARIANTS))
+@pytest.mark.parametrize("variant", [v for v in bench.VARIANTS if not _swaps_method(v)])
 def test_baseline_file_is_the_eir_config_with_the_benchmark_overrides(variant):
     """Each VOC baseline file equals voc/15-1_overlap.py with the benchmark's overrides applied."""
     from detectron2.config import LazyConfig
@@ -214,6 +233,26 @@ def test_baseline_file_is_the_eir_config_with_the_benchmark_overrides(variant):
     if "method.paste=null" in bench.VARIANTS[variant]:
         assert got.method.paste is None and expected.method.paste is None  # None, not the string "None"
     assert got.train.output_dir.startswith("output/eir/voc_")
+
+
+@requires_detectron2
+@pytest.mark.parametrize("variant", [v for v in bench.VARIANTS if _swaps_method(v)])
+@pytest.mark.parametrize("task_name", ["4-2", "6-1"])
+def test_a_method_swap_is_that_methods_synthetic_config(variant, task_name):
+    """The benchmark's mib runs are EIR's synthetic config with the method swapped, which is
+    what projects/EIR/configs/mib/synthetic/ holds: the same model, data and schedule."""
+    from detectron2.config import LazyConfig, instantiate
+
+    base = LazyConfig.load(str(CONFIGS / "synthetic" / f"{task_name}_overlap.py"))
+    if "method" not in base:
+        pytest.skip("the config has no method node yet (issue 28's seam): a method cannot be swapped")
+    expected = LazyConfig.apply_overrides(base, bench.VARIANTS[variant])
+    got = LazyConfig.load(str(CONFIGS / variant / "synthetic" / f"{task_name}_overlap.py"))
+    # the method by what it builds (the file names its class, the override a dotted string)
+    assert repr(instantiate(got.method)) == repr(instantiate(expected.method))
+    got.pop("method")
+    expected.pop("method")
+    assert _container(got) == _container(expected)
 
 
 @pytest.fixture(scope="module")
@@ -246,6 +285,8 @@ def test_variant_runs_and_does_what_it_says(variant, tiny_datasets, tmp_path):
 
     torch.manual_seed(0)
     cfg = LazyConfig.load(str(CONFIGS / "synthetic" / "4-2_overlap.py"))
+    if _swaps_method(variant) and "method" not in cfg:
+        pytest.skip("the config has no method node yet (issue 28's seam): a method cannot be swapped")
     # The variant's switches last, as the benchmark orders them.
     cfg = LazyConfig.apply_overrides(cfg, TINY + bench.VARIANTS[variant] + [f"train.output_dir={tmp_path}"])
     summaries = ContinualRunner(cfg).run()
@@ -269,7 +310,7 @@ def test_variant_runs_and_does_what_it_says(variant, tiny_datasets, tmp_path):
         assert json.loads(manifest.read_text())["storage"] == want["bank"]
     assert (tmp_path / "step_1" / "prepass.npz").is_file() == want["pastes"]
     log = [json.loads(line) for line in (tmp_path / "step_1" / "training_log.json").read_text().splitlines()]
-    assert log and all(("loss_rskd" in row) == want["distils"] for row in log)
+    assert log and all(any(k in row for k in DISTILLATION_TERMS) == want["distils"] for row in log)
     assert not (tmp_path / "step_1" / "bank").exists()  # the last step builds no bank
     if variant in ("eir", "eir_no_paste"):
         LazyConfig.save(cfg, str(tmp_path / "config.yaml"))  # as tools/train_net.py does

@@ -30,6 +30,7 @@ CORE_MODULES = [
     "eir.engine.run_folder",
     "eir.methods.base",
     "eir.methods.eir",
+    "eir.methods.mib",
     "eir.evaluation.metrics",
     "eir.evaluation.report",
 ]

@@ -1,0 +1,6 @@
+"""MiB, Pascal VOC 15-5 disjoint."""
+from ..base_voc import dataloader, method, model, optimizer, schedule, task, train
+
+task.name = "15-5"
+task.setting = "disjoint"
+train.output_dir = "output/mib/voc_15-5_disjoint"

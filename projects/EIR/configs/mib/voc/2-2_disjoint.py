@@ -1,0 +1,6 @@
+"""MiB, Pascal VOC 2-2 disjoint."""
+from ..base_voc import dataloader, method, model, optimizer, schedule, task, train
+
+task.name = "2-2"
+task.setting = "disjoint"
+train.output_dir = "output/mib/voc_2-2_disjoint"
