@@ -176,7 +176,7 @@ def test_trainer_trains_a_few_iterations_with_the_old_model(tiny, device):
     iteration, the new model's weights move, the old model's do not; on CUDA it trains in
     float16 with an enabled grad scaler, every weight on the GPU."""
     trainer, _, _ = step1_trainer(tiny, device)
-    old_before = {n: p.detach().clone() for n, p in trainer.old_model.named_parameters()}
+    old_before = {n: p.detach().clone() for n, p in trainer.model.old_model.named_parameters()}
     before = trainable(trainer.model)
     trainer.train(0, 4)
     for name in ("loss_bce", "loss_rskd"):
@@ -185,10 +185,10 @@ def test_trainer_trains_a_few_iterations_with_the_old_model(tiny, device):
     after = trainable(trainer.model)
     assert any(not torch.equal(before[n], after[n]) for n in before)
     assert all(torch.isfinite(v).all() for v in after.values())
-    for n, p in trainer.old_model.named_parameters():
+    for n, p in trainer.model.old_model.named_parameters():
         assert torch.equal(p, old_before[n]), n
     assert {p.device.type for p in trainer.model.parameters()} == {device}
-    assert {p.device.type for p in trainer.old_model.parameters()} == {device}
+    assert {p.device.type for p in trainer.model.old_model.parameters()} == {device}
     if device == "cuda":
         assert trainer.precision == torch.float16
         assert trainer.grad_scaler.is_enabled()

@@ -211,9 +211,9 @@ def test_a_prepass_made_on_another_device_or_precision_is_not_reused(tmp_path):
     dicts = [{"image_id": "a", "file_name": "a.jpg", "sem_seg_file_name": "a.png"}]
 
     def key(device, amp):
-        cfg = OmegaConf.create({"eir": {"prepass": {"tau": 0.7, "short_side": 512, "stride": 8}},
-                                "train": {"amp": {"enabled": amp}}})
-        return prepass_module.step_prepass_key(cfg, folder, 1, dicts, torch.device(device))
+        cfg = OmegaConf.create({"train": {"amp": {"enabled": amp}}})
+        settings = {"tau": 0.7, "short_side": 512, "stride": 8}  # the method's prepass
+        return prepass_module.step_prepass_key(cfg, folder, 1, dicts, torch.device(device), settings)
 
     cpu = key("cpu", True)
     assert (cpu["device"], cpu["precision"]) == ("cpu", "float32")  # AMP or not, the CPU prepass is float32
@@ -275,8 +275,8 @@ def test_a_stale_prepass_is_recomputed(tmp_path, monkeypatch, caplog):
 
     monkeypatch.setattr(prepass_module, "run_prepass", fake_run_prepass)
     folder = RunFolder(tmp_path, TASK)
-    cfg = OmegaConf.create({"eir": {"prepass": {"tau": 0.7, "short_side": 512, "stride": 8}},
-                            "dataloader": {"train": {"num_workers": 0}}, "train": {"amp": {"enabled": True}}})
+    cfg = OmegaConf.create({"dataloader": {"train": {"num_workers": 0}}, "train": {"amp": {"enabled": True}}})
+    settings = {"tau": 0.7, "short_side": 512, "stride": 8}  # the method's prepass
     (tmp_path / "step_0").mkdir()
     _save_weights(tmp_path / "step_0" / "model_final.pth", 1)
     (tmp_path / "step_1").mkdir()
@@ -285,7 +285,7 @@ def test_a_stale_prepass_is_recomputed(tmp_path, monkeypatch, caplog):
     def run(expected_calls, why=None):
         caplog.clear()
         with caplog.at_level("INFO", logger="eir.engine.prepass"):
-            store = prepass_module.step_prepass(cfg, TASK, folder, 1, dicts, old_model=None)
+            store = prepass_module.step_prepass(cfg, TASK, folder, 1, dicts, None, settings)
         assert len(calls) == expected_calls
         assert sorted(store.image_ids()) == sorted(d["image_id"] for d in dicts)
         if why is not None:
@@ -295,12 +295,12 @@ def test_a_stale_prepass_is_recomputed(tmp_path, monkeypatch, caplog):
 
     run(1)
     run(1)  # the same settings: reused
-    cfg.method.prepass.tau = 0.5
+    settings["tau"] = 0.5
     run(2, "tau 0.7 -> 0.5")
     run(2)
-    cfg.method.prepass.stride = 4
+    settings["stride"] = 4
     run(3, "stride 8 -> 4")
-    cfg.method.prepass.short_side = 256
+    settings["short_side"] = 256
     run(4, "short_side 512 -> 256")
     weights_a = tensor_digest(tmp_path / "step_0" / "model_final.pth")
     _save_weights(tmp_path / "step_0" / "model_final.pth", 2)
