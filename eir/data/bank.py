@@ -68,6 +68,7 @@ __all__ = [
     "InstanceBank",
     "candidate_classes",
     "is_candidate",
+    "pool_items",
     "present_classes",
     "round_robin",
     "scan_labels",
@@ -363,7 +364,7 @@ def _scan_all(samples, lut, storage, instances, pool, verbose, step) -> list:
     return list(tqdm(it, desc=f"bank step {step}: scanning labels", **bar))
 
 
-def _pool_items(
+def pool_items(
     found: Sequence[tuple[tuple[int, ...], tuple[int, ...] | None]], instances: RegionRule | None
 ) -> list[tuple[int, tuple[int, ...]]]:
     """``(sample index, entry classes)`` of this step's pool, in sample order: one per eligible
@@ -565,7 +566,7 @@ class InstanceBank:
             pool = _thread_pool(num_workers)
         try:
             found = _scan_all(samples, lut, storage, instances, pool, verbose, step)
-            eligible = _pool_items(found, instances)
+            eligible = pool_items(found, instances)
 
             prev_entries = previous.entries if previous is not None else []
             pool_classes = [e.classes for e in prev_entries] + [c for _, c in eligible]

@@ -61,7 +61,7 @@ class RegionRule:
 
     def min_pixels(self, height: int, width: int) -> int:
         """The smallest region (in pixels) kept in an ``height`` x ``width`` label: at least 1."""
-        return max(1, math.ceil(self.min_area * height * width))
+        return max(1, math.ceil(round(self.min_area * height * width, 6)))  # 0.05 * 80 is 4, not 5
 
     def to_dict(self) -> dict[str, Any]:
         return {"rule": _REGIONS, "min_area": self.min_area}
