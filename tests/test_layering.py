@@ -12,6 +12,8 @@ CORE_MODULES = [
     "eir.seeding",
     "eir.tasks",
     "eir.data.bank",
+    "eir.data.bank_coverage",
+    "eir.data.bank_rule",
     "eir.data.io",
     "eir.data.paste",
     "eir.data.prepass",
