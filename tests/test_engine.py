@@ -190,7 +190,8 @@ def test_bad_requests_fail_with_clear_messages(finished_run, datasets_root, tmp_
     "override, field",
     [("eir.paste=None", "eir.paste"), ("eir.storage=pixels", "eir.storage"),
      ("eir.criterion.rskd_mask=old", "eir.criterion.*rskd_mask"), ("eir.memory=-1", "eir.memory"),
-     ("eir.criterion.tau=7", "eir.criterion.*tau"), ("task.name=4-4", "4-4")],
+     ("eir.criterion.tau=7", "eir.criterion.*tau"), ("task.name=4-4", "4-4"),
+     ("eir.instances=5", "eir.instances must be a RegionRule or null")],
 )
 def test_bad_config_fields_fail_at_start_up(override, field, tmp_path):
     with pytest.raises(ValueError, match=field):

@@ -805,3 +805,12 @@ def test_eval_only_writes_nothing_and_works_on_a_read_only_folder(finished, tmp_
     runner = ContinualRunner(tiny_cfg(missing, f"train.eval_checkpoint={out / 'step_1' / 'model_final.pth'}"))
     assert runner.evaluate_checkpoint(1, out / "step_1" / "model_final.pth")["all"] == recorded["all"]
     assert not missing.exists()
+
+
+def test_a_record_without_the_instance_rule_ran_the_papers_rule():
+    rf = run_folder()
+    assert rf.upgrade_record({"eir.storage": "instance"})["eir.instances"] is None
+    region = {"eir.storage": "instance", "eir.instances._target_": "eir.data.bank_rule.RegionRule",
+              "eir.instances.min_area": 0.001}
+    assert rf.upgrade_record(region) == dict(region, **{"train.float32_precision": ""})
+    assert "eir.instances" not in rf.upgrade_record({"train.seed": 0})

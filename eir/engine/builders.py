@@ -28,6 +28,7 @@ from fvcore.common.param_scheduler import (
 )
 
 from eir.data.bank import InstanceBank
+from eir.data.bank_rule import RegionRule
 from eir.data.datasets import (
     catalog_spec,
     register_eir_datasets,
@@ -201,7 +202,14 @@ def build_bank(cfg, task: Task, step: int, train_dicts: list[dict], previous) ->
         previous=previous,
         storage=cfg.eir.storage,
         num_workers=cfg.dataloader.train.num_workers,
+        instances=bank_rule(cfg),
     )
+
+
+def bank_rule(cfg) -> RegionRule | None:
+    """The bank's instance rule: ``cfg.eir.instances`` (None, the paper's one-region rule)."""
+    node = cfg.eir.get("instances")
+    return None if node is None else instantiate(node)
 
 
 def build_paster(cfg, task: Task, plan: StepPlan, bank, prepass) -> InstancePaster | None:

@@ -20,6 +20,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.utils import comm
 
 from eir.data.bank import STORAGE_MODES
+from eir.data.bank_rule import RegionRule
 from eir.engine.run_folder import flatten
 from eir.modeling.head import NEW_HEAD_INITS
 
@@ -136,6 +137,13 @@ def check_eir_config(eir) -> None:
         _instantiated(eir.paste, "eir.paste", "a PasteConfig or null")
     _number("eir.memory (the bank budget, in entries)", eir.memory, integer=True, low=0)
     one_of("storage", STORAGE_MODES)
+    if eir.get("instances") is not None:
+        rule = _instantiated(eir.instances, "eir.instances", "a RegionRule or null")
+        if not isinstance(rule, RegionRule) or eir.storage != "instance":
+            raise ValueError(
+                f"eir.instances must be null or a RegionRule (eir.data.bank_rule) with "
+                f"eir.storage='instance', got {rule!r} with eir.storage={eir.storage!r}"
+            )
     one_of("new_head_init", NEW_HEAD_INITS)
     for key in ("short_side", "stride"):
         value = eir.prepass[key]

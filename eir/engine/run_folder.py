@@ -345,6 +345,12 @@ def _with_added_node_keys(record: dict[str, Any]) -> dict[str, Any]:
     for key, value in _ADDED_NODE_KEYS.items():
         if f"{key.rsplit('.', 1)[0]}._target_" in record:
             record.setdefault(key, value)
+    # eir.instances (the bank's instance rule, beside eir.storage): a run recorded before it
+    # existed used the paper's rule, None
+    if "eir.storage" in record and not any(
+        k == "eir.instances" or k.startswith("eir.instances.") for k in record
+    ):
+        record["eir.instances"] = None
     return record
 
 
