@@ -134,7 +134,8 @@ def render_bank(bank: InstanceBank, pal: np.ndarray, thumb: int, max_per_class: 
         f"bank: {bank.task.get('dataset')} {bank.task.get('name')} {bank.task.get('setting')}, "
         f"built after step {bank.step} (serves step {bank.step + 1})"
     )
-    title_w = cv2.getTextSize(title, FONT, 0.55, 1)[0][0] + 2 * pad
+    title_w = max(cv2.getTextSize(title, FONT, 0.55, 1)[0][0],
+                  cv2.getTextSize(summary_line(bank), FONT, 0.45, 1)[0][0]) + 2 * pad
     width = max(name_w + n_max * (thumb + pad) + pad, title_w)
     row_h = thumb + pad
     canvas = np.full((head_h + len(rows) * row_h + pad, width, 3), BG, np.uint8)
