@@ -54,6 +54,8 @@ def main(argv=None) -> None:
     ap.add_argument("--budget", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--min-area", type=float, default=RegionRule().min_area)
+    ap.add_argument("--compare-min-areas", default="0,0.001,0.005,0.01",
+                    help="min_area values of the first table (every class in one step)")
     ap.add_argument("--num-workers", type=int, default=0)
     ap.add_argument("--build", action="store_true", help="also build the banks and compare")
     ap.add_argument("--save", type=Path, default=None,
@@ -74,8 +76,18 @@ def main(argv=None) -> None:
     for t in banks:
         lut = task.train_label_lut(t)
         step_samples.append([s for s, v in zip(samples, values) if ((lut[v] != 0) & (lut[v] != 255)).any()])
-    print(f"CamVid train: {len(samples)} labels; task {args.task} ({task.num_steps} steps); budget "
-          f"{args.budget}, seed {args.seed}\n")
+    print(f"CamVid train: {len(samples)} labels\n")
+    joint = build_task(spec, "joint")
+    names = [joint.class_names[c] for c in joint.seen_classes(0)]
+    print("Images that give each class an instance, all classes in one step:\n")
+    print(f"| rule | {' | '.join(names)} |\n|---|{'---|' * len(names)}")
+    for i, rule in enumerate([None] + [RegionRule(float(a)) for a in args.compare_min_areas.split(",")]):
+        cov = step_coverage(samples, joint, 0, instances=rule, num_workers=args.num_workers)
+        if i == 0:
+            print(f"| images with the class | {' | '.join(str(n) for n in cov.images.values())} |")
+        label = "paper's" if rule is None else f"regions, min_area {rule.min_area:g}"
+        print(f"| {label} | {' | '.join(str(n) for n in cov.qualifying.values())} |")
+    print(f"\nTask {args.task} ({task.num_steps} steps), budget {args.budget}, seed {args.seed}\n")
     for rule in (None, RegionRule(args.min_area)):
         covs = [step_coverage(step_samples[t], task, t, instances=rule, num_workers=args.num_workers)
                 for t in banks]
