@@ -163,3 +163,33 @@ def test_coverage_record():
     }
     record = coverage_record(task, cov, {1: 2, 2: 1})
     assert record["bank_entries"] == {"cat": 2, "dog": 1}
+
+
+def test_camvid_coverage_benchmark_on_tiny_data_in_camvid_layout(tmp_path, capsys):
+    """benchmarks/bank_coverage_camvid.py on three 12x16 labels laid out as CamVid/ is."""
+    import cv2
+    from conftest import load_script
+
+    root = tmp_path / "CamVid"
+    (root / "train").mkdir(parents=True)
+    (root / "trainannot").mkdir()
+    for i in range(3):
+        label = np.full((12, 16), 11, np.uint8)  # unlabelled
+        label[0:4, :] = 0  # sky: two regions, 4x8 and 4x7 pixels
+        label[0:4, 8] = 11
+        label[6:12, 0:3] = 8  # car: two regions, 18 and 3 + 3i pixels
+        label[6:7, 10:13 + i] = 8
+        label[8:12, 5:9] = 3  # road
+        cv2.imwrite(str(root / "trainannot" / f"f{i}.png"), label)
+        cv2.imwrite(str(root / "train" / f"f{i}.png"), np.full((12, 16, 3), 40 * i, np.uint8))
+    tool = load_script("benchmarks/bank_coverage_camvid.py")
+    tool.main([str(root), "--task", "8-3", "--budget", "4", "--min-area", "0.05", "--build",
+               "--compare-min-areas", "0.05"])
+    out = capsys.readouterr().out
+    # sky (class 1) and car (class 9) are split: the paper's rule finds no image; min_area 0.05
+    # is 10 of 192 pixels: car's 18-pixel region passes
+    assert "| paper's | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 0 |" in out
+    assert "| regions, min_area 0.05 | 3 | 0 | 0 | 3 | 0 | 0 | 0 | 0 | 3 | 0 | 0 |" in out
+    assert "| 0 | sky | 3 | 0 | 0 |" in out and "| 0 | road | 3 | 3 | 2 |" in out
+    assert "would be empty" in out
+    assert "instances=RegionRule(min_area=0.05), 4/4 entries" in out

@@ -367,8 +367,9 @@ def _scan_all(samples, lut, storage, instances, pool, verbose, step) -> list:
 def pool_items(
     found: Sequence[tuple[tuple[int, ...], tuple[int, ...] | None]], instances: RegionRule | None
 ) -> list[tuple[int, tuple[int, ...]]]:
-    """``(sample index, entry classes)`` of this step's pool, in sample order: one per eligible
-    sample (paper's rule, image mode), one per (sample, class) in class-id order (region rule)."""
+    """``(sample index, entry classes)`` of this step's pool from what :func:`scan_labels` found,
+    in sample order: one per eligible sample (paper's rule, image mode), one per (sample, class)
+    in class-id order (region rule). The build and :mod:`eir.data.bank_coverage` share it."""
     if instances is None:
         return [(i, eligible) for i, (_, eligible) in enumerate(found) if eligible is not None]
     return [(i, (c,)) for i, (_, eligible) in enumerate(found) for c in eligible or ()]
