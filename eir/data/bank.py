@@ -375,6 +375,17 @@ def pool_items(
     return [(i, (c,)) for i, (_, eligible) in enumerate(found) for c in eligible or ()]
 
 
+def _read_pair(sample: dict, index: int, lut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A selected sample's step label and image, of the same size."""
+    label = lut[_read_label(sample, index)]
+    image = _read_image(sample, index)
+    check_same_size(
+        image, label, sample.get("file_name", f"of sample {index} ({_source_of(sample, index)})"),
+        sample.get("sem_seg_file_name", f"of sample {index}"),
+    )
+    return label, image
+
+
 def _make_entry(
     item: tuple[int, dict, int], lut: np.ndarray, storage: str, instances: RegionRule | None
 ) -> BankEntry:
@@ -382,12 +393,7 @@ def _make_entry(
     index, sample, credited = item
     if instances is not None:
         return _make_region_entry(item, lut, instances)
-    label = lut[_read_label(sample, index)]
-    image = _read_image(sample, index)
-    check_same_size(
-        image, label, sample.get("file_name", f"of sample {index} ({_source_of(sample, index)})"),
-        sample.get("sem_seg_file_name", f"of sample {index}"),
-    )
+    label, image = _read_pair(sample, index, lut)
     classes = tuple(int(c) for c in present_classes(label))
     source = _source_of(sample, index)
     if storage == "image":
@@ -403,12 +409,7 @@ def _make_region_entry(item: tuple[int, dict, int], lut: np.ndarray, rule: Regio
     """Pass 2 of the region rule: the credited class's largest region alone (its box; the
     label crop holds that region, every other pixel 0)."""
     index, sample, credited = item
-    label = lut[_read_label(sample, index)]
-    image = _read_image(sample, index)
-    check_same_size(
-        image, label, sample.get("file_name", f"of sample {index} ({_source_of(sample, index)})"),
-        sample.get("sem_seg_file_name", f"of sample {index}"),
-    )
+    label, image = _read_pair(sample, index, lut)
     region = largest_region(label, credited, rule)
     if region is None:  # pass 1 found it on the same label: only a label changed in between does this
         raise ValueError(
