@@ -11,7 +11,8 @@ eir = dict(
     # whose every class is one 4-connected region, all its classes in one entry);
     # L(RegionRule)(min_area=0.001) from eir.data.bank_rule: each class's largest 4-connected
     # region covering >= min_area of the image, one entry each, for data whose classes come in
-    # pieces (street scenes); METHOD.md section 9
+    # pieces (street scenes); METHOD.md section 9, item 14. On the command line:
+    # 'eir.instances={_target_:eir.data.bank_rule.RegionRule,min_area:0.001}'
     instances=None,
     paste=L(PasteConfig)(  # instance pasting in incremental steps; None disables it
         max_classes=3,  # K: at most this many potential old classes per image
