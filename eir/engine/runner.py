@@ -256,7 +256,7 @@ class ContinualRunner:
             return None
         folder = self.step_dir(plan.step - 1) / "bank"
         try:
-            return InstanceBank.load(folder, task=self.task, step=plan.step - 1)
+            return InstanceBank.load(folder, task=self.task, step=plan.step - 1, instances=self.method.instances)
         except (OSError, ValueError) as e:
             done = self.step_dir(plan.step - 1) / "DONE"
             raise RuntimeError(

@@ -64,11 +64,14 @@ class ContinualMethod:
     detach_background: bool = True
 
     #: What the builders read where the plan asks for it: a plan that replays or saves a bank,
-    #: the bank's budget in entries and what it stores (``"instance"`` or ``"image"``); a plan
-    #: that pastes, the pasting settings (a :class:`~eir.data.paste.PasteConfig`) and the
-    #: prepass's (a mapping of ``tau``, ``short_side``, ``stride``).
+    #: the bank's budget in entries, what it stores (``"instance"`` or ``"image"``) and, for
+    #: instances, which parts of a label (None: the paper's rule; a
+    #: :class:`~eir.data.bank_rule.RegionRule`); a plan that pastes, the pasting settings (a
+    #: :class:`~eir.data.paste.PasteConfig`) and the prepass's (a mapping of ``tau``,
+    #: ``short_side``, ``stride``).
     memory: int = 0
     storage: str = "instance"
+    instances = None
     paste = None
     prepass: Mapping | None = None
 

@@ -16,6 +16,7 @@ from typing import Mapping
 
 from eir.constants import NEW_HEAD_INITS
 from eir.data.bank import STORAGE_MODES
+from eir.data.bank_rule import RegionRule
 from eir.data.paste import PasteConfig
 from eir.engine.step_plan import StepPlan
 from eir.methods.base import ContinualMethod, LossInputs, StepLoss, sigmoid_rule_scores
@@ -46,6 +47,9 @@ class EIR(ContinualMethod):
     Args:
         memory: the bank's budget in entries; 0: no bank (no replay, no pasting).
         storage: what the bank stores, one of ``STORAGE_MODES``.
+        instances: which parts of a label become the bank's instances (``storage="instance"``):
+            None, the paper's rule; a :class:`~eir.data.bank_rule.RegionRule`, each class's
+            largest region (METHOD.md section 9, item 14).
         paste: the pasting settings (:class:`~eir.data.paste.PasteConfig`), or None: no pasting.
         criterion: the loss of every step (:class:`~eir.modeling.criterion.EIRCriterion`).
         new_head_init: how a new step's classifier starts, one of ``NEW_HEAD_INITS``.
@@ -60,6 +64,7 @@ class EIR(ContinualMethod):
         *,
         memory: int,
         storage: str,
+        instances: RegionRule | None = None,
         paste: PasteConfig | None,
         criterion: EIRCriterion,
         new_head_init: str,
@@ -72,6 +77,11 @@ class EIR(ContinualMethod):
             raise ValueError(
                 f"paste must be a PasteConfig or None, got {paste!r} (on the command line, write null for None)"
             )
+        if instances is not None and (not isinstance(instances, RegionRule) or storage != "instance"):
+            raise ValueError(
+                f"instances must be None or a RegionRule (eir.data.bank_rule) with storage='instance', "
+                f"got {instances!r} with storage={storage!r}"
+            )
         if not isinstance(criterion, EIRCriterion):
             raise ValueError(f"criterion must be an EIRCriterion, got {criterion!r}")
         prepass = dict(prepass)
@@ -80,6 +90,7 @@ class EIR(ContinualMethod):
         for key in ("short_side", "stride"):
             _integer(f"prepass.{key}", prepass[key], 1)
         self.storage = storage
+        self.instances = instances
         self.paste = paste
         self.eir_criterion = criterion  # criterion() is the method's question, this its answer's terms
         self.new_head_init = new_head_init
@@ -128,6 +139,6 @@ class EIR(ContinualMethod):
 
     def __repr__(self) -> str:
         return (
-            f"EIR(memory={self.memory}, storage={self.storage!r}, paste={self.paste!r}, "
-            f"criterion={self.eir_criterion!r}, new_head_init={self.new_head_init!r}, prepass={self.prepass})"
+            f"EIR(memory={self.memory}, storage={self.storage!r}, instances={self.instances!r}, "
+            f"paste={self.paste!r}, criterion={self.eir_criterion!r}, new_head_init={self.new_head_init!r}, prepass={self.prepass})"
         )
