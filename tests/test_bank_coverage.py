@@ -4,10 +4,12 @@ import pytest
 
 from eir.data.bank import InstanceBank
 from eir.data.bank_coverage import (
+    built_bank_record,
     coverage_record,
     coverage_warnings,
     predict_bank_counts,
     step_coverage,
+    step_warnings,
 )
 from eir.data.bank_rule import RegionRule
 from eir.tasks import DatasetSpec, build_task
@@ -152,6 +154,52 @@ def test_warning_names_the_missing_classes_with_counts():
     assert "RegionRule" not in message  # no hint when the region rule is already used
 
 
+def test_step_warnings_tell_what_one_steps_labels_give():
+    """At start-up each step is told alone: step 0 without any qualifying image is an empty bank;
+    a later step adds nothing to the earlier entries; a step with some classes missing names them."""
+    task = tiny_task()
+    (message,) = step_warnings(task, step_coverage(two_region_dataset(), task, 0))
+    assert message.startswith(
+        "the bank that step 0 builds for step 1 would be empty: nothing qualifies under the paper's rule (every "
+        "class of the image one 4-connected region): cat (0 of the 2 step-0 training images with it qualify), "
+        "dog (0 of the 2 step-0 training images with it qualify); step 1 would run without replay or pasting"
+    )
+    assert "RegionRule" in message
+    assert step_warnings(task, step_coverage(two_region_dataset(), task, 0, instances=RULE)) == []
+    samples = as_samples([paint([(1, 0, 2, 0, 3)]), paint([(1, 0, 2, 0, 3), (2, 4, 5, 0, 2), (2, 4, 5, 4, 6)])])
+    (message,) = step_warnings(task, step_coverage(samples, task, 0))
+    assert message.startswith(
+        "the bank that step 0 builds for step 1 would hold no entry of 1 of the step's 2 classes under the paper's "
+        "rule (every class of the image one 4-connected region): dog (0 of the 1 step-0 training images with it "
+        "qualify); these classes are never pasted."
+    )
+    task3 = tiny_task("1-1")
+    (message,) = step_warnings(task3, step_coverage(samples, task3, 1))
+    assert message.startswith(
+        "the bank that step 1 builds for step 2 would get no entry from step 1's 2 training images under the "
+        "paper's rule (every class of the image one 4-connected region): dog (0 of the 1 step-1 training images "
+        "with it qualify); its classes are never pasted, and the bank holds the earlier steps' entries only."
+    )
+
+
+def test_built_bank_record_and_its_warnings():
+    task, samples = tiny_task(), two_region_dataset()
+    cov = step_coverage(samples, task, 0)
+    bank = InstanceBank.build(samples, task, 0, 4, 0, verbose=False)
+    record = built_bank_record(task, bank, cov)
+    assert {k: record[k] for k in ("serves_step", "storage", "budget", "entries", "bank_entries")} == {
+        "serves_step": 1, "storage": "instance", "budget": 4, "entries": 0, "bank_entries": {"cat": 0, "dog": 0}}
+    assert record["classes"] == {"cat": {"images": 2, "qualifying": 0}, "dog": {"images": 2, "qualifying": 0}}
+    (message,) = record["warnings"]
+    assert message.startswith(
+        "the bank that step 0 built for step 1 is empty: nothing qualifies under the paper's rule (every class "
+        "of the image one 4-connected region), from 2 training images; step 1 will run without replay or pasting"
+    )
+    images = InstanceBank.build(samples, task, 0, 4, 0, storage="image", verbose=False)
+    assert built_bank_record(task, images) == {
+        "serves_step": 1, "storage": "image", "budget": 4, "entries": 2, "bank_entries": {"cat": 1, "dog": 1}}
+
+
 def test_coverage_record():
     task, samples = tiny_task(), mixed_dataset()
     cov = step_coverage(samples, task, 0, instances=RULE)
@@ -193,3 +241,28 @@ def test_camvid_coverage_benchmark_on_tiny_data_in_camvid_layout(tmp_path, capsy
     assert "| 0 | sky | 3 | 0 | 0 |" in out and "| 0 | road | 3 | 3 | 2 |" in out
     assert "would be empty" in out
     assert "instances=RegionRule(min_area=0.05), 4/4 entries" in out
+
+
+def eir_method(**kwargs):
+    from eir.methods.eir import EIR
+    from eir.modeling.criterion import EIRCriterion
+
+    settings = dict(memory=4, storage="instance", paste=None, criterion=EIRCriterion(), new_head_init="random",
+                    prepass={"tau": 0.7, "short_side": 8, "stride": 1})
+    return EIR(**{**settings, **kwargs})
+
+
+def test_eir_warns_for_the_steps_that_save_an_instance_bank():
+    task, samples = tiny_task(), two_region_dataset()
+    (message,) = eir_method().check_step_data(task, 0, samples)
+    assert message.startswith("the bank that step 0 builds for step 1 would be empty")
+    assert eir_method(instances=RULE).check_step_data(task, 0, samples) == []
+    assert eir_method().check_step_data(task, 1, samples) == []  # the last step builds no bank
+    assert eir_method(memory=0).check_step_data(task, 0, samples) == []
+    assert eir_method(storage="image").check_step_data(task, 0, samples) == []  # every image is an entry
+    with pytest.raises(ValueError, match="instances must be None or a RegionRule .* with storage='instance', got "
+                                         r"RegionRule\(min_area=0.0625\) with storage='image'"):
+        eir_method(storage="image", instances=RULE)
+    with pytest.raises(ValueError, match="instances must be None or a RegionRule"):
+        eir_method(instances={"min_area": 0.1})
+    assert eir_method().without_bank == "distillation with pseudo-labels"

@@ -6,7 +6,8 @@ rule depends on labels only, and so does the bank's selection, so both can be ru
 start-up: :func:`step_coverage` counts, per class of a step, the training images that
 contain it and those that give it an instance; :func:`predict_bank_counts` replays the
 selection of every step's bank (exactly what :meth:`InstanceBank.build` will credit);
-:func:`coverage_warnings` says which banks would be empty or lack classes, naming them.
+:func:`coverage_warnings` says which banks would be empty or lack classes, naming them
+(:func:`step_warnings`: what one step's labels tell alone, at a run's start-up).
 """
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ from eir.data.bank_rule import RegionRule, rule_record, rule_text
 
 __all__ = [
     "StepCoverage",
+    "built_bank_record",
     "coverage_record",
     "coverage_warnings",
     "predict_bank_counts",
     "step_coverage",
+    "step_warnings",
 ]
 
 
@@ -110,37 +113,79 @@ def predict_bank_counts(
 
 
 def coverage_warnings(
-    task: Any, coverages: Sequence[StepCoverage], bank_counts: dict[int, dict[int, int]]
+    task: Any,
+    coverages: Sequence[StepCoverage],
+    bank_counts: dict[int, dict[int, int]],
+    *,
+    built: bool = False,
 ) -> list[str]:
     """One message per step whose bank would be empty or lack classes (none: an empty list).
 
     A class lacks when no entry would be credited to it: pasting never draws it, and replay
     shows it only inside other classes' entries. Each missing class is named with the counts of
-    the step that learns it (when that step is among ``coverages``).
+    the step that learns it (when that step is among ``coverages``). ``built``: the counts are
+    of banks already built (a built bank's :meth:`~InstanceBank.class_counts`), not predicted.
     """
+    builds, is_empty, holds, runs = (
+        ("built", "is empty", "holds", "will run") if built else ("builds", "would be empty", "would hold", "would run")
+    )
     by_step = {cov.step: cov for cov in coverages}
     messages = []
     for step in sorted(bank_counts):
         counts = bank_counts[step]
         cov = by_step.get(step)
         rule = rule_text(cov.instances) if cov is not None else "its instance rule"
-        serves = f"the bank that step {step} builds for step {step + 1}"
+        serves = f"the bank that step {step} {builds} for step {step + 1}"
         if not any(counts.values()):
             found = f", from {cov.num_images} training images" if cov is not None else ""
             messages.append(
-                f"{serves} would be empty: nothing qualifies under {rule}{found}; step "
-                f"{step + 1} would run without replay or pasting, i.e. as distillation with "
-                f"pseudo-labels.{_hint(cov)}"
+                f"{serves} {is_empty}: nothing qualifies under {rule}{found}; step {step + 1} {runs} "
+                f"without replay or pasting, i.e. as distillation with pseudo-labels.{_hint(cov)}"
             )
             continue
         missing = [c for c, n in counts.items() if n == 0]
         if missing:
             named = ", ".join(_class_counts(task, c, by_step) for c in missing)
             messages.append(
-                f"{serves} would hold no entry of {len(missing)} of its {len(counts)} classes under "
+                f"{serves} {holds} no entry of {len(missing)} of its {len(counts)} classes under "
                 f"{rule}: {named}; these classes are never pasted.{_hint(cov)}"
             )
     return messages
+
+
+def step_warnings(task: Any, coverage: StepCoverage) -> list[str]:
+    """The warning of one step known from its own labels (none: an empty list): the step's
+    classes that no training image gives an instance under the rule, each with its counts.
+
+    It needs no other step: at step 0 it is the empty bank :func:`coverage_warnings` predicts;
+    later the bank also keeps entries of earlier steps, whose classes the previous bank's record
+    tells. Whether the budget leaves a class out is told when the bank is built.
+    """
+    step = coverage.step
+    missing = [c for c, n in coverage.qualifying.items() if n == 0]
+    if not missing:
+        return []
+    by_step = {step: coverage}
+    named = ", ".join(_class_counts(task, c, by_step) for c in missing)
+    serves = f"the bank that step {step} builds for step {step + 1}"
+    rule = rule_text(coverage.instances)
+    if len(missing) < len(coverage.qualifying):
+        message = (
+            f"{serves} would hold no entry of {len(missing)} of the step's {len(coverage.qualifying)} "
+            f"classes under {rule}: {named}; these classes are never pasted."
+        )
+    elif step == 0:
+        message = (
+            f"{serves} would be empty: nothing qualifies under {rule}: {named}; step 1 would run "
+            "without replay or pasting, i.e. as distillation with pseudo-labels."
+        )
+    else:
+        message = (
+            f"{serves} would get no entry from step {step}'s {coverage.num_images} training images "
+            f"under {rule}: {named}; its classes are never pasted, and the bank holds the earlier "
+            "steps' entries only."
+        )
+    return [message + _hint(coverage)]
 
 
 def _class_counts(task: Any, c: int, by_step: dict[int, StepCoverage]) -> str:
@@ -181,4 +226,24 @@ def coverage_record(
     }
     if bank_counts is not None:
         record["bank_entries"] = {task.class_names[c]: int(n) for c, n in bank_counts.items()}
+    return record
+
+
+def built_bank_record(task: Any, bank: InstanceBank, coverage: StepCoverage | None = None) -> dict[str, Any]:
+    """JSON record of the bank a step built (its ``metrics.json``'s ``"bank"``): the step it
+    serves, storage, budget, entries, entries per class by name; with ``coverage`` (the
+    step's, instance storage) also :func:`coverage_record`'s counts and, under ``"warnings"``,
+    :func:`coverage_warnings` of the built bank: the run's own account of what it replayed."""
+    counts = bank.class_counts()
+    record: dict[str, Any] = {
+        "serves_step": bank.step + 1,
+        "storage": bank.storage,
+        "budget": bank.budget,
+        "entries": len(bank),
+    }
+    if coverage is None:
+        record["bank_entries"] = {task.class_names[c]: int(n) for c, n in counts.items()}
+        return record
+    record.update(coverage_record(task, coverage, counts))
+    record["warnings"] = coverage_warnings(task, [coverage], {bank.step: counts}, built=True)
     return record

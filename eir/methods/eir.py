@@ -12,10 +12,11 @@ is ``memory=0, paste=None, criterion.tau=None, criterion.w_kd=0``; distillation 
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from eir.constants import NEW_HEAD_INITS
 from eir.data.bank import STORAGE_MODES
+from eir.data.bank_coverage import built_bank_record, step_coverage, step_warnings
 from eir.data.bank_rule import RegionRule
 from eir.data.paste import PasteConfig
 from eir.engine.step_plan import StepPlan
@@ -122,6 +123,28 @@ class EIR(ContinualMethod):
             paste=incremental and self.pastes,
             save_bank=memory and step + 1 < task.num_steps,
         )
+
+    def check_step_data(self, task: Task, step: int, train_dicts: Sequence[dict]) -> list[str]:
+        """The step's classes that no training image gives an instance under ``instances``
+        (an empty bank at step 0), counted from labels (:mod:`eir.data.bank_coverage`)."""
+        if self.storage != "instance" or not self.plan(task, step).save_bank:
+            return []
+        return step_warnings(task, step_coverage(train_dicts, task, step, instances=self.instances))
+
+    def bank_record(self, task: Task, step: int, train_dicts: Sequence[dict], bank) -> dict:
+        """The built bank's entries per class; with instances, the step's counts and warnings;
+        and what a step replaying an empty bank trains as (the summary says so)."""
+        coverage = None
+        if self.storage == "instance":
+            coverage = step_coverage(train_dicts, task, step, instances=self.instances)
+        return {**built_bank_record(task, bank, coverage), "method": "EIR", "without_bank": self.without_bank}
+
+    @property
+    def without_bank(self) -> str:
+        """What EIR is with nothing to replay or paste: its criterion alone."""
+        criterion = self.eir_criterion
+        training = "distillation" if criterion.w_kd > 0 else "fine-tuning"
+        return training + (" with pseudo-labels" if criterion.tau is not None else "")
 
     def criterion(self, task: Task, step: int) -> StepLoss:
         loss = self.eir_criterion
