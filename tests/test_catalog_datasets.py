@@ -25,9 +25,11 @@ EXAMPLE = ROOT / "projects/EIR/configs/custom/folder_dataset.py"
 COLORS = np.array([[200, 60, 40], [40, 200, 60], [60, 40, 200]], np.uint8)  # sky, grass, road
 
 
-def write_folder_dataset(root: Path, num_train=24, num_val=6, size=48):
+def write_folder_dataset(root: Path, num_train=24, num_val=6, size=48, two_regions=False):
     """``root/my_dataset`` as the example config expects: label values 0 (sky, top half),
-    1 (grass, bottom half), 2 (road, a square in every other image), 255 (a 2-pixel frame)."""
+    1 (grass, bottom half), 2 (road, a square in every other image), 255 (a 2-pixel frame).
+    ``two_regions``: sky and grass swap sides in the right half, so that each forms two
+    4-connected regions (diagonal quadrants) in every image."""
     rng = np.random.default_rng(0)
     labels = {}
     for split, count in (("train", num_train), ("val", num_val)):
@@ -36,6 +38,8 @@ def write_folder_dataset(root: Path, num_train=24, num_val=6, size=48):
         for i in range(count):
             label = np.zeros((size, size), np.uint8)
             label[size // 2 :] = 1
+            if two_regions:
+                label[:, size // 2 :] = 1 - label[:, size // 2 :]
             if i % 2 == 0:
                 y, x = rng.integers(4, size - 20, 2)
                 label[y : y + 16, x : x + 16] = 2
@@ -47,18 +51,28 @@ def write_folder_dataset(root: Path, num_train=24, num_val=6, size=48):
     return labels
 
 
-@pytest.fixture
-def folder_dataset(tmp_path, monkeypatch):
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+def _folder_dataset(root, monkeypatch, **layout):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(root))
     for name in ("my_dataset_train", "my_dataset_val"):  # registered by an earlier test's config
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
-    labels = write_folder_dataset(tmp_path)
-    yield tmp_path, labels
+    yield root, write_folder_dataset(root, **layout)
     for name in ("my_dataset_train", "my_dataset_val"):
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+
+@pytest.fixture
+def folder_dataset(tmp_path, monkeypatch):
+    yield from _folder_dataset(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def two_region_dataset(tmp_path, monkeypatch):
+    """The example's dataset with sky and grass in two pieces each: the paper's rule finds nothing."""
+    yield from _folder_dataset(tmp_path, monkeypatch, two_regions=True)
 
 
 @requires_detectron2
@@ -308,3 +322,75 @@ def test_header_checks_are_cached_for_the_files_as_they_are(folder_dataset, tmp_
     os.utime(root / "my_dataset/images/val/val_1.jpg", ns=(1, 1))
     step_dataset_dicts("my_dataset_val", task, 0, "test", cache_dir=cache, verbose=False)
     assert sorted(os.path.basename(p) for p in calls) == ["val_1.jpg", "val_1.png"]  # the changed pair only
+
+
+PAPERS_RULE = "the paper's rule (every class of the image one 4-connected region)"
+REGION_RULE = "method.instances={_target_:eir.data.bank_rule.RegionRule,min_area:0.01}"
+
+
+@requires_detectron2
+def test_a_bank_that_would_be_empty_is_a_warning_before_the_folder_is_claimed(two_region_dataset, caplog):
+    """Sky and grass come in two pieces in every image: under the paper's rule the bank step 0
+    builds for step 1 would be empty, said at start-up with each class's counts; the region
+    rule finds them, and says nothing."""
+    root, _ = two_region_dataset
+    runner = _runner(root / "run")
+    with caplog.at_level(logging.WARNING, logger="eir.engine.runner"):
+        runner.check_inputs()
+    assert not (root / "run").exists()
+    (warning,) = [r for r in caplog.records if r.name == "eir.engine.runner"]
+    assert warning.levelno == logging.WARNING and "\n" not in warning.getMessage()
+    assert warning.getMessage().startswith(
+        f"step 0: the bank that step 0 builds for step 1 would be empty: nothing qualifies under {PAPERS_RULE}: "
+        "sky (0 of the 24 step-0 training images with it qualify), grass (0 of the 24 step-0 training images "
+        "with it qualify); step 1 would run without replay or pasting, i.e. as distillation with pseudo-labels."
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="eir.engine.runner"):
+        _runner(root / "run_regions", REGION_RULE).check_inputs()
+    assert not [r for r in caplog.records if r.name == "eir.engine.runner"]
+
+
+@requires_detectron2
+@pytest.mark.slow
+def test_an_empty_bank_is_recorded_and_the_summary_says_so_first(two_region_dataset, caplog):
+    """The run goes on (a warning is not an error); the empty bank is said again when step 0
+    builds it, recorded in step 0's metrics.json, and summary.md says first that step 1 trained
+    without instances; summary.json holds no bank."""
+    root, _ = two_region_dataset
+    out = root / "run"
+    with caplog.at_level(logging.WARNING, logger="eir.engine.runner"):
+        _runner(out, "schedule.max_iter=4").run()
+    built = [r.getMessage() for r in caplog.records if "step 0 built for step 1 is empty" in r.getMessage()]
+    assert built and built[0].startswith("step 0: the bank that step 0 built for step 1 is empty")
+    bank = json.loads((out / "step_0/metrics.json").read_text())["bank"]
+    assert bank["entries"] == 0 and bank["budget"] == 4 and bank["serves_step"] == 1
+    assert bank["instances"] == {"rule": "one_region"} and bank["storage"] == "instance"
+    assert bank["classes"] == {"sky": {"images": 24, "qualifying": 0}, "grass": {"images": 24, "qualifying": 0}}
+    assert bank["bank_entries"] == {"sky": 0, "grass": 0}
+    assert bank["method"] == "EIR" and bank["without_bank"] == "distillation with pseudo-labels"
+    assert bank["warnings"] == [built[0].removeprefix("step 0: ")]
+    assert "bank" not in json.loads((out / "step_1/metrics.json").read_text())  # the last step builds none
+    assert "bank" not in (out / "summary.json").read_text()
+    summary = (out / "summary.md").read_text().splitlines()
+    assert summary[2] == (
+        "**Step 1 ran without instances: its bank was empty (0 of 4 entries), so EIR trained as distillation "
+        "with pseudo-labels.** Its numbers are not EIR's; see the instance bank below."
+    )
+    assert "| sky | 0 (0 of 24) |" in summary and "| grass | 0 (0 of 24) |" in summary
+    assert "| all | 0 of 4 |" in summary and f"instance storage under {PAPERS_RULE}." in "\n".join(summary)
+
+
+@requires_detectron2
+@pytest.mark.slow
+def test_a_region_rule_bank_is_recorded_per_class(two_region_dataset):
+    root, _ = two_region_dataset
+    out = root / "run"
+    _runner(out, "schedule.max_iter=4", REGION_RULE).run()
+    bank = json.loads((out / "step_0/metrics.json").read_text())["bank"]
+    assert bank["instances"] == {"rule": "largest_region", "min_area": 0.01}
+    assert bank["classes"] == {"sky": {"images": 24, "qualifying": 24}, "grass": {"images": 24, "qualifying": 24}}
+    assert bank["bank_entries"] == {"sky": 2, "grass": 2} and bank["entries"] == 4 and bank["warnings"] == []
+    summary = (out / "summary.md").read_text()
+    assert "without instances" not in summary
+    assert "| sky | 2 (24 of 24) |" in summary and "| all | 4 of 4 |" in summary

@@ -190,7 +190,8 @@ def test_bad_requests_fail_with_clear_messages(finished_run, datasets_root, tmp_
     "override, field",
     [("method.paste=None", "method: paste .*write null"), ("method.storage=pixels", "method: storage"),
      ("method.criterion.rskd_mask=old", "method.criterion: rskd_mask"), ("method.memory=-1", "method: memory"),
-     ("method.criterion.tau=7", "method.criterion: tau"), ("task.name=4-4", "4-4")],
+     ("method.criterion.tau=7", "method.criterion: tau"), ("task.name=4-4", "4-4"),
+     ("method.instances=5", "method: instances must be None or a RegionRule")],
 )
 def test_bad_config_fields_fail_at_start_up(override, field, tmp_path):
     with pytest.raises(ValueError, match=field):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import load_script, requires_detectron2, synthetic_datasets
 
-from eir.evaluation.report import per_class_grid, write_per_class
+from eir.evaluation.report import per_class_grid, summary_markdown, write_per_class, write_summary
 from eir.tasks import build_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +62,49 @@ def test_per_class_grid_has_a_cell_per_class_and_step_blank_before_the_class_is_
     path = write_per_class(tmp_path, task, hand_made_summaries())
     png = cv2.imread(str(path))
     assert path == tmp_path / "per_class.png" and png is not None and png.std() > 10
+
+
+def hand_made_banks():
+    """The bank records of steps 0 and 1 of synthetic 4-2 (memory 4): step 0's lacks ring, step
+    1's is empty (by hand, not a real selection), so step 2 ran without instances."""
+    def record(step, entries, classes, warnings=()):
+        return {"serves_step": step + 1, "storage": "instance", "budget": 4, "entries": sum(entries.values()),
+                "instances": {"rule": "one_region"}, "classes": classes, "bank_entries": entries,
+                "warnings": list(warnings), "method": "EIR", "without_bank": "distillation with pseudo-labels"}
+
+    return {
+        0: record(0, {"disc": 1, "square": 1, "triangle": 2, "ring": 0},
+                  {n: {"images": 10, "qualifying": 0 if n == "ring" else 3} for n in ("disc", "square", "triangle", "ring")},
+                  ["the bank that step 0 built for step 1 holds no entry of 1 of its 4 classes ..."]),
+        1: record(1, dict.fromkeys(("disc", "square", "triangle", "ring", "cross", "star"), 0),
+                  {"cross": {"images": 5, "qualifying": 0}, "star": {"images": 4, "qualifying": 0}}),
+    }
+
+
+def test_summary_shows_each_banks_entries_and_says_first_where_a_step_had_none(tmp_path):
+    task = build_task("synthetic", "4-2")
+    summaries = {t: {k: 50.0 for k in ("old", "new", "all", "hiou", "pixel_acc")} for t in range(3)}
+    lines = summary_markdown(task, summaries, hand_made_banks()).splitlines()
+    assert lines[2] == (
+        "**Step 2 ran without instances: its bank was empty (0 of 4 entries), so EIR trained as distillation "
+        "with pseudo-labels.** Its numbers are not EIR's; see the instance bank below."
+    )
+    assert sum("without instances" in line for line in lines) == 1  # step 1's bank held entries
+    table = lines[lines.index("| class | after step 0 | after step 1 |"):]
+    assert table[2:9] == [
+        "| disc | 1 (3 of 10) | 0 |", "| square | 1 (3 of 10) | 0 |", "| triangle | 2 (3 of 10) | 0 |",
+        "| ring | 0 (0 of 10) | 0 |", "| cross | - | 0 (0 of 5) |", "| star | - | 0 (0 of 4) |",
+        "| all | 4 of 4 | 0 of 4 |",
+    ]
+    assert "- step 0: the bank that step 0 built for step 1 holds no entry of 1 of its 4 classes ..." in lines
+    assert summary_markdown(task, summaries) == summary_markdown(task, summaries, {})  # no record, no bank section
+    assert "Instance bank" not in summary_markdown(task, summaries)
+    # summary.json is the same with or without the banks
+    for folder, banks in (("plain", None), ("banks", hand_made_banks())):
+        (tmp_path / folder).mkdir()
+        write_summary(tmp_path / folder, task, {t: dict(s, per_class=hand_made_summaries()[t]["per_class"])
+                                                for t, s in summaries.items()}, banks)
+    assert (tmp_path / "plain/summary.json").read_bytes() == (tmp_path / "banks/summary.json").read_bytes()
 
 
 def test_per_class_grid_names_a_summary_that_lacks_a_learnt_class():

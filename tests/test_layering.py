@@ -12,6 +12,8 @@ CORE_MODULES = [
     "eir.seeding",
     "eir.tasks",
     "eir.data.bank",
+    "eir.data.bank_coverage",
+    "eir.data.bank_rule",
     "eir.data.catalog_checks",
     "eir.data.image_checks",
     "eir.data.io",

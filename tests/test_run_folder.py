@@ -576,14 +576,14 @@ def test_older_schemas_records_read_as_todays():
         "method._target_": "eir.methods.eir.EIR", "method.memory": 6, "method.paste": None,
         "method.criterion._target_": "eir.modeling.criterion.EIRCriterion", "method.criterion.tau": None,
         "method.criterion.w_kd": 2.0, "method.criterion.pasted_bce": "all", "method.prepass.tau": 0.6,
-        "train.seed": 0, "train.float32_precision": "",
+        "method.instances": None, "train.seed": 0, "train.float32_precision": "",
     }
     second = {"eir.memory": 6, "eir.criterion._target_": "eir.modeling.criterion.EIRCriterion",
               "eir.criterion.tau": 0.7, "eir.criterion.pasted_bce": "old_channels"}
     assert engine('run_records').upgrade_record(second) == {
         "method._target_": "eir.methods.eir.EIR", "method.memory": 6,
         "method.criterion._target_": "eir.modeling.criterion.EIRCriterion", "method.criterion.tau": 0.7,
-        "method.criterion.pasted_bce": "old_channels", "train.float32_precision": "",
+        "method.criterion.pasted_bce": "old_channels", "method.instances": None, "train.float32_precision": "",
     }
     today = engine('run_records').upgrade_record(second)
     assert engine('run_records').upgrade_record(today) == today
@@ -887,3 +887,15 @@ def test_eval_only_writes_nothing_and_works_on_a_read_only_folder(finished, tmp_
     runner = ContinualRunner(tiny_cfg(missing, f"train.eval_checkpoint={out / 'step_1' / 'model_final.pth'}"))
     assert runner.evaluate_checkpoint(1, out / "step_1" / "model_final.pth")["all"] == recorded["all"]
     assert not missing.exists()
+
+
+def test_a_record_without_the_instance_rule_ran_the_papers_rule():
+    upgrade_record = engine("run_records").upgrade_record
+    for storage in ("eir.storage", "method.storage"):  # before and after the method seam
+        target = {} if storage.startswith("eir.") else {"method._target_": "eir.methods.eir.EIR"}
+        assert upgrade_record({storage: "instance", **target})["method.instances"] is None
+    region = {"method._target_": "eir.methods.eir.EIR", "method.storage": "instance",
+              "method.instances._target_": "eir.data.bank_rule.RegionRule", "method.instances.min_area": 0.001}
+    assert upgrade_record(region) == dict(region, **{"train.float32_precision": ""})
+    assert "method.instances" not in upgrade_record({"train.seed": 0})
+    assert "method.instances" not in upgrade_record({"method._target_": "tests.PlainCrossEntropy"})

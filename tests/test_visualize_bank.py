@@ -58,3 +58,27 @@ def test_visualize_bank_main_writes_a_png(tmp_path):
     assert full.shape[0] > rows_only[0] + 2 * 240  # two example rows below the bank
     assert full.shape[1] >= 4 * 240
     assert full.std() > 10  # not a blank canvas
+
+
+def test_visualize_bank_shows_the_region_rule(tmp_path):
+    from eir.data.bank_rule import RegionRule
+
+    samples = tiny_dataset(tmp_path / "data")
+    for s in samples:  # every class in two pieces: a 2-pixel column cut through its rectangle
+        s["label"] = s["label"].copy()
+        cols = np.flatnonzero(((s["label"] != 0) & (s["label"] != 255)).any(axis=0))
+        s["label"][:, cols[len(cols) // 2]:cols[len(cols) // 2] + 2] = 0
+    task = build_task("synthetic", "6-1")
+    assert len(InstanceBank.build(samples, task, 0, budget=12, seed=0, verbose=False)) == 0
+    bank = InstanceBank.build(samples, task, 0, budget=12, seed=0, verbose=False,
+                              instances=RegionRule(0.01))
+    assert len(bank) == 12 and all(len(e.classes) == 1 for e in bank.entries)
+    bank.save(tmp_path / "bank")
+    tool = load_tool()
+    loaded = InstanceBank.load(tmp_path / "bank")
+    assert tool.summary_line(loaded).startswith(
+        "12/12 entries, storage=instance, instances: largest region per class >= 0.01 of the image, ")
+    paper = InstanceBank.build(tiny_dataset(tmp_path / "p"), task, 0, budget=3, seed=0, verbose=False)
+    assert "instances: paper's (every class one region)," in tool.summary_line(paper)
+    out = tool.main([str(tmp_path / "bank"), "--out", str(tmp_path / "regions.png")])
+    assert cv2.imread(str(out)).std() > 10

@@ -7,7 +7,8 @@
 
 The bank part has one row per class: its name, colour and number of credited
 entries, then the instances credited to it (``bank.instance``) over a
-checkerboard, so the mask boundary is visible. The examples part takes images of
+checkerboard, so the mask boundary is visible; the header names the instance rule
+(the paper's, or the region rule: each thumbnail is then one stored region). The examples part takes images of
 the step the bank serves from a VOC-like root (JPEGImages/, SegmentationClassAug/,
 ImageSets/Segmentation/<split>.txt), remaps their labels to that step and pastes
 bank instances with ``eir.data.paste.paste_from_bank``. There is no old model
@@ -27,6 +28,7 @@ import cv2
 import numpy as np
 
 from eir.data.bank import InstanceBank
+from eir.data.bank_rule import rule_record
 from eir.data.io import check_same_size, read_image, read_label
 from eir.data.paste import PasteConfig, paste_from_bank
 from eir.tasks import DATASETS, Task, voc_colormap
@@ -36,6 +38,7 @@ BG = (255, 255, 255)
 INK = (20, 20, 20)
 GREY = (110, 110, 110)
 IGNORE_COLOR = np.array([255, 255, 255], np.uint8)
+RULE_NAMES = {"one_region": "paper's (every class one region)", "largest_region": "largest region per class"}
 
 
 def palette_for(bank: InstanceBank) -> np.ndarray:
@@ -110,6 +113,15 @@ def outline(image: np.ndarray, paste_class: np.ndarray, pal: np.ndarray) -> np.n
     return out
 
 
+def summary_line(bank: InstanceBank) -> str:
+    """The bank's size, storage and instance rule (what an entry is), under the title."""
+    rule = "" if bank.storage == "image" else f", instances: {RULE_NAMES[rule_record(bank.instances)['rule']]}"
+    if bank.instances is not None:
+        rule += f" >= {bank.instances.min_area:g} of the image"
+    return (f"{len(bank)}/{bank.budget} entries, storage={bank.storage}{rule}, "
+            f"{bank.nbytes / 1e6:.2f} MB of pixels")
+
+
 def render_bank(bank: InstanceBank, pal: np.ndarray, thumb: int, max_per_class: int) -> np.ndarray:
     name_w, pad, head_h = 190, 6, 44
     rows = []
@@ -122,13 +134,13 @@ def render_bank(bank: InstanceBank, pal: np.ndarray, thumb: int, max_per_class: 
         f"bank: {bank.task.get('dataset')} {bank.task.get('name')} {bank.task.get('setting')}, "
         f"built after step {bank.step} (serves step {bank.step + 1})"
     )
-    title_w = cv2.getTextSize(title, FONT, 0.55, 1)[0][0] + 2 * pad
+    title_w = max(cv2.getTextSize(title, FONT, 0.55, 1)[0][0],
+                  cv2.getTextSize(summary_line(bank), FONT, 0.45, 1)[0][0]) + 2 * pad
     width = max(name_w + n_max * (thumb + pad) + pad, title_w)
     row_h = thumb + pad
     canvas = np.full((head_h + len(rows) * row_h + pad, width, 3), BG, np.uint8)
     text(canvas, title, (pad, 18), 0.55, INK, 1)
-    text(canvas, f"{len(bank)}/{bank.budget} entries, storage={bank.storage}, "
-                 f"{bank.nbytes / 1e6:.2f} MB of pixels", (pad, 36), 0.45, GREY)
+    text(canvas, summary_line(bank), (pad, 36), 0.45, GREY)
     for r, (c, idx, tiles) in enumerate(rows):
         y = head_h + r * row_h
         cv2.rectangle(canvas, (pad, y + 4), (pad + 18, y + 22), tuple(int(v) for v in pal[c]), -1)

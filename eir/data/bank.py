@@ -8,7 +8,9 @@ pixels, not references, so a bank replays without the old datasets.
 Two storage modes:
 
 * ``"instance"`` (EIR): the image crop around the bounding box of the entry's
-  classes and the label crop with those classes kept, everything else 0.
+  classes and the label crop with those classes kept, everything else 0. Which
+  parts of a label are entries is the *instance rule* (:mod:`eir.data.bank_rule`):
+  the paper's candidates above by default, or one entry per large connected region.
 * ``"image"`` (image-replay baseline, SSUL-M / DKD-M style): every image with a
   class of the step is eligible; the whole image and the whole step label
   (255 kept) are stored.
@@ -47,6 +49,14 @@ import numpy as np
 from tqdm import tqdm
 
 from eir.constants import IMAGENET_MEAN
+from eir.data.bank_rule import (
+    RegionRule,
+    largest_region,
+    region_classes,
+    rule_from_record,
+    rule_record,
+    rule_text,
+)
 from eir.data.io import check_same_size, read_image, read_label
 from eir.data.paste import pack_instance, rescale_instance
 from eir.seeding import bank_rng
@@ -58,8 +68,10 @@ __all__ = [
     "InstanceBank",
     "candidate_classes",
     "is_candidate",
+    "pool_items",
     "present_classes",
     "round_robin",
+    "scan_labels",
     "select_entries",
 ]
 
@@ -75,6 +87,8 @@ _REBUILD = (
 ENTRIES_DIR = "entries"
 STORAGE_MODES = ("instance", "image")
 _KIND = "eir_instance_bank"
+#: ``InstanceBank.load``'s default: the bank's instance rule is not checked.
+_UNCHECKED: Any = object()
 
 
 # --------------------------------------------------------------------------- candidates
@@ -107,7 +121,10 @@ def _single_region(label: np.ndarray, class_id: int) -> bool:
 
 def candidate_classes(label: np.ndarray) -> tuple[int, ...] | None:
     """The present classes when ``label`` is a candidate (see :func:`is_candidate`), else None."""
-    classes = present_classes(label)
+    return _candidate_of(label, present_classes(label))
+
+
+def _candidate_of(label: np.ndarray, classes: np.ndarray) -> tuple[int, ...] | None:
     if classes.size == 0:
         return None
     for c in classes:
@@ -298,25 +315,85 @@ def _light(sample: dict, with_image: bool) -> dict:
     return {k: sample[k] for k in keys if k in sample}
 
 
-def _scan(item: tuple[int, dict], lut: np.ndarray, storage: str) -> tuple[int, ...] | None:
-    """Pass 1: the classes of an eligible sample, None when it is not eligible."""
+def _scan(
+    item: tuple[int, dict], lut: np.ndarray, storage: str, instances: RegionRule | None
+) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """Pass 1: ``(present classes, eligible classes)`` of a sample's step label; eligible is
+    None when the sample gives the bank nothing. Paper's rule: the candidate's classes (one
+    entry holds them all); region rule: the classes with a large enough region (one entry each)."""
     index, sample = item
     label = lut[_read_label(sample, index)]
-    if storage == "instance":
-        return candidate_classes(label)
     classes = present_classes(label)
-    return tuple(int(c) for c in classes) if classes.size else None
+    present = tuple(int(c) for c in classes)
+    if storage == "image":
+        return present, present or None
+    if instances is None:
+        return present, _candidate_of(label, classes)
+    return present, region_classes(label, classes, instances) or None
 
 
-def _make_entry(item: tuple[int, dict, int], lut: np.ndarray, storage: str) -> BankEntry:
-    """Pass 2: read the image of a selected sample and cut its entry."""
-    index, sample, credited = item
+def scan_labels(
+    samples: Sequence[dict],
+    task: Any,
+    step: int,
+    *,
+    instances: RegionRule | None = None,
+    num_workers: int = 0,
+    verbose: bool = False,
+) -> list[tuple[tuple[int, ...], tuple[int, ...] | None]]:
+    """Labels only: per sample of step ``step``, ``(present classes, classes it gives the bank)``
+    under the rule ``instances`` (None: the paper's), exactly as :meth:`InstanceBank.build`'s
+    first pass sees them (``task.train_label_lut(step)`` applied; the second item is None when
+    the sample gives nothing). What :mod:`eir.data.bank_coverage` counts."""
+    step = task.check_step(step)
+    rule_record(instances)  # a wrong type fails here, not in a worker
+    lut = np.asarray(task.train_label_lut(step), dtype=np.uint8)
+    pool = _thread_pool(num_workers) if num_workers > 0 and len(samples) > 1 else None
+    try:
+        return _scan_all(samples, lut, "instance", instances, pool, verbose, step)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def _scan_all(samples, lut, storage, instances, pool, verbose, step) -> list:
+    items = [(i, _light(s, with_image=False)) for i, s in enumerate(samples)]
+    scan = partial(_scan, lut=lut, storage=storage, instances=instances)
+    it = map(scan, items) if pool is None else pool.map(scan, items)
+    bar = dict(total=len(items), disable=not verbose, unit="img")
+    return list(tqdm(it, desc=f"bank step {step}: scanning labels", **bar))
+
+
+def pool_items(
+    found: Sequence[tuple[tuple[int, ...], tuple[int, ...] | None]], instances: RegionRule | None
+) -> list[tuple[int, tuple[int, ...]]]:
+    """``(sample index, entry classes)`` of this step's pool from what :func:`scan_labels` found,
+    in sample order: one per eligible sample (paper's rule, image mode), one per (sample, class)
+    in class-id order (region rule). The build and :mod:`eir.data.bank_coverage` share it."""
+    if instances is None:
+        return [(i, eligible) for i, (_, eligible) in enumerate(found) if eligible is not None]
+    return [(i, (c,)) for i, (_, eligible) in enumerate(found) for c in eligible or ()]
+
+
+def _read_pair(sample: dict, index: int, lut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A selected sample's step label and image, of the same size."""
     label = lut[_read_label(sample, index)]
     image = _read_image(sample, index)
     check_same_size(
         image, label, sample.get("file_name", f"of sample {index} ({_source_of(sample, index)})"),
         sample.get("sem_seg_file_name", f"of sample {index}"),
     )
+    return label, image
+
+
+def _make_entry(
+    item: tuple[int, dict, int], lut: np.ndarray, storage: str, instances: RegionRule | None
+) -> BankEntry:
+    """Pass 2: read the image of a selected sample and cut its entry."""
+    index, sample, credited = item
+    if instances is not None:
+        return _make_region_entry(item, lut, instances)
+    label, image = _read_pair(sample, index, lut)
     classes = tuple(int(c) for c in present_classes(label))
     source = _source_of(sample, index)
     if storage == "image":
@@ -326,6 +403,25 @@ def _make_entry(item: tuple[int, dict, int], lut: np.ndarray, storage: str) -> B
     crop_label = np.where(mask[y : y + h, x : x + w], label[y : y + h, x : x + w], 0).astype(np.uint8)
     crop_image = np.ascontiguousarray(image[y : y + h, x : x + w])
     return BankEntry(crop_image, crop_label, label.shape, (y, x), classes, credited, source)
+
+
+def _make_region_entry(item: tuple[int, dict, int], lut: np.ndarray, rule: RegionRule) -> BankEntry:
+    """Pass 2 of the region rule: the credited class's largest region alone (its box; the
+    label crop holds that region, every other pixel 0)."""
+    index, sample, credited = item
+    label, image = _read_pair(sample, index, lut)
+    region = largest_region(label, credited, rule)
+    if region is None:  # pass 1 found it on the same label: only a label changed in between does this
+        raise ValueError(
+            f"sample {index} ({_source_of(sample, index)}) has no region of class {credited} left "
+            "that pass 1 found: did its label file change while the bank was built?"
+        )
+    y0, y1, x0, x1 = _box(region)
+    crop_label = (region[y0:y1, x0:x1] * np.uint8(credited)).astype(np.uint8)
+    crop_image = np.ascontiguousarray(image[y0:y1, x0:x1])
+    return BankEntry(
+        crop_image, crop_label, label.shape, (y0, x0), (credited,), credited, _source_of(sample, index)
+    )
 
 
 def _thread_pool(num_workers: int) -> ThreadPoolExecutor:
@@ -371,9 +467,12 @@ class InstanceBank:
         storage: str,
         classes: Sequence[int],
         class_names: dict[int, str],
+        instances: RegionRule | None = None,
     ) -> None:
         if storage not in STORAGE_MODES:
             raise ValueError(f"storage must be one of {STORAGE_MODES}, got {storage!r}")
+        rule_record(instances)
+        self.instances: RegionRule | None = instances
         self.entries: list[BankEntry] = list(entries)
         self.task: dict = _plain(dict(task))
         self.dataset: str = str(self.task.get("dataset"))
@@ -430,6 +529,7 @@ class InstanceBank:
         storage: str = "instance",
         num_workers: int = 0,
         verbose: bool = True,
+        instances: RegionRule | None = None,
     ) -> InstanceBank:
         """Build the bank that ends ``step`` (it serves step + 1).
 
@@ -439,17 +539,26 @@ class InstanceBank:
         label. Pass 1 reads labels only (a thread pool when ``num_workers`` > 0) to
         find eligible samples; after selection pass 2 reads images of the selected
         ones only. ``previous``: the bank of step - 1, whose entries join the pool with
-        their pixels unchanged.
+        their pixels unchanged. ``instances``: which parts of a label become entries
+        (:mod:`eir.data.bank_rule`): None, the paper's one-region rule; a
+        :class:`~eir.data.bank_rule.RegionRule`, one entry per (image, class) with a large
+        enough region. Instance storage only.
         """
         if storage not in STORAGE_MODES:
             raise ValueError(f"storage must be one of {STORAGE_MODES}, got {storage!r}")
+        rule_record(instances)  # the type is checked before the long scan
+        if instances is not None and storage != "instance":
+            raise ValueError(
+                f"instances={instances!r} chooses what an instance-mode entry holds, but storage="
+                f"{storage!r} stores whole images: use instances=None with it"
+            )
         if int(budget) < 0:
             raise ValueError(f"bank budget must be >= 0, got {budget}")
         step = task.check_step(step)
         task_dict = _plain(task.to_dict())
         classes = [int(c) for c in task.seen_classes(step)]
         if previous is not None:
-            cls._check_previous(previous, task_dict, step, storage)
+            cls._check_previous(previous, task_dict, step, storage, instances)
         samples = samples if isinstance(samples, Sequence) else list(samples)
         lut = np.asarray(task.train_label_lut(step), dtype=np.uint8)
         bank_rng(seed, step)  # a bad seed fails before the long scan, not after it
@@ -458,27 +567,20 @@ class InstanceBank:
         if num_workers > 0 and len(samples) > 1:
             pool = _thread_pool(num_workers)
         try:
-            items = [(i, _light(s, with_image=False)) for i, s in enumerate(samples)]
-            scan = partial(_scan, lut=lut, storage=storage)
-            bar = dict(total=len(items), disable=not verbose, unit="img")
-            if pool is None:
-                it = map(scan, items)
-            else:
-                it = pool.map(scan, items)
-            found = list(tqdm(it, desc=f"bank step {step}: scanning labels", **bar))
-            eligible = [i for i, c in enumerate(found) if c is not None]
+            found = _scan_all(samples, lut, storage, instances, pool, verbose, step)
+            eligible = pool_items(found, instances)
 
             prev_entries = previous.entries if previous is not None else []
-            pool_classes = [e.classes for e in prev_entries] + [found[i] for i in eligible]
+            pool_classes = [e.classes for e in prev_entries] + [c for _, c in eligible]
             chosen = select_entries(pool_classes, classes, int(budget), int(seed), int(step))
 
             n_prev = len(prev_entries)
             todo = [
-                (eligible[p - n_prev], _light(samples[eligible[p - n_prev]], True), c)
+                (eligible[p - n_prev][0], _light(samples[eligible[p - n_prev][0]], True), c)
                 for p, c in chosen
                 if p >= n_prev
             ]
-            make = partial(_make_entry, lut=lut, storage=storage)
+            make = partial(_make_entry, lut=lut, storage=storage, instances=instances)
             bar = dict(total=len(todo), disable=not verbose, unit="img")
             it = map(make, todo) if pool is None or len(todo) < 2 else pool.map(make, todo)
             made = iter(list(tqdm(it, desc=f"bank step {step}: reading images", **bar)))
@@ -498,18 +600,21 @@ class InstanceBank:
             storage=storage,
             classes=classes,
             class_names={c: task.class_names[c] for c in classes},
+            instances=instances,
         )
         logger.info(
             "built %r from %d eligible of %d samples and %d previous entries",
             bank,
-            len(eligible),
+            len({i for i, _ in eligible}),
             len(samples),
             n_prev,
         )
         return bank
 
     @staticmethod
-    def _check_previous(previous: InstanceBank, task_dict: dict, step: int, storage: str) -> None:
+    def _check_previous(
+        previous: InstanceBank, task_dict: dict, step: int, storage: str, instances: RegionRule | None
+    ) -> None:
         if previous.task != task_dict:
             raise ValueError(
                 f"previous bank was built for {task_text(previous.task)} (order {previous.task.get('order')}), "
@@ -525,6 +630,11 @@ class InstanceBank:
             raise ValueError(
                 f"previous bank stores {previous.storage!r} entries but storage={storage!r} was asked: "
                 "use the same storage mode in every step"
+            )
+        if previous.instances != instances:
+            raise ValueError(
+                f"previous bank was built with {rule_text(previous.instances)}, but {rule_text(instances)} "
+                "was asked: use the same instance rule in every step"
             )
 
     # ------------------------------------------------------------------ queries
@@ -618,8 +728,9 @@ class InstanceBank:
         counts = ", ".join(
             f"{self.class_names.get(c, str(c))}: {n}" for c, n in self.class_counts().items()
         )
+        rule = "" if self.instances is None else f", instances={self.instances}"
         return (
-            f"InstanceBank({task_text(self.task)}, step {self.step}, storage={self.storage!r}, "
+            f"InstanceBank({task_text(self.task)}, step {self.step}, storage={self.storage!r}{rule}, "
             f"{len(self)}/{self.budget} entries, {self.nbytes} bytes; {counts})"
         )
 
@@ -708,6 +819,7 @@ class InstanceBank:
             "seed": self.seed,
             "seed_derivation": "numpy.random.default_rng([seed, step]): pool permutation, then class order",
             "storage": self.storage,
+            "instances": rule_record(self.instances),
             "num_entries": len(self.entries),
             "class_counts": [
                 {"class": c, "name": self.class_names.get(c, str(c)), "count": n}
@@ -721,12 +833,17 @@ class InstanceBank:
 
     @classmethod
     def load(
-        cls, directory: str | os.PathLike, task: Any = None, step: int | None = None
+        cls,
+        directory: str | os.PathLike,
+        task: Any = None,
+        step: int | None = None,
+        instances: Any = _UNCHECKED,
     ) -> InstanceBank:
         """Read a bank written by :meth:`save`, checking it against the run.
 
         ``task``: the run's Task (dataset, name, setting and class order must match);
-        ``step``: the step that built the bank (a run at step t loads step t - 1).
+        ``step``: the step that built the bank (a run at step t loads step t - 1);
+        ``instances``: the run's instance rule (None: the paper's; left out: not checked).
         Every file is checked against its size and CRC-32 in the manifest.
         """
         folder = Path(directory)
@@ -784,6 +901,16 @@ class InstanceBank:
                 )
             if bank_task != want:
                 raise ValueError(f"{where}, but the run's task is {want}: rebuild the bank")
+        try:
+            bank_rule = rule_from_record(manifest.get("instances"))
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}; rebuild it as {_REBUILD}") from exc
+        if instances is not _UNCHECKED and bank_rule != instances:
+            raise ValueError(
+                f"{where} with {rule_text(bank_rule)}, but the run asks for {rule_text(instances)}: "
+                "a bank is tied to its rule; point to a run with this rule or "
+                f"rebuild the bank as {_REBUILD}"
+            )
         if step is not None and bank_step != int(step):
             raise ValueError(
                 f"{where}, but step {int(step) + 1} needs the bank of step {int(step)}: rerun step "
@@ -806,6 +933,7 @@ class InstanceBank:
             storage=manifest["storage"],
             classes=manifest["classes"],
             class_names={int(c): n for c, n in manifest["class_names"].items()},
+            instances=bank_rule,
         )
         counts = {int(r["class"]): int(r["count"]) for r in manifest["class_counts"]}
         if counts != bank.class_counts() or manifest["nbytes"] != bank.nbytes:

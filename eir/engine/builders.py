@@ -217,8 +217,9 @@ def build_test_dicts(cfg, task: Task, step: int, cache_dir=None, write_cache: bo
 
 
 def build_bank(cfg, task: Task, step: int, train_dicts: list[dict], previous, method) -> InstanceBank:
-    """The bank for step ``step + 1``: ``method.memory`` entries (of ``method.storage``) from step
-    ``step``'s training images and the ``previous`` bank (METHOD.md section 5)."""
+    """The bank for step ``step + 1``: ``method.memory`` entries (of ``method.storage``, under the
+    instance rule ``method.instances``) from step ``step``'s training images and the ``previous``
+    bank (METHOD.md section 5)."""
     return InstanceBank.build(
         train_dicts,
         task,
@@ -228,6 +229,7 @@ def build_bank(cfg, task: Task, step: int, train_dicts: list[dict], previous, me
         previous=previous,
         storage=method.storage,
         num_workers=cfg.dataloader.train.num_workers,
+        instances=method.instances,
     )
 
 

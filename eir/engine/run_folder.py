@@ -194,10 +194,13 @@ class RunFolder:
     def mark_done(self, step: int, message: str, artifacts: Iterable[str]) -> None:
         write_done(self.step_dir(step), message, artifacts)
 
-    def write_metrics(self, step: int, summary: Mapping[str, Any]) -> None:
-        atomic_write_json(
-            self.step_dir(step) / METRICS_FILE, {"task": self.task.to_dict(), "step": step, "summary": summary}
-        )
+    def write_metrics(self, step: int, summary: Mapping[str, Any], bank: Mapping[str, Any] | None = None) -> None:
+        """``step_t/metrics.json``: the step's evaluation ``summary``, and the method's record of
+        the ``bank`` the step built (when it built one and the method records it)."""
+        metrics = {"task": self.task.to_dict(), "step": step, "summary": summary}
+        if bank is not None:
+            metrics["bank"] = bank
+        atomic_write_json(self.step_dir(step) / METRICS_FILE, metrics)
 
     def trim_training_log(self, step: int, start_iter: int) -> None:
         trim_training_log(self.step_dir(step) / TRAINING_LOG, start_iter)
@@ -205,6 +208,14 @@ class RunFolder:
     def finished_summaries(self) -> dict[int, dict]:
         """The metrics of every done step, read back from their ``metrics.json`` (checked
         against the digest in DONE: a step this command did not run is read too)."""
+        return self._finished_metrics("summary")
+
+    def finished_bank_records(self) -> dict[int, dict]:
+        """The ``"bank"`` records of the done steps' ``metrics.json`` (checked like
+        :meth:`finished_summaries`); steps without one are left out."""
+        return self._finished_metrics("bank", required=False)
+
+    def _finished_metrics(self, key: str, required: bool = True) -> dict[int, dict]:
         out = {}
         for step in range(self.task.num_steps):
             path = self.step_dir(step) / METRICS_FILE
@@ -214,13 +225,14 @@ class RunFolder:
             try:
                 if METRICS_FILE in recorded and not digest_matches(path, recorded[METRICS_FILE]):
                     raise ValueError("its digest differs from the one in DONE")
-                summary = json_mapping(path, "summary")
+                if not required and key not in json.loads(path.read_bytes()):
+                    continue
+                out[step] = json_mapping(path, key)
             except (OSError, ValueError) as e:
                 raise ValueError(
                     f"{path} is damaged or was changed ({e}): restore it, or delete it and "
                     f"{self.step_dir(step) / DONE_FILE}, then rerun to evaluate the step again"
                 ) from e
-            out[step] = summary
         return out
 
     def __repr__(self) -> str:

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-from eir.engine.config_schema import FlatKeys, upgrade
+from eir.engine.config_schema import EIR_TARGET, FlatKeys, upgrade
 from eir.engine.run_files import CONFIG_RECORD
 from eir.engine.run_lock import RunFolderError
 from eir.fileio import atomic_write_json
@@ -102,6 +102,10 @@ _ADDED_KEYS = {"train.float32_precision": ""}
 _ADDED_NODE_KEYS = {
     "method.criterion.pasted_bce": "all", "method.paste.onto": "any", "method.paste.skip_classes": "[]",
 }
+#: The same for keys of one method's object, added where the record's method is that class (a
+#: key that may hold a node, like ``method.instances``, only where the record has neither it
+#: nor keys under it).
+_ADDED_METHOD_KEYS = {EIR_TARGET: {"method.instances": None}}  # before it, EIR ran the paper's rule
 
 
 def upgrade_record(recorded: Mapping[str, Any]) -> dict[str, Any]:
@@ -109,17 +113,21 @@ def upgrade_record(recorded: Mapping[str, Any]) -> dict[str, Any]:
     :func:`eir.engine.config_schema.upgrade` (the table a ``config.yaml`` goes through too). A
     record with ``task.dataset`` (before the classes came from the datasets' ``MetadataCatalog``)
     ran a built-in dataset: its value 0 is the background, and ADE20K's unseen classes are
-    ignored. Keys added since (:data:`_ADDED_KEYS`, :data:`_ADDED_NODE_KEYS`) get the value that
-    describes the recorded run."""
+    ignored. Keys added since (:data:`_ADDED_KEYS`, :data:`_ADDED_NODE_KEYS`,
+    :data:`_ADDED_METHOD_KEYS`) get the value that describes the recorded run."""
     return _with_added_node_keys(_upgrade_schema({**_ADDED_KEYS, **recorded}))
 
 
 def _with_added_node_keys(record: dict[str, Any]) -> dict[str, Any]:
-    """``record`` with :data:`_ADDED_NODE_KEYS` where it has their node: a run with
-    ``method.paste=null`` has no paste keys today either, so adding them would read as a change."""
+    """``record`` with :data:`_ADDED_NODE_KEYS` where it has their node (a run with
+    ``method.paste=null`` has no paste keys today either, so adding them would read as a change),
+    and :data:`_ADDED_METHOD_KEYS` where its method is theirs."""
     for key, value in _ADDED_NODE_KEYS.items():
         if f"{key.rsplit('.', 1)[0]}._target_" in record:
             record.setdefault(key, value)
+    for key, value in _ADDED_METHOD_KEYS.get(record.get("method._target_"), {}).items():
+        if not any(k == key or k.startswith(key + ".") for k in record):
+            record[key] = value
     return record
 
 

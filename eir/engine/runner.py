@@ -7,8 +7,8 @@ For each step t, as its :class:`~eir.engine.step_plan.StepPlan` says:
 2. load the instance bank written when step t-1 ended;
 3. prepass: the old model's pseudo-label maps over the step's training images (pasting);
 4. train with :class:`EIRTrainer` on the step's images joined with the bank's entries;
-5. evaluate (old / new / all / hIoU), write ``metrics.json``, build and save the bank for
-   step t+1, and mark the step done.
+5. evaluate (old / new / all / hIoU), build and save the bank for step t+1, write
+   ``metrics.json`` (with the method's record of that bank), and mark the step done.
 
 Artifacts live in ``OUTPUT_DIR/step_t/``; a step is done when ``step_t/DONE`` records it (the
 digests of the step's artifacts, checked before the step is skipped or used;
@@ -178,7 +178,7 @@ class ContinualRunner:
                 self.train_step(self.plan(step))
             summaries = self.folder.finished_summaries()
             if comm.is_main_process() and summaries:
-                write_summary(self.output_dir, self.task, summaries)
+                write_summary(self.output_dir, self.task, summaries, self.folder.finished_bank_records())
                 logger.info("Summary written to %s", self.output_dir / "summary.md")
                 write_prediction_figure(self, seed=self.cfg.train.seed)
         finally:
@@ -224,10 +224,9 @@ class ContinualRunner:
 
         summary = self.evaluate_model(model, step)
         if comm.is_main_process():
-            folder.write_metrics(step, summary)
+            bank_record = self.save_bank(step, train_dicts, bank) if plan.save_bank else None
+            folder.write_metrics(step, summary, bank=bank_record)
             write_eval_events(step_dir, summary, step)
-            if plan.save_bank:
-                build_bank(cfg, task, step, train_dicts, bank, self.method).save(step_dir / "bank")
             message = f"step {step} of {task} done in {time.perf_counter() - started:.0f} s"
             folder.mark_done(step, message, plan.artifacts)
         comm.synchronize()
@@ -256,7 +255,7 @@ class ContinualRunner:
             return None
         folder = self.step_dir(plan.step - 1) / "bank"
         try:
-            return InstanceBank.load(folder, task=self.task, step=plan.step - 1)
+            return InstanceBank.load(folder, task=self.task, step=plan.step - 1, instances=self.method.instances)
         except (OSError, ValueError) as e:
             done = self.step_dir(plan.step - 1) / "DONE"
             raise RuntimeError(
@@ -264,6 +263,16 @@ class ContinualRunner:
                 f"delete {folder} and {done}, then rerun (step {plan.step - 1}'s model_final.pth is kept "
                 "and not retrained)."
             ) from e
+
+    def save_bank(self, step: int, train_dicts: list[dict], previous) -> dict | None:
+        """Build the bank for step + 1 from the step's images and the ``previous`` bank, save it,
+        log the method's warnings about it; return the method's record of it (for metrics.json)."""
+        bank = build_bank(self.cfg, self.task, step, train_dicts, previous, self.method)
+        record = self.method.bank_record(self.task, step, train_dicts, bank)
+        for warning in (record or {}).get("warnings", ()):
+            logger.warning("step %d: %s", step, warning)
+        bank.save(self.step_dir(step) / "bank")
+        return record
 
     def train_data(self, step: int, bank) -> tuple[list[dict], list[dict]]:
         """:func:`~eir.engine.builders.build_train_dicts` of this run (the presence cache is

@@ -5,7 +5,8 @@ Definitions (the same as in :func:`eir.evaluation.metrics.summarize`, in percent
 old = mean IoU over background and the step-0 classes; new = mean IoU over the classes
 added after step 0 and seen so far; all = mean IoU over background and every seen class;
 hIoU = harmonic mean of old and new. Classes absent from both ground truth and prediction
-are n/a and left out of the means.
+are n/a and left out of the means. summary.md also shows the instance banks the steps built
+(their ``metrics.json`` records), and says first when a step replayed an empty one.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from eir.data.bank_rule import rule_from_record, rule_text
 from eir.fileio import atomic_write, atomic_write_json, atomic_write_text
 from eir.tasks import Task
 
@@ -26,11 +28,14 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def summary_markdown(task: Task, step_summaries: dict[int, dict]) -> str:
-    """A Markdown table with one row per finished step."""
-    lines = [
-        f"# {task}",
-        "",
+def summary_markdown(task: Task, step_summaries: dict[int, dict], banks: dict[int, dict] | None = None) -> str:
+    """A Markdown table with one row per finished step; with ``banks`` (the ``"bank"`` records of
+    the steps' ``metrics.json``) first the steps that replayed an empty bank, and after the table
+    the banks' entries per class (:func:`bank_markdown`)."""
+    banks = banks or {}
+    lines = [f"# {task}", ""]
+    lines += empty_bank_lines(step_summaries, banks)
+    lines += [
         "| step | classes | " + " | ".join(HEADERS) + " |",
         "|---|---|" + "---|" * len(HEADERS),
     ]
@@ -49,7 +54,69 @@ def summary_markdown(task: Task, step_summaries: dict[int, dict]) -> str:
         "truth and prediction are n/a and left out of the means. Step 0 has no new classes.",
         "",
     ]
+    if banks:
+        lines += bank_markdown(task, banks)
     return "\n".join(lines)
+
+
+def empty_bank_lines(step_summaries: dict[int, dict], banks: dict[int, dict]) -> list[str]:
+    """A warning for every finished step whose method replays a bank that was built empty: its
+    numbers are not the method's (EIR without instances is its criterion alone)."""
+    lines = []
+    for step in sorted(step_summaries):
+        record = banks.get(step - 1)
+        if record is None or record.get("entries") != 0:
+            continue
+        method = record.get("method", "the method")
+        trained = f"trained as {record['without_bank']}" if "without_bank" in record else "trained without them"
+        lines += [
+            f"**Step {step} ran without instances: its bank was empty (0 of {record.get('budget')} "
+            f"entries), so {method} {trained}.** Its numbers are not {method}'s; see the instance "
+            "bank below.",
+            "",
+        ]
+    return lines
+
+
+def bank_markdown(task: Task, banks: dict[int, dict]) -> list[str]:
+    """The entries per class of the bank each step built (the ``"bank"`` records): one column per
+    bank, one row per class in task order; where a record counts the step's images, the class's
+    qualifying images of the step that learnt it; then the warnings recorded at the build."""
+    steps = sorted(banks)
+    first = banks[steps[0]]
+    rule = ""
+    if "instances" in first:
+        rule = f" under {rule_text(rule_from_record(first['instances']))}"
+    lines = [
+        "## Instance bank",
+        "",
+        f"Entries per class of the bank each step built for the next; {first.get('storage')} storage{rule}.",
+        "In brackets: the step's training images with the class, and those that qualify.",
+        "",
+        "| class | " + " | ".join(f"after step {t}" for t in steps) + " |",
+        "|---|" + "---|" * len(steps),
+    ]
+    names = [task.class_names[c] for s in task.steps for c in s]
+    for name in names:
+        if not any(name in banks[t].get("bank_entries", {}) for t in steps):
+            continue
+        cells = []
+        for t in steps:
+            n = banks[t].get("bank_entries", {}).get(name)
+            counted = banks[t].get("classes", {}).get(name)
+            cell = "-" if n is None else str(n)
+            if counted is not None:
+                cell += f" ({counted['qualifying']} of {counted['images']})"
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    totals = (f"{banks[t].get('entries')} of {banks[t].get('budget')}" for t in steps)
+    lines.append("| all | " + " | ".join(totals) + " |")
+    warnings = [(t, w) for t in steps for w in banks[t].get("warnings", ())]
+    if warnings:
+        lines += ["", "Warnings when the banks were built:", ""]
+        lines += [f"- step {t}: {w}" for t, w in warnings]
+    lines.append("")
+    return lines
 
 
 def plot_steps(task: Task, step_summaries: dict[int, dict]) -> bytes:
@@ -169,8 +236,11 @@ def write_per_class(output_dir, task: Task, step_summaries: dict[int, dict]) -> 
     return atomic_write(Path(output_dir) / "per_class.png", lambda f: f.write(png))
 
 
-def write_summary(output_dir, task: Task, step_summaries: dict[int, dict]) -> None:
-    """Write summary.json, summary.md, steps.png and per_class.png into ``output_dir`` (atomically)."""
+def write_summary(
+    output_dir, task: Task, step_summaries: dict[int, dict], banks: dict[int, dict] | None = None
+) -> None:
+    """Write summary.json, summary.md, steps.png and per_class.png into ``output_dir`` (atomically);
+    ``banks``: the steps' bank records, shown in summary.md only."""
     output_dir = Path(output_dir)
     data = {
         "task": task.to_dict(),
@@ -178,7 +248,7 @@ def write_summary(output_dir, task: Task, step_summaries: dict[int, dict]) -> No
         "final": {k: step_summaries[max(step_summaries)][k] for k in COLUMNS} if step_summaries else None,
     }
     atomic_write_json(output_dir / "summary.json", data)
-    atomic_write_text(output_dir / "summary.md", summary_markdown(task, step_summaries))
+    atomic_write_text(output_dir / "summary.md", summary_markdown(task, step_summaries, banks))
     if step_summaries:
         png = plot_steps(task, step_summaries)
         atomic_write(output_dir / "steps.png", lambda f: f.write(png))

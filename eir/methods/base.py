@@ -9,7 +9,8 @@ start-up checks ask that object; none of them tests which method runs. What a me
 - what the background channel 0 is (:attr:`ContinualMethod.detach_background`);
 - how the new classes' classifier starts (:meth:`ContinualMethod.init_new_classifier`);
 - how scores become a prediction (:meth:`ContinualMethod.class_scores`);
-- what it needs from the data, as start-up warnings (:meth:`ContinualMethod.check_step_data`).
+- what it needs from the data, as start-up warnings (:meth:`ContinualMethod.check_step_data`);
+- what a step's ``metrics.json`` records of the bank it built (:meth:`ContinualMethod.bank_record`).
 
 A new method is a subclass in one file and a config entry; projects/EIR/METHOD.md ("Adding
 a method") walks through one.
@@ -64,11 +65,14 @@ class ContinualMethod:
     detach_background: bool = True
 
     #: What the builders read where the plan asks for it: a plan that replays or saves a bank,
-    #: the bank's budget in entries and what it stores (``"instance"`` or ``"image"``); a plan
-    #: that pastes, the pasting settings (a :class:`~eir.data.paste.PasteConfig`) and the
-    #: prepass's (a mapping of ``tau``, ``short_side``, ``stride``).
+    #: the bank's budget in entries, what it stores (``"instance"`` or ``"image"``) and, for
+    #: instances, which parts of a label (None: the paper's rule; a
+    #: :class:`~eir.data.bank_rule.RegionRule`); a plan that pastes, the pasting settings (a
+    #: :class:`~eir.data.paste.PasteConfig`) and the prepass's (a mapping of ``tau``,
+    #: ``short_side``, ``stride``).
     memory: int = 0
     storage: str = "instance"
+    instances = None
     paste = None
     prepass: Mapping | None = None
 
@@ -96,6 +100,12 @@ class ContinualMethod:
         """Warnings about what ``step``'s training images cannot give the method (e.g. a bank
         that would stay empty), raised at start-up before any training; none by default."""
         return []
+
+    def bank_record(self, task: Task, step: int, train_dicts: Sequence[dict], bank) -> Mapping | None:
+        """What ``step``'s ``metrics.json`` records of ``bank``, the bank it built from
+        ``train_dicts`` (JSON; its ``"warnings"`` are also logged, and the run's summary shows
+        its ``"entries"`` of ``"budget"`` and ``"bank_entries"`` per class); None by default."""
+        return None
 
 
 def _class_scores(

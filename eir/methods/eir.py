@@ -12,10 +12,12 @@ is ``memory=0, paste=None, criterion.tau=None, criterion.w_kd=0``; distillation 
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from eir.constants import NEW_HEAD_INITS
 from eir.data.bank import STORAGE_MODES
+from eir.data.bank_coverage import built_bank_record, step_coverage, step_warnings
+from eir.data.bank_rule import RegionRule
 from eir.data.paste import PasteConfig
 from eir.engine.step_plan import StepPlan
 from eir.methods.base import ContinualMethod, LossInputs, StepLoss, sigmoid_rule_scores
@@ -46,6 +48,9 @@ class EIR(ContinualMethod):
     Args:
         memory: the bank's budget in entries; 0: no bank (no replay, no pasting).
         storage: what the bank stores, one of ``STORAGE_MODES``.
+        instances: which parts of a label become the bank's instances (``storage="instance"``):
+            None, the paper's rule; a :class:`~eir.data.bank_rule.RegionRule`, each class's
+            largest region (METHOD.md section 9, item 14).
         paste: the pasting settings (:class:`~eir.data.paste.PasteConfig`), or None: no pasting.
         criterion: the loss of every step (:class:`~eir.modeling.criterion.EIRCriterion`).
         new_head_init: how a new step's classifier starts, one of ``NEW_HEAD_INITS``.
@@ -60,6 +65,7 @@ class EIR(ContinualMethod):
         *,
         memory: int,
         storage: str,
+        instances: RegionRule | None = None,
         paste: PasteConfig | None,
         criterion: EIRCriterion,
         new_head_init: str,
@@ -72,6 +78,11 @@ class EIR(ContinualMethod):
             raise ValueError(
                 f"paste must be a PasteConfig or None, got {paste!r} (on the command line, write null for None)"
             )
+        if instances is not None and (not isinstance(instances, RegionRule) or storage != "instance"):
+            raise ValueError(
+                f"instances must be None or a RegionRule (eir.data.bank_rule) with storage='instance', "
+                f"got {instances!r} with storage={storage!r}"
+            )
         if not isinstance(criterion, EIRCriterion):
             raise ValueError(f"criterion must be an EIRCriterion, got {criterion!r}")
         prepass = dict(prepass)
@@ -80,6 +91,7 @@ class EIR(ContinualMethod):
         for key in ("short_side", "stride"):
             _integer(f"prepass.{key}", prepass[key], 1)
         self.storage = storage
+        self.instances = instances
         self.paste = paste
         self.eir_criterion = criterion  # criterion() is the method's question, this its answer's terms
         self.new_head_init = new_head_init
@@ -112,6 +124,28 @@ class EIR(ContinualMethod):
             save_bank=memory and step + 1 < task.num_steps,
         )
 
+    def check_step_data(self, task: Task, step: int, train_dicts: Sequence[dict]) -> list[str]:
+        """The step's classes that no training image gives an instance under ``instances``
+        (an empty bank at step 0), counted from labels (:mod:`eir.data.bank_coverage`)."""
+        if self.storage != "instance" or not self.plan(task, step).save_bank:
+            return []
+        return step_warnings(task, step_coverage(train_dicts, task, step, instances=self.instances))
+
+    def bank_record(self, task: Task, step: int, train_dicts: Sequence[dict], bank) -> dict:
+        """The built bank's entries per class; with instances, the step's counts and warnings;
+        and what a step replaying an empty bank trains as (the summary says so)."""
+        coverage = None
+        if self.storage == "instance":
+            coverage = step_coverage(train_dicts, task, step, instances=self.instances)
+        return {**built_bank_record(task, bank, coverage), "method": "EIR", "without_bank": self.without_bank}
+
+    @property
+    def without_bank(self) -> str:
+        """What EIR is with nothing to replay or paste: its criterion alone."""
+        criterion = self.eir_criterion
+        training = "distillation" if criterion.w_kd > 0 else "fine-tuning"
+        return training + (" with pseudo-labels" if criterion.tau is not None else "")
+
     def criterion(self, task: Task, step: int) -> StepLoss:
         loss = self.eir_criterion
 
@@ -128,6 +162,6 @@ class EIR(ContinualMethod):
 
     def __repr__(self) -> str:
         return (
-            f"EIR(memory={self.memory}, storage={self.storage!r}, paste={self.paste!r}, "
-            f"criterion={self.eir_criterion!r}, new_head_init={self.new_head_init!r}, prepass={self.prepass})"
+            f"EIR(memory={self.memory}, storage={self.storage!r}, instances={self.instances!r}, "
+            f"paste={self.paste!r}, criterion={self.eir_criterion!r}, new_head_init={self.new_head_init!r}, prepass={self.prepass})"
         )

@@ -9,6 +9,13 @@ from eir.modeling.criterion import EIRCriterion
 method = L(EIR)(
     memory=100,  # instance bank budget M (entries); 0 disables the bank (and pasting)
     storage="instance",  # "instance" (EIR) or "image" (whole images with step labels: image replay)
+    # which parts of a label the bank stores (instance storage): None, the paper's rule (an image
+    # whose every class is one 4-connected region, all its classes in one entry);
+    # L(RegionRule)(min_area=0.001) from eir.data.bank_rule: each class's largest 4-connected
+    # region covering >= min_area of the image, one entry each, for data whose classes come in
+    # pieces (street scenes); METHOD.md section 9, item 14. On the command line:
+    # 'method.instances={_target_:eir.data.bank_rule.RegionRule,min_area:0.001}'
+    instances=None,
     paste=L(PasteConfig)(  # instance pasting in incremental steps; None disables it
         max_classes=3,  # K: at most this many potential old classes per image
         cell_size=250,  # S: paste cell side for a 512 crop
