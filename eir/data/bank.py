@@ -602,6 +602,9 @@ class InstanceBank:
             class_names={c: task.class_names[c] for c in classes},
             instances=instances,
         )
+        # What pass 1 found per sample (present classes, classes given to the bank): kept, not
+        # saved, so that a report of the step's coverage does not read every label again.
+        bank.label_scan = found
         logger.info(
             "built %r from %d eligible of %d samples and %d previous entries",
             bank,

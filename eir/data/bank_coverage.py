@@ -54,10 +54,14 @@ def step_coverage(
     *,
     instances: RegionRule | None = None,
     num_workers: int = 0,
+    found=None,
 ) -> StepCoverage:
     """Count what ``samples`` (the step's training dicts, as :meth:`InstanceBank.build` takes
-    them) give the bank under ``instances`` (None: the paper's rule). Reads labels only."""
-    found = scan_labels(samples, task, step, instances=instances, num_workers=num_workers)
+    them) give the bank under ``instances`` (None: the paper's rule). Reads labels only, unless
+    ``found`` is their scan already (:func:`~eir.data.bank.scan_labels`, or a built bank's
+    ``label_scan``)."""
+    if found is None:
+        found = scan_labels(samples, task, step, instances=instances, num_workers=num_workers)
     new = [int(c) for c in task.new_classes(step)]
     images = dict.fromkeys(new, 0)
     qualifying = dict.fromkeys(new, 0)

@@ -136,7 +136,8 @@ class EIR(ContinualMethod):
         and what a step replaying an empty bank trains as (the summary says so)."""
         coverage = None
         if self.storage == "instance":
-            coverage = step_coverage(train_dicts, task, step, instances=self.instances)
+            found = getattr(bank, "label_scan", None)  # the build's own pass over these labels
+            coverage = step_coverage(train_dicts, task, step, instances=self.instances, found=found)
         return {**built_bank_record(task, bank, coverage), "method": "EIR", "without_bank": self.without_bank}
 
     @property
