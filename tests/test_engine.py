@@ -5,6 +5,7 @@ They need Detectron2 and skip without it; the end-to-end runs are marked ``slow`
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -234,9 +235,10 @@ def test_one_step_under_two_processes(datasets_root, tmp_path):
 @pytest.mark.slow
 def test_a_refusal_on_rank_0_stops_both_processes_at_once(datasets_root, tmp_path):
     """The folder's lock is held by a live command: rank 0 refuses at start-up, and rank 1 stops
-    with it, repeating its message. (On one machine torch's launcher would end rank 1 anyway
-    once rank 0 died; a rank on another machine would wait at the claim's barrier for the
-    collective timeout: tests/test_processes.py checks the exchange itself.)"""
+    with it, repeating its message. torch's launcher reports the first process it sees end
+    (either rank: both end within moments of each other) and would end rank 1 anyway once
+    rank 0 died on one machine; a rank on another machine would wait at the claim's barrier
+    for the collective timeout: tests/test_processes.py checks the exchange itself."""
     import socket
 
     from eir.engine.run_lock import process_identity
@@ -257,8 +259,14 @@ def test_a_refusal_on_rank_0_stops_both_processes_at_once(datasets_root, tmp_pat
         holder.wait()
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr
-    assert f"is in use by another run: pid {holder.pid}" in output
-    assert "rank 0 stopped at start-up: RunFolderError" in output
+    reported = re.search(r"-- Process (\d) terminated with the following error:.*?\n(\S+): ([^\n]*)",
+                         output, re.DOTALL)
+    assert reported is not None, output[-3000:]
+    rank, error, text = reported.groups()
+    expected = {"0": ("eir.engine.run_lock.RunFolderError", ""),
+                "1": ("eir.engine.run_claim.OtherRankError", "rank 0 stopped at start-up: RunFolderError: ")}
+    assert (error, text.startswith(expected[rank][1])) == (expected[rank][0], True), text
+    assert f"is in use by another run: pid {holder.pid}" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.lock"]
 
 
