@@ -9,6 +9,7 @@ import contextlib
 import importlib
 import importlib.util
 import os
+import sys
 
 import pytest
 
@@ -27,8 +28,12 @@ def load_script(relative_path: str):
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / relative_path
+    loaded = sys.modules.get(path.stem)
+    if loaded is not None and getattr(loaded, "__file__", None) == str(path):
+        return loaded  # one module per script, whichever test file loads it first
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # dataclasses look their module up while it executes
     spec.loader.exec_module(module)
     return module
 

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "projects" / "EIR" / "configs"
 
 
-bench = load_script("benchmarks/css_synthetic.py")
+bench = load_script("benchmarks/css_benchmark.py")
+SYNTHETIC = bench.DATASETS["synthetic"]
 
 #: What each continual variant must (not) do, read back from a run's artifacts: the bank's
 #: storage after step 0 (None: no bank), whether step 1 pastes (a prepass), whether it distils.
@@ -30,6 +31,7 @@ EXPECTED = {
     "eir_no_paste": dict(bank="instance", pastes=False, distils=True),
     "eir_paste_only": dict(bank="image", pastes=True, distils=True),
     "eir": dict(bank="instance", pastes=True, distils=True),
+    "eir_regions": dict(bank="instance", pastes=True, distils=True),
     "mib": dict(bank=None, pastes=False, distils=True),
 }
 #: The distillation's loss term of each method, in a step's training log.
@@ -62,7 +64,7 @@ def test_continual_variants_switch_only_what_acts_after_step_0():
 def test_a_variant_that_swaps_the_method_trains_its_own_step_0(tmp_path):
     """MiB's step 0 is not EIR's (softmax cross-entropy, a background trained through the body):
     its step-0 key differs, so neither takes the other's step-0 model."""
-    args = SimpleNamespace(work=tmp_path)
+    args = SimpleNamespace(work=tmp_path, data=SYNTHETIC)
     eir, distill = bench.Run("4-2", "eir", 0, args, ["schedule.epochs=3"]), bench.Run("4-2", "distill", 0, args, ["schedule.epochs=3"])
     mib = bench.Run("4-2", "mib", 0, args, ["schedule.epochs=3"])
     assert _swaps_method("mib") and not _swaps_method("eir")
@@ -102,18 +104,18 @@ def test_mean_std_over_seeds():
 
 def test_a_run_folder_is_known_by_its_overrides_not_its_path(tmp_path):
     real = tmp_path / "work"
-    run = bench.Run("4-2", "eir", 0, SimpleNamespace(work=real), ["schedule.epochs=3"])
+    run = bench.Run("4-2", "eir", 0, SimpleNamespace(work=real, data=SYNTHETIC), ["schedule.epochs=3"])
     run.dir.mkdir(parents=True)
     run.write_record()
     (tmp_path / "link").symlink_to(real)  # the same runs reached through another path
-    bench.Run("4-2", "eir", 0, SimpleNamespace(work=tmp_path / "link"), ["schedule.epochs=3"]).check_record()
-    other = bench.Run("4-2", "eir", 0, SimpleNamespace(work=real), ["schedule.epochs=4"])
+    bench.Run("4-2", "eir", 0, SimpleNamespace(work=tmp_path / "link", data=SYNTHETIC), ["schedule.epochs=3"]).check_record()
+    other = bench.Run("4-2", "eir", 0, SimpleNamespace(work=real, data=SYNTHETIC), ["schedule.epochs=4"])
     with pytest.raises(SystemExit, match="other overrides"):
         other.check_record()
 
 
 def test_step0_source_tells_donor_trained_here_and_not_started(tmp_path):
-    args = SimpleNamespace(work=tmp_path)
+    args = SimpleNamespace(work=tmp_path, data=SYNTHETIC)
     donor = bench.Run("6-1", "finetune", 0, args, [])
     taker = bench.Run("6-1", "eir", 0, args, [])
     assert bench.step0_source(taker) == "-"  # never started: no record, no step 0
@@ -198,7 +200,7 @@ def test_report_names_folders_relative_to_the_repository(tmp_path):
     assert bench.shown_path(tmp_path / "w", "<work>") == "<work>"
     assert bench.shown_command(["--work", str(inside), f"--datasets={tmp_path}", "--tasks", "6-1",
                                 "train.output_dir=a b"]) == (
-        "python benchmarks/css_synthetic.py --work output/css_synthetic --datasets=<datasets> "
+        "python benchmarks/css_benchmark.py --work output/css_synthetic --datasets=<datasets> "
         "--tasks 6-1 'train.output_dir=a b'"
     )
 
@@ -224,11 +226,14 @@ def _container(cfg):
 @pytest.mark.parametrize("variant", [v for v in bench.VARIANTS if not _swaps_method(v)])
 def test_baseline_file_is_the_eir_config_with_the_benchmark_overrides(variant):
     """Each VOC baseline file equals voc/15-1_overlap.py with the benchmark's overrides applied."""
-    from detectron2.config import LazyConfig
+    from detectron2.config import LazyConfig, instantiate
 
     base = LazyConfig.load(str(CONFIGS / "voc" / "15-1_overlap.py"))
     expected = LazyConfig.apply_overrides(base, bench.VARIANTS[variant])
     got = LazyConfig.load(str(CONFIGS / bench.BASELINE_FILES[variant]))
+    # the instance rule by what it builds (the file names its class, the override a dotted string)
+    assert repr(instantiate(got.method.instances)) == repr(instantiate(expected.method.instances))
+    got.method.instances = expected.method.instances = None
     assert _container(got) == _container(expected)
     if "method.paste=null" in bench.VARIANTS[variant]:
         assert got.method.paste is None and expected.method.paste is None  # None, not the string "None"
@@ -385,7 +390,7 @@ def _run_in_process(run):
 @pytest.mark.slow
 def test_shared_step0_is_evaluated_not_retrained(tiny_datasets, tmp_path):
     """A variant that adopts another run's step-0 model gets the same step 0 and its own bank."""
-    args = SimpleNamespace(work=tmp_path)
+    args = SimpleNamespace(work=tmp_path, data=SYNTHETIC)
     common = [o for o in TINY if not o.startswith("task.name=")]
     donor = bench.Run("5-5", "eir_no_paste", 0, args, common)
     other = bench.Run("5-5", "eir_paste_only", 0, args, common)

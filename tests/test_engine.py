@@ -159,17 +159,21 @@ def test_rerun_skips_done_steps(finished_run, caplog):
 
 
 @pytest.mark.slow
-def test_eval_only_reproduces_final_metrics_exactly(finished_run, datasets_root):
+def test_eval_only_reproduces_final_metrics_exactly(finished_run, datasets_root, tmp_path):
     cfg, runner, summaries = finished_run
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root))
     cmd = [
         sys.executable, str(ROOT / "tools/train_net.py"), "--config-file", str(SYNTHETIC),
         "--eval-only", *QUICK, f"train.output_dir={runner.output_dir}", "train.step=3",
+        f"train.eval_output={tmp_path / 'eval_step3.json'}",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     final = summaries[3]
     assert f"{final['all']:.2f}" in proc.stdout
+    # the metrics file holds what the run recorded for the step
+    written = json.loads((tmp_path / "eval_step3.json").read_text())
+    assert written == json.loads((runner.output_dir / "step_3" / "metrics.json").read_text())["summary"]
     again = runner.evaluate_checkpoint(3)
     assert again == final
 

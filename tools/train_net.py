@@ -5,6 +5,7 @@
     python tools/train_net.py --config-file projects/EIR/configs/voc/15-1_overlap.py
     python tools/train_net.py --config-file ... train.step=2            # one step only
     python tools/train_net.py --config-file ... --eval-only train.step=5 [train.eval_checkpoint=PATH]
+        [train.eval_output=metrics.json]
     python tools/train_net.py --config-file ... --num-gpus 8
 
 Overrides are LazyConfig ``key=value`` pairs; a key the config lacks is an error. Rerunning a
@@ -28,6 +29,7 @@ from detectron2.utils.logger import setup_logger
 from eir.engine.config_checks import load_config
 from eir.engine.runner import ContinualRunner
 from eir.evaluation.evaluator import detectron2_results
+from eir.fileio import atomic_write_json
 
 logger = logging.getLogger("eir")
 
@@ -46,6 +48,8 @@ def main(args):
             raise SystemExit("--eval-only needs the step to evaluate: add train.step=T")
         summary = runner.evaluate_checkpoint(int(cfg.train.step), cfg.train.eval_checkpoint or None)
         print_csv_format({"sem_seg": detectron2_results(summary)})
+        if cfg.train.get("eval_output") and comm.is_main_process():
+            atomic_write_json(cfg.train.eval_output, summary)
         return summary
     runner.claim_output_dir()  # inputs checked, then the lock and records: before config.yaml and log.txt
     try:

@@ -8,6 +8,9 @@ train = dict(
     from_scratch=False,
     step=None,  # None: run every step; an int: run (or, with --eval-only, evaluate) that step
     eval_checkpoint="",  # --eval-only: checkpoint to evaluate (default: that step's model_final.pth)
+    # --eval-only: also write the step's metrics (the summary: old / new / all / hIoU and every
+    # class's IoU) to this JSON file ("": print only); an existing file is replaced
+    eval_output="",
     device="auto",  # "auto" (CUDA when available), "cuda" or "cpu"
     amp=dict(enabled=True),  # mixed precision: float16 on CUDA, bfloat16 on CPU
     # GPU only, read by Detectron2's default_setup: cuDNN autotuning (pays off with fixed crops

@@ -29,6 +29,7 @@ RESULT_NEUTRAL_KEYS = (
     "train.device",  # the same run on another device
     "train.step",  # which steps this command runs
     "train.eval_checkpoint",  # --eval-only only
+    "train.eval_output",  # --eval-only only
     "train.log_period",  # logging
     "train.gather_metric_period",  # logging (and when a NaN loss is noticed)
     "train.checkpointer",  # resumption is exact, so checkpoint period and count do not matter

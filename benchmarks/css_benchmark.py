@@ -1,10 +1,13 @@
 #!/usr/bin/env python
-"""Does EIR beat its baselines? The synthetic continual benchmark.
+"""Does EIR beat its baselines? The continual benchmark, on synthetic shapes or CamVid photographs.
 
-Every variant below is the same code and the same synthetic config with a few LazyConfig
-overrides (the baseline configs in ``projects/EIR/configs/baselines/`` set the same keys on
-Pascal VOC 15-1; ``tests/test_baselines.py`` checks the two agree). Each (task, variant,
-seed) is one ``tools/train_net.py`` run in a subprocess, seed by seed, under
+One runner over datasets (``--dataset``, the table ``DATASETS``): each has its task configs
+(``projects/EIR/configs/<dataset>/<task>_overlap.py``), its default tasks and variants, and
+optionally a test split scored after the runs. Every variant below is the same code and the
+dataset's config with a few LazyConfig overrides (the baseline configs in
+``projects/EIR/configs/baselines/`` set the same keys on Pascal VOC 15-1;
+``tests/test_baselines.py`` checks the two agree). Each (task, variant, seed) is one
+``tools/train_net.py`` run in a subprocess, seed by seed, under
 ``--work/<task>/<variant>/seed_<seed>`` (the joint upper bound does not depend on the task:
 it runs once per seed under ``--work/joint/seed_<seed>``). Finished runs are skipped and an
 interrupted run resumes where it stopped, so rerunning the command is cheap; a run folder
@@ -15,28 +18,33 @@ a step whose training had finished) evaluates it and builds the variant's own ba
 that swaps the method (``method=...``, mib) trains its own step 0 (its loss and head differ).
 ``--no-share-step0`` trains it in every run.
 
-After the last step of every run, the script reads ``summary.json`` / ``step_t/metrics.json``
-and writes ``css_synthetic.md`` (per task: old / new / all / hIoU after the last step, mean
-± sample standard deviation over seeds, per-run wall times, the command, the machine) and
-``css_synthetic.png`` (all-class mIoU per step, one panel per task, one line per variant,
-mean over seeds with a shaded ± std band). The joint run has one step with every class; its
-old / new / all / hIoU are its final per-class IoUs grouped like the task's (old: background
-and the task's step-0 classes; new: the rest), as :func:`eir.evaluation.metrics.summarize`
-groups them.
+After the last step of every run, a dataset with a test split (CamVid) has every step's
+checkpoint scored on it (``--eval-only`` with ``dataloader.test.dataset`` set to the test split,
+``train.eval_output`` under the run's ``bench_test/``); the runs themselves evaluate on the
+validation split, where choices are made. The script then writes ``css_<dataset>.md`` (per task:
+old / new / all / hIoU after the last step, mean ± sample standard deviation over seeds, each
+class's IoU after the last step, per-run wall times, the command, the machine; on the test
+split when there is one) and ``css_<dataset>.png`` (all-class and old-class mIoU per step, one
+column per task, one line per variant, mean over seeds with a shaded ± std band). The joint run
+has one step with every class; its old / new / all / hIoU are its final per-class IoUs grouped
+like the task's (old: background and the task's step-0 classes; new: the rest), as
+:func:`eir.evaluation.metrics.summarize` groups them.
 
-    python benchmarks/css_synthetic.py                       # 6-1 and 4-2, 3 seeds, every variant
-    python benchmarks/css_synthetic.py --jobs 2              # two (task, seed) groups at a time
-    python benchmarks/css_synthetic.py --tasks 6-1 --seeds 0 --variants eir image_replay
-    python benchmarks/css_synthetic.py --quick               # smoke test: tiny data and schedule
-    python benchmarks/css_synthetic.py schedule.incremental_epochs=30   # overrides for every run
+    python benchmarks/css_benchmark.py                       # synthetic 6-1 and 4-2, 3 seeds, every variant
+    python benchmarks/css_benchmark.py --dataset camvid --datasets D   # CamVid 8-3 and 8-1 (D/CamVid)
+    python benchmarks/css_benchmark.py --jobs 2              # two (task, seed) groups at a time
+    python benchmarks/css_benchmark.py --tasks 6-1 --seeds 0 --variants eir image_replay
+    python benchmarks/css_benchmark.py --quick               # smoke test: tiny data and schedule
+    python benchmarks/css_benchmark.py schedule.incremental_epochs=30   # overrides for every run
 
 Run it with the Python that has Detectron2 (the runs use ``sys.executable``). By default one
 run at a time; ``--jobs N`` runs N (task, seed) groups side by side (each in order: its
 variants share its step 0; the joint run belongs to the first task's group). Each run gets
-its job's share of the cores for its PyTorch threads (``--threads``); on a CPU the synthetic
-config loads data in the training process, so nothing else needs a core. OpenMP threads that
+its job's share of the cores for its PyTorch threads (``--threads``); on a CPU the configs
+load data in the training process, so nothing else needs a core. OpenMP threads that
 compete with other processes for the cores stall each other (on a busy 2-core machine, 2
-threads trained up to 25x slower than 1).
+threads trained up to 25x slower than 1). Until 2026-12-08 this script was
+``benchmarks/css_synthetic.py`` (synthetic data only); the results it wrote keep that name.
 """
 from __future__ import annotations
 
@@ -54,7 +62,9 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -68,7 +78,105 @@ from eir.evaluation.metrics import group_means  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TRAIN_NET = ROOT / "tools" / "train_net.py"
-CONFIGS = ROOT / "projects" / "EIR" / "configs" / "synthetic"
+CONFIGS = ROOT / "projects" / "EIR" / "configs"
+
+
+QUICK_DATA = dict(num_train=40, num_val=10, size=128, seed=0)
+
+
+def make_quick_synthetic(root: Path) -> None:
+    """--quick's synthetic data: 40 training and 10 validation images of 128 px."""
+    from eir.data.synthetic import generate
+
+    generate(root, verbose=False, **QUICK_DATA)
+
+
+def write_camvid_layout(root: Path, num_train: int = 40, num_val: int = 10, num_test: int = 10,
+                        size: int = 96, seed: int = 0) -> Path:
+    """A tiny dataset in CamVid's layout (``{train,val,test}/`` PNG images, ``*annot/`` labels
+    of values 0..10 and 11 unlabelled), made from synthetic shapes: value 0 (the shapes'
+    background) plays sky, 1..10 the other classes, and a 2-pixel frame is unlabelled. For
+    --quick and the tests: CamVid itself is the user's copy. Nothing is done when ``root``
+    holds it already."""
+    import tempfile
+
+    from PIL import Image
+
+    from eir.data.synthetic import generate
+
+    splits = {"train": num_train, "val": num_val, "test": num_test}
+    if all(len(list((root / s).glob("*.png"))) == n for s, n in splits.items()):
+        return root
+    with tempfile.TemporaryDirectory() as tmp:
+        shapes = generate(Path(tmp) / "shapes", num_train=num_train + num_test, num_val=num_val, size=size,
+                          seed=seed, verbose=False)
+        images = sorted((shapes / "JPEGImages").glob("*.jpg"))
+        named = {"train": [p for p in images if p.stem.startswith("train")][:num_train],
+                 "test": [p for p in images if p.stem.startswith("train")][num_train:],
+                 "val": [p for p in images if p.stem.startswith("val")]}
+        for split, paths in named.items():
+            (root / split).mkdir(parents=True, exist_ok=True)
+            (root / f"{split}annot").mkdir(parents=True, exist_ok=True)
+            for i, path in enumerate(paths):
+                label = np.array(Image.open(shapes / "SegmentationClassAug" / f"{path.stem}.png"))
+                label = np.where(label > 10, 11, label).astype(np.uint8)
+                label[:2], label[-2:], label[:, :2], label[:, -2:] = 11, 11, 11, 11
+                name = f"{split}_{i:04d}.png"
+                Image.open(path).convert("RGB").save(root / split / name)
+                Image.fromarray(label).save(root / f"{split}annot" / name)
+    return root
+
+
+@dataclass(frozen=True)
+class BenchmarkData:
+    """What the runner needs of one dataset: its task configs, tasks, variants and splits."""
+
+    name: str  # --dataset; the results are css_<name>.md / .png, the runs under output/css_<name>
+    title: str  # how the tables and the figure name it
+    folder: str  # its folder under DETECTRON2_DATASETS
+    base_config: str  # the task file whose config a task without its own file uses (task.name set)
+    default_tasks: tuple[str, ...]
+    default_variants: tuple[str, ...]
+    builtin: str | None = None  # the built-in dataset key of eir.tasks, else the classes come from the config
+    test_dataset: str | None = None  # a split scored after the runs (None: the runs' own evaluation)
+    design: str = ""  # the results file that fixed its model and schedule
+    make_quick: Callable[[Path], object] = make_quick_synthetic  # --quick's tiny data in its layout
+
+    def config(self, task_name: str) -> Path:
+        """The config file of a task: its own, else the base one (the task comes from task.name)."""
+        own = CONFIGS / self.name / f"{task_name}_overlap.py"
+        return own if own.is_file() else CONFIGS / self.name / self.base_config
+
+    def task(self, task_name: str):
+        """The :class:`~eir.tasks.Task` a run of ``task_name`` trains: the built-in dataset's, or
+        the one the config builds from its datasets' catalog entries (as the runner does)."""
+        from eir.tasks import build_task
+
+        if self.builtin is not None:
+            return build_task(self.builtin, task_name)
+        from eir.engine.builders import build_run_task
+        from eir.engine.config_checks import load_config
+
+        return build_run_task(load_config(str(self.config(task_name)), [f"task.name={task_name}"]))
+
+
+#: The datasets: synthetic shapes (generated on first use) and CamVid (the user's copy of
+#: the SegNet tutorial's folder, under DETECTRON2_DATASETS/CamVid; nothing is downloaded).
+DATASETS: dict[str, BenchmarkData] = {
+    "synthetic": BenchmarkData(
+        name="synthetic", title="synthetic", folder="eir_synthetic", base_config="4-2_overlap.py",
+        default_tasks=("6-1", "4-2"),
+        default_variants=("finetune", "distill", "image_replay", "eir_no_paste", "eir_paste_only", "eir",
+                          "mib", "joint"),
+        builtin="synthetic", design="synthetic_design.md",
+    ),
+    "camvid": BenchmarkData(
+        name="camvid", title="CamVid", folder="CamVid", base_config="8-3_overlap.py",
+        default_tasks=("8-3", "8-1"),
+        default_variants=("finetune", "distill", "image_replay", "eir", "eir_regions", "mib", "joint"),
+        test_dataset="camvid_test", design="camvid_design.md", make_quick=write_camvid_layout,
+    ),
+}
 
 #: The variants: name -> LazyConfig overrides (Hydra's grammar: ``null`` is None; a
 #: command-line ``None`` would be the string "None"). The baseline configs set the same keys.
@@ -79,6 +187,8 @@ VARIANTS: dict[str, list[str]] = {
     "eir_no_paste": ["method.paste=null"],
     "eir_paste_only": ["method.storage=image"],
     "eir": [],
+    # EIR with the instance rule for classes that are not one blob (METHOD.md, departure 14)
+    "eir_regions": ["method.instances={_target_:eir.data.bank_rule.RegionRule,min_area:0.001}"],
     # Another method: the whole node replaced (emptied first, as an override merges into a node).
     "mib": ["method=null", "method={_target_:eir.methods.mib.MiB,w_kd:10.0}"],
     "joint": ["task.name=joint"],
@@ -92,6 +202,7 @@ DESCRIPTIONS: dict[str, str] = {
     "eir_no_paste": "EIR without pasting (instance storage only)",
     "eir_paste_only": "EIR without instance storage (pasting only, whole images replayed)",
     "eir": "EIR, full",
+    "eir_regions": "EIR, instances by the region rule (each large region of a class)",
     "mib": "MiB (Cermelli et al. 2020): unbiased CE and distillation, background-shared init, no bank",
     "joint": "joint training on all classes (upper bound)",
 }
@@ -104,16 +215,15 @@ BASELINE_FILES: dict[str, str] = {
     "eir_no_paste": "baselines/eir_no_paste.py",
     "eir_paste_only": "baselines/eir_paste_only.py",
     "eir": "voc/15-1_overlap.py",
+    "eir_regions": "baselines/eir_regions.py",
     "mib": "mib/voc/15-1_overlap.py",
     "joint": "baselines/joint.py",
 }
 
-DEFAULT_TASKS = ("6-1", "4-2")
 DEFAULT_SEEDS = (0, 1, 2)
 METRICS = ("old", "new", "all", "hiou")
 
-#: --quick: a tiny dataset and a two-iteration schedule, to check that everything runs.
-QUICK_DATA = dict(num_train=40, num_val=10, size=128, seed=0)
+#: --quick: a tiny dataset (make_quick) and a two-iteration schedule, to check that everything runs.
 QUICK_OVERRIDES = [
     "schedule.max_iter=2",
     "dataloader.train.total_batch_size=4",
@@ -155,18 +265,24 @@ def step_wall_times(run_dir: Path) -> list[float]:
     return out
 
 
-def read_run(run_dir: Path, task, joint: bool) -> dict:
-    """Final old / new / all / hIoU and all-class mIoU per step of a finished run."""
-    if joint:
-        summary = json.loads((run_dir / "step_0" / "metrics.json").read_text())["summary"]
-        final = regroup(summary["per_class"], task)
-        per_step = [final["all"]]
+def read_run(run) -> dict:
+    """Final old / new / all / hIoU, each class's IoU after the last step, and all-class and
+    old-class mIoU per step of a finished :class:`Run`: on the test split when the dataset has
+    one (:meth:`Run.test_file`), else as the run evaluated itself (``step_t/metrics.json``)."""
+    if run.data.test_dataset:
+        steps = [json.loads(run.test_file(t).read_text()) for t in run.test_steps()]
     else:
-        data = json.loads((run_dir / "summary.json").read_text())
-        steps = data["steps"]
-        final = {k: data["final"][k] for k in METRICS}
-        per_step = [steps[str(t)]["all"] for t in range(len(steps))]
-    return {"final": final, "per_step": per_step, "seconds": sum(step_wall_times(run_dir))}
+        steps = [json.loads((run.dir / f"step_{t}" / "metrics.json").read_text())["summary"]
+                 for t in range(run.num_steps)]
+    per_class = steps[-1]["per_class"]
+    if run.joint:
+        final = regroup(per_class, run.task)
+        per_step, old_per_step = [final["all"]], [final["old"]]
+    else:
+        final = {k: steps[-1][k] for k in METRICS}
+        per_step, old_per_step = [s["all"] for s in steps], [s["old"] for s in steps]
+    return {"final": final, "per_class": per_class, "per_step": per_step, "old_per_step": old_per_step,
+            "seconds": sum(step_wall_times(run.dir))}
 
 
 def mean_std(values) -> tuple[float | None, float | None, int]:
@@ -224,20 +340,18 @@ class Run:
     """One (task, variant, seed): where it lives, its command, whether it is finished."""
 
     def __init__(self, task_name: str, variant: str, seed: int, args, overrides: list[str]):
-        from eir.tasks import build_task
-
         self.task_name, self.variant, self.seed = task_name, variant, seed
+        self.data: BenchmarkData = args.data
         self.joint = variant == "joint"
-        self.task = build_task("synthetic", task_name)  # the grouping of the results
-        self.run_task = build_task("synthetic", "joint") if self.joint else self.task
+        self.task = self.data.task(task_name)  # the grouping of the results
+        self.num_steps = 1 if self.joint else self.task.num_steps
         self.dir = (
             args.work / "joint" / f"seed_{seed}"
             if self.joint
             else args.work / task_name / variant / f"seed_{seed}"
         )
-        config = CONFIGS / f"{task_name}_overlap.py"
-        if self.joint or not config.is_file():
-            config = CONFIGS / "4-2_overlap.py"  # same base; the task comes from task.name
+        # the joint run is one command whatever the task (the task comes from task.name)
+        config = self.data.config(self.data.default_tasks[0] if self.joint else task_name)
         # The variant's switches come after the overrides for every run, so that e.g. a
         # global method.memory=... cannot give fine-tuning a bank. The joint run is the same
         # command whatever the task.
@@ -260,10 +374,26 @@ class Run:
         return f"{self.task_name} / {self.variant} / seed {self.seed}"
 
     def is_finished(self) -> bool:
-        last = self.run_task.num_steps - 1
-        if not (self.dir / f"step_{last}" / "DONE").is_file():
+        """Trained and evaluated: every step done, the summary written, and on a dataset with
+        a test split every step scored on it."""
+        if not (self.dir / f"step_{self.num_steps - 1}" / "DONE").is_file():
             return False
-        return self.joint or (self.dir / "summary.json").is_file()
+        if not (self.joint or (self.dir / "summary.json").is_file()):
+            return False
+        return all(self.test_file(t).is_file() for t in self.test_steps())
+
+    def test_steps(self) -> range:
+        """The steps scored on the test split (none without one)."""
+        return range(self.num_steps if self.data.test_dataset else 0)
+
+    def test_file(self, step: int) -> Path:
+        return self.dir / "bench_test" / f"step_{step}.json"
+
+    def test_command(self, step: int) -> list[str]:
+        """``--eval-only`` of step ``step``'s checkpoint on the test split, its metrics to :meth:`test_file`."""
+        options = self.cmd.index("--config-file") + 2  # options before the overrides
+        return [*self.cmd[:options], "--eval-only", *self.cmd[options:], f"train.step={step}",
+                f"dataloader.test.dataset={self.data.test_dataset}", f"train.eval_output={self.test_file(step)}"]
 
     def check_record(self) -> None:
         """Refuse a run folder made by another command (its finished steps would be reused)."""
@@ -316,15 +446,19 @@ class Run:
         return not ((step0 / "DONE").is_file() or (step0 / FINAL_CHECKPOINT).is_file())
 
     def execute(self, env: dict) -> tuple[int, float]:
-        """Run (or resume) it in a subprocess; returns (exit code, seconds)."""
+        """Run (or resume) it in a subprocess, then score the steps not yet scored on the test
+        split; returns (exit code, seconds)."""
         self.write_record()
         log = self.dir / "train_net.log"
         start = time.perf_counter()
         with open(log, "a") as f:
-            f.write(f"\n$ {shlex.join(self.cmd)}\n")
-            f.flush()
-            proc = subprocess.run(self.cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-        return proc.returncode, time.perf_counter() - start
+            for cmd in [self.cmd] + [self.test_command(t) for t in self.test_steps() if not self.test_file(t).is_file()]:
+                f.write(f"\n$ {shlex.join(cmd)}\n")
+                f.flush()
+                code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+                if code != 0:
+                    break
+        return code, time.perf_counter() - start
 
 
 def child_env(args) -> dict:
@@ -348,49 +482,55 @@ def tail(path: Path, n: int = 15) -> str:
 # --------------------------------------------------------------------------- report
 
 
-def plot(tasks, results, variants, path: Path) -> None:
+#: The figure's rows: (what each run holds per step, the axis label, joint's final value).
+PLOT_ROWS = (("per_step", "all-class mIoU (%)", "all"), ("old_per_step", "old-class mIoU (%): forgetting", "old"))
+
+
+def plot(title: str, tasks, results, variants, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.6 * len(tasks), 4.0), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(len(PLOT_ROWS), len(tasks), figsize=(5.6 * len(tasks), 3.6 * len(PLOT_ROWS)),
+                             dpi=120, squeeze=False)
     colors = plt.get_cmap("tab10")
-    for ax, task_name in zip(axes[0], tasks):
-        for i, variant in enumerate(variants):
-            runs = [r for r in results.get((task_name, variant), []) if r is not None]
-            if not runs:
-                continue
-            color = colors(i % 10)
-            if variant == "joint":
-                mean, std, _ = mean_std([r["per_step"][-1] for r in runs])
-                if mean is None:
+    for row, (key, ylabel, joint_key) in zip(axes, PLOT_ROWS):
+        for ax, task_name in zip(row, tasks):
+            for i, variant in enumerate(variants):
+                runs = [r for r in results.get((task_name, variant), []) if r is not None]
+                if not runs:
                     continue
-                ax.axhline(mean, color=color, ls="--", lw=1.2, label="joint (upper bound)")
-                ax.axhspan(mean - std, mean + std, color=color, alpha=0.12, lw=0)
-                continue
-            n = max(len(r["per_step"]) for r in runs)
-            xs, means, stds = [], [], []
-            for t in range(n):
-                m, s, _ = mean_std([r["per_step"][t] for r in runs if t < len(r["per_step"])])
-                if m is not None:
-                    xs.append(t)
-                    means.append(m)
-                    stds.append(s)
-            means, stds = np.asarray(means), np.asarray(stds)
-            ax.plot(xs, means, "o-", color=color, ms=3.5, lw=1.4, label=variant)
-            ax.fill_between(xs, means - stds, means + stds, color=color, alpha=0.15, lw=0)
-        ax.set_title(f"synthetic {task_name} overlap", fontsize=10)
-        ax.set_xlabel("step")
-        ax.set_ylabel("all-class mIoU (%)")
-        ax.set_ylim(0, 100)
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="best")
-        else:
-            ax.text(0.5, 0.5, "no finished run yet", ha="center", va="center", transform=ax.transAxes)
+                color = colors(i % 10)
+                if variant == "joint":
+                    mean, std, _ = mean_std([r["final"][joint_key] for r in runs])
+                    if mean is None:
+                        continue
+                    ax.axhline(mean, color=color, ls="--", lw=1.2, label="joint (upper bound)")
+                    ax.axhspan(mean - std, mean + std, color=color, alpha=0.12, lw=0)
+                    continue
+                n = max(len(r[key]) for r in runs)
+                xs, means, stds = [], [], []
+                for t in range(n):
+                    m, sd, _ = mean_std([r[key][t] for r in runs if t < len(r[key])])
+                    if m is not None:
+                        xs.append(t)
+                        means.append(m)
+                        stds.append(sd)
+                means, stds = np.asarray(means), np.asarray(stds)
+                ax.plot(xs, means, "o-", color=color, ms=3.5, lw=1.4, label=variant)
+                ax.fill_between(xs, means - stds, means + stds, color=color, alpha=0.15, lw=0)
+            ax.set_title(f"{title} {task_name} overlap", fontsize=10)
+            ax.set_xlabel("step")
+            ax.set_ylabel(ylabel)
+            ax.set_ylim(0, 100)
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7, loc="best")
+            else:
+                ax.text(0.5, 0.5, "no finished run yet", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle("mean over seeds, band: ± 1 sample std", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
@@ -403,7 +543,7 @@ def comparison(results, task_name, variants) -> list[str]:
         return []
     eir_runs = [r for r in results.get((task_name, "eir"), []) if r is not None]
     lines = []
-    for other in ("finetune", "distill", "image_replay", "eir_no_paste", "eir_paste_only", "mib"):
+    for other in [v for v in VARIANTS if v not in ("eir", "joint")]:
         runs = [r for r in results.get((task_name, other), []) if r is not None]
         if other not in variants or not runs or not eir_runs:
             continue
@@ -428,11 +568,33 @@ def comparison(results, task_name, variants) -> list[str]:
     return lines
 
 
-def report(args, runs, results, outcomes, command: str, png_name: str) -> str:
-    from eir.tasks import build_task
+def per_class_table(task, variants, results) -> list[str]:
+    """Each class's IoU after the last step (mean over seeds), variants by classes: background
+    first, then the classes in the order the task learns them, a bar between steps."""
+    names = [task.class_names[0]] + [task.class_names[c] for step in task.steps for c in step]
+    lines = ["| variant | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for variant in variants:
+        found = [r for r in results.get((task.name, variant), []) if r is not None]
+        if not found:
+            continue
+        cells = []
+        for name in names:
+            mean = _mean(r["per_class"].get(name) for r in found)
+            cells.append("n/a" if mean is None else f"{mean:.1f}")
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
+
+def report(args, runs, results, outcomes, command: str, png_name: str) -> str:
+    data = args.data
+    split = (
+        f"the test split (`{data.test_dataset}`), every step's checkpoint scored after the run; the runs "
+        "themselves evaluate on the validation split, where the design was chosen"
+        if data.test_dataset
+        else "the validation split, as the runs evaluate themselves"
+    )
     lines = [
-        "# css_synthetic: EIR against its baselines on the synthetic continual benchmark",
+        f"# css_{data.name}: EIR against its baselines on the {data.title} continual benchmark",
         "",
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"- machine: {machine()}; " + (
@@ -449,8 +611,10 @@ def report(args, runs, results, outcomes, command: str, png_name: str) -> str:
         f"- dataset: {dataset_note(args)}",
         f"- overrides for every run: {' '.join(args.overrides) if args.overrides else 'none'}"
         + (" (--quick)" if args.quick else ""),
-        "- configs: `projects/EIR/configs/synthetic/<task>_overlap.py` plus the variant's "
-        "overrides (the table below; the same keys as `projects/EIR/configs/baselines/`)",
+        f"- configs: `projects/EIR/configs/{data.name}/<task>_overlap.py` plus the variant's "
+        "overrides (the table below; the same keys as `projects/EIR/configs/baselines/`)"
+        + (f"; model and schedule fixed by `benchmarks/results/{data.design}`" if data.design else ""),
+        f"- scored on: {split}",
         "- step 0: "
         + (
             "trained once per task and seed (by the first variant run) and reused by the other "
@@ -467,7 +631,7 @@ def report(args, runs, results, outcomes, command: str, png_name: str) -> str:
         "",
     ]
     for task_name in args.tasks:
-        task = build_task("synthetic", task_name)
+        task = data.task(task_name)
         lines += [f"## {task_name} overlap ({task.describe().splitlines()[0]})", ""]
         lines += [
             "| variant | what it is | overrides | old | new | all | hIoU | seeds | time per run (s) |",
@@ -486,7 +650,9 @@ def report(args, runs, results, outcomes, command: str, png_name: str) -> str:
             )
         lines.append("")
         lines += comparison(results, task_name, args.variants)
-    lines += [f"![all-class mIoU per step]({png_name})", "", "## Runs", ""]
+        lines += ["Each class's IoU after the last step (mean over seeds):", ""]
+        lines += per_class_table(task, args.variants, results)
+    lines += [f"![all-class and old-class mIoU per step]({png_name})", "", "## Runs", ""]
     lines += [
         "| run | folder | steps | wall time (s) | step 0 model from | status |",
         "|---|---|---:|---:|---|---|",
@@ -525,7 +691,7 @@ def shown_path(path, placeholder: str) -> str:
 
 def shown_command(argv: list[str]) -> str:
     """The command line, with the folders of --work, --datasets and --out as :func:`shown_path`."""
-    words, pending = ["python", "benchmarks/css_synthetic.py"], None
+    words, pending = ["python", "benchmarks/css_benchmark.py"], None
     for a in argv:
         option, eq, value = a.partition("=")
         if pending is not None:
@@ -562,8 +728,8 @@ def dataset_note(args) -> str:
             placeholder = f"{shown_path(args.work, PLACEHOLDERS['--work'])}/{parent.relative_to(args.work).as_posix()}"
     else:
         parent, placeholder = Path(os.environ.get("DETECTRON2_DATASETS", "datasets")), "$DETECTRON2_DATASETS"
-    root = parent / "eir_synthetic"
-    shown = f"{shown_path(parent, placeholder)}/eir_synthetic"
+    root = parent / args.data.folder
+    shown = f"{shown_path(parent, placeholder)}/{args.data.folder}"
     meta = root / "meta.json"
     if meta.is_file():
         a = json.loads(meta.read_text()).get("args", {})
@@ -571,6 +737,10 @@ def dataset_note(args) -> str:
             f"`{shown}` ({a.get('num_train')} training / {a.get('num_val')} validation images of "
             f"{a.get('size')} px, generator seed {a.get('seed')})"
         )
+    if args.data.builtin is None:  # a folder of splits: count each one's images
+        counts = [f"{len(list((root / split).glob('*.png')))} {split}" for split in ("train", "val", "test")
+                  if (root / split).is_dir()]
+        return f"`{shown}` ({', '.join(counts) or 'no split folder found'} images)"
     return f"`{shown}` (generated by the first run with the generator's defaults)"
 
 
@@ -589,16 +759,21 @@ def parse_args(argv: list[str]):
         description=__doc__.split("\n\n")[0],
         epilog="Any key=value argument is a LazyConfig override passed to every run.",
     )
-    p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), help="synthetic tasks (B-I names)")
+    p.add_argument("--dataset", default="synthetic", choices=list(DATASETS),
+                   help="the benchmark's dataset (default synthetic; camvid needs DATASETS/CamVid)")
+    p.add_argument("--tasks", nargs="+", default=None,
+                   help="tasks (B-I names; default: synthetic 6-1 4-2, camvid 8-3 8-1)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default 0 1 2; --quick: 0)")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME",
-                   help=f"variants to run, of {', '.join(VARIANTS)} (default: all)")
+    p.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS), metavar="NAME",
+                   help=f"variants to run, of {', '.join(VARIANTS)} (default: the dataset's, "
+                   "every one but eir_regions on synthetic, every one but the EIR ablations on camvid)")
     p.add_argument("--out", type=Path, default=None,
-                   help="folder for css_synthetic.md/.png (default benchmarks/results; --quick: --work)")
+                   help="folder for css_<dataset>.md/.png (default benchmarks/results; --quick: --work)")
     p.add_argument("--work", type=Path, default=None,
-                   help="folder of the runs (default output/css_synthetic; --quick: output/css_synthetic_quick)")
+                   help="folder of the runs (default output/css_<dataset>; --quick: output/css_<dataset>_quick)")
     p.add_argument("--datasets", type=Path, default=None,
-                   help="DETECTRON2_DATASETS for the runs (default: inherited; --quick: WORK/datasets)")
+                   help="DETECTRON2_DATASETS for the runs (default: inherited; --quick: WORK/datasets, "
+                   "with a tiny dataset of the chosen one's layout)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at a time (default 1): the (task, seed) groups run side by side, each "
                    "in order, since its variants share its step 0; give each job its cores with --threads")
@@ -613,6 +788,9 @@ def parse_args(argv: list[str]):
     p.add_argument("--report-only", action="store_true", help="run nothing; report the finished runs")
     args = p.parse_args(own)
     args.overrides = overrides
+    args.data = DATASETS[args.dataset]
+    args.tasks = args.tasks or list(args.data.default_tasks)
+    args.variants = args.variants or list(args.data.default_variants)
     if args.jobs < 1:
         p.error("--jobs must be >= 1")
     if args.threads is None:
@@ -620,7 +798,7 @@ def parse_args(argv: list[str]):
     if args.seeds is None:
         args.seeds = [0] if args.quick else list(DEFAULT_SEEDS)
     if args.work is None:
-        args.work = Path("output/css_synthetic_quick" if args.quick else "output/css_synthetic")
+        args.work = Path(f"output/css_{args.dataset}" + ("_quick" if args.quick else ""))
     args.work = args.work.expanduser().resolve()
     if args.out is None:
         args.out = args.work if args.quick else RESULTS
@@ -630,11 +808,10 @@ def parse_args(argv: list[str]):
             args.datasets = args.work / "datasets"
     if args.datasets is not None:
         args.datasets = args.datasets.expanduser().resolve()
-    from eir.tasks import build_task
-
+        os.environ["DETECTRON2_DATASETS"] = str(args.datasets)  # where the configs register their data
     for name in args.tasks:
         try:
-            task = build_task("synthetic", name)
+            task = args.data.task(name)
         except ValueError as e:
             p.error(f"--tasks {name}: {e}")
         if task.num_steps < 2:
@@ -668,7 +845,7 @@ def execute(run: Run, i: int, total: int, args, env: dict) -> tuple:
     say(f"[{i}/{total}] {run.label}: running ({run.dir / 'train_net.log'})")
     code, seconds = run.execute(env)
     if code == 0 and run.is_finished():
-        final = read_run(run.dir, run.task, run.joint)["final"]
+        final = read_run(run)["final"]
         text = ", ".join(f"{k} {'n/a' if final[k] is None else f'{final[k]:.1f}'}" for k in METRICS)
         say(f"    {run.label}: done in {seconds:.0f} s: {text}")
         return key, 0, f"ran in {seconds:.0f} s", run.seed
@@ -683,9 +860,7 @@ def main(argv: list[str] | None = None) -> int:
     args.load_at_start = load_average()
     command = shown_command(argv)
     if args.quick and not args.report_only:
-        from eir.data.synthetic import generate
-
-        generate(args.datasets / "eir_synthetic", verbose=False, **QUICK_DATA)
+        args.data.make_quick(args.datasets / args.data.folder)
 
     runs, seen = [], set()
     for seed in args.seeds:  # seed by seed, so a benchmark cut short has whole seeds
@@ -699,7 +874,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(run)
 
     env = child_env(args)
-    print(f"css_synthetic: {len(runs)} runs into {args.work}"
+    print(f"css_{args.dataset}: {len(runs)} runs into {args.work}"
           + (f", {args.jobs} at a time" if args.jobs > 1 else ""), flush=True)
     numbered = list(enumerate(runs, 1))
     # A (task, seed) group runs in order (its variants share its step 0); groups run side by side.
@@ -718,7 +893,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant in args.variants:
             for seed in args.seeds:
                 run = Run(task_name, variant, seed, args, args.overrides)
-                value = read_run(run.dir, run.task, run.joint) if run.is_finished() else None
+                value = read_run(run) if run.is_finished() else None
                 results.setdefault((task_name, variant), []).append(value)
     # A joint outcome is recorded under the first task; count it for every task.
     for o in list(outcomes):
@@ -726,9 +901,9 @@ def main(argv: list[str] | None = None) -> int:
             outcomes += [((t, "joint"), o[1], o[2], o[3]) for t in args.tasks if t != o[0][0]]
 
     args.out.mkdir(parents=True, exist_ok=True)
-    png = args.out / "css_synthetic.png"
-    plot(args.tasks, results, args.variants, png)
-    md = args.out / "css_synthetic.md"
+    png = args.out / f"css_{args.dataset}.png"
+    plot(args.data.title, args.tasks, results, args.variants, png)
+    md = args.out / f"css_{args.dataset}.md"
     md.write_text(report(args, runs, results, outcomes, command, png.name))
     print(f"wrote {md} and {png}", flush=True)
     failed = [o for o in outcomes if o[1] != 0]
