@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import os
@@ -150,14 +151,19 @@ class BenchmarkData:
     def task(self, task_name: str):
         """The :class:`~eir.tasks.Task` a run of ``task_name`` trains: the built-in dataset's, or
         the one the config builds from its datasets' catalog entries (as the runner does)."""
-        from eir.tasks import build_task
+        return _dataset_task(self, task_name)
 
-        if self.builtin is not None:
-            return build_task(self.builtin, task_name)
-        from eir.engine.builders import build_run_task
-        from eir.engine.config_checks import load_config
 
-        return build_run_task(load_config(str(self.config(task_name)), [f"task.name={task_name}"]))
+@functools.cache  # every Run asks; a Task is immutable, and a config load is not free
+def _dataset_task(data: BenchmarkData, task_name: str):
+    from eir.tasks import build_task
+
+    if data.builtin is not None:
+        return build_task(data.builtin, task_name)
+    from eir.engine.builders import build_run_task
+    from eir.engine.config_checks import load_config
+
+    return build_run_task(load_config(str(data.config(task_name)), [f"task.name={task_name}"]))
 
 
 #: The datasets: synthetic shapes (generated on first use) and CamVid (the user's copy of
