@@ -12,11 +12,18 @@ dataset's config with a few LazyConfig overrides (the baseline configs in
 it runs once per seed under ``--work/joint/seed_<seed>``). Finished runs are skipped and an
 interrupted run resumes where it stopped, so rerunning the command is cheap; a run folder
 made with other overrides is refused. Step 0 is the same in every continual variant (their
-switches act from step 1 on), so by default it is trained once per task and seed: later
-variants copy that run's ``step_0/model_final.pth`` in, and the runner (as when it resumes
-a step whose training had finished) evaluates it and builds the variant's own bank. A variant
-that swaps the method (``method=...``, mib) trains its own step 0 (its loss and head differ).
-``--no-share-step0`` trains it in every run.
+switches act from step 1 on) and in every task with the same first step (CamVid's 8-3 and
+8-1), so by default it is trained once per seed and first step: later runs copy that run's
+``step_0/model_final.pth`` in (tagged with their own task), and the runner (as when it
+resumes a step whose training had finished) evaluates it and builds the variant's own bank.
+A variant that swaps the method (``method=...``, mib) trains its own step 0 (its loss and
+head differ). ``--no-share-step0`` trains it in every run.
+
+Each finished run's numbers are written to ``css_<dataset>_runs/<task>/<variant>/seed_<s>.json``
+beside the report (with its step times, where its step 0 came from, the date, machine and
+threads): the report is made from these records, and a run recorded there is not made again,
+so a benchmark can be continued on another machine or in another session without its run
+folders.
 
 After the last step of every run, a dataset with a test split (CamVid) has every step's
 checkpoint scored on it (``--eval-only`` with ``dataloader.test.dataset`` set to the test split,
@@ -57,7 +64,6 @@ import os
 import platform
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import threading
@@ -76,6 +82,7 @@ if str(ROOT) not in sys.path:
 from benchmarks.machine import cpu_model, load_average, num_cores  # noqa: E402
 from eir.engine.run_files import FINAL_CHECKPOINT  # noqa: E402
 from eir.evaluation.metrics import group_means  # noqa: E402
+from eir.fileio import atomic_write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TRAIN_NET = ROOT / "tools" / "train_net.py"
@@ -165,6 +172,24 @@ def _dataset_task(data: BenchmarkData, task_name: str):
 
     return build_run_task(load_config(str(data.config(task_name)), [f"task.name={task_name}"]))
 
+
+
+@functools.cache
+def _step0_setting(data: BenchmarkData, task_name: str) -> tuple[str, str]:
+    """What a task's config decides about step 0: its classes, and a digest of the config
+    with the task's name and output folder blanked (two task files that differ only there,
+    as ``camvid/8-3_overlap.py`` and ``8-1_overlap.py`` do, train the same step 0)."""
+    import hashlib
+
+    from detectron2.config import LazyConfig
+    from omegaconf import OmegaConf
+
+    cfg = LazyConfig.load(str(data.config(task_name)))
+    cfg.task.name, cfg.train.output_dir = "", ""
+    digest = hashlib.sha256(OmegaConf.to_yaml(cfg).encode()).hexdigest()[:16]
+    task = data.task(task_name)
+    step0 = ",".join(task.class_names[c] for c in task.steps[0])
+    return f"step0_classes={step0}", f"config_sha256={digest}"
 
 #: The datasets: synthetic shapes (generated on first use) and CamVid (the user's copy of
 #: the SegNet tutorial's folder, under DETECTRON2_DATASETS/CamVid; nothing is downloaded).
@@ -309,8 +334,6 @@ def fmt_mean_std(values) -> str:
 # --------------------------------------------------------------------------- machine
 
 
-
-
 def machine() -> str:
     text = f"{cpu_model()}, {num_cores()} cores available"
     try:
@@ -356,6 +379,8 @@ class Run:
             if self.joint
             else args.work / task_name / variant / f"seed_{seed}"
         )
+        # its numbers once finished, kept beside the report (see save_result)
+        self.result_file = args.out / f"css_{self.data.name}_runs" / f"{self.dir.relative_to(args.work)}.json"
         # the joint run is one command whatever the task (the task comes from task.name)
         config = self.data.config(self.data.default_tasks[0] if self.joint else task_name)
         # The variant's switches come after the overrides for every run, so that e.g. a
@@ -368,10 +393,11 @@ class Run:
             + [f"train.output_dir={self.dir}", f"train.seed={seed}"]
         )
         self.cmd = [sys.executable, str(TRAIN_NET), "--config-file", str(config), *self.overrides]
-        # What step 0 depends on: the variants' switches (method.*) act only after step 0; a
-        # variant that swaps the method (method=...) trains its own.
+        # What step 0 depends on: its classes and the config apart from the task's name (tasks
+        # with the same first step, 8-3 and 8-1, share it); the variants' switches (method.*)
+        # act only after step 0; a variant that swaps the method (method=...) trains its own.
         swap = [o for o in VARIANTS[variant] if o.startswith("method=")]
-        self.step0_key = [f"task.name={task_name}", *overrides, f"train.seed={seed}", *swap]
+        self.step0_key = [*_step0_setting(self.data, task_name), *overrides, f"train.seed={seed}", *swap]
 
     @property
     def label(self) -> str:
@@ -402,15 +428,36 @@ class Run:
                 f"dataloader.test.dataset={self.data.test_dataset}", f"train.eval_output={self.test_file(step)}"]
 
     def check_record(self) -> None:
-        """Refuse a run folder made by another command (its finished steps would be reused)."""
-        record = self.dir / "bench.json"
-        if record.is_file():
-            theirs = json.loads(record.read_text())["overrides"]
-            if _without_output_dir(theirs) != _without_output_dir(self.overrides):
-                raise SystemExit(
-                    f"{self.dir} holds a run made with other overrides:\n  {theirs}\nnot\n  "
-                    f"{self.overrides}\nchoose another --work, or delete that folder"
-                )
+        """Refuse a run folder or result record made by another command (its finished steps
+        or numbers would be reused)."""
+        for record, where in ((self.dir / "bench.json", "--work"), (self.result_file, "--out")):
+            if record.is_file():
+                theirs = json.loads(record.read_text())["overrides"]
+                if _without_output_dir(theirs) != _without_output_dir(self.overrides):
+                    raise SystemExit(
+                        f"{record} records a run made with other overrides:\n  {theirs}\nnot\n  "
+                        f"{self.overrides}\nchoose another {where}, or delete it"
+                    )
+
+    def recorded(self) -> dict | None:
+        """The run's result record (:meth:`save_result`), None before it has one."""
+        return json.loads(self.result_file.read_text()) if self.result_file.is_file() else None
+
+    def save_result(self, args) -> dict:
+        """Write the finished run's numbers (:func:`read_run`), step times and provenance to
+        ``css_<dataset>_runs/`` beside the report: the report is made from these records, and
+        a benchmark continued elsewhere (the run folders are big and stay on the machine that
+        made them) skips the runs recorded there instead of making them again."""
+        record = {
+            "overrides": _without_output_dir(self.overrides),
+            **read_run(self),
+            "step_seconds": step_wall_times(self.dir),
+            "step0_from": step0_source(self),
+            "made": {"date": datetime.date.today().isoformat(), "machine": machine(),
+                     "threads": args.threads, "runs_at_a_time": args.jobs},
+        }
+        atomic_write_json(self.result_file, record)
+        return record
 
     def write_record(self, step0_from: Path | None = None) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -422,29 +469,33 @@ class Run:
         record_file.write_text(json.dumps(record, indent=2) + "\n")
 
     def step0_donor(self, work: Path) -> Path | None:
-        """A finished run of the same task, seed and common overrides whose step-0 model this
-        run can reuse (step 0 is the same in every continual variant; only the bank differs)."""
+        """A finished run of the same step 0 (classes, config, common overrides, seed) whose
+        step-0 model this run can reuse: step 0 is the same in every continual variant and
+        every task that starts with the same classes; only the bank differs."""
         if self.joint:
             return None
-        for variant in VARIANTS:
-            other = work / self.task_name / variant / f"seed_{self.seed}"
-            if variant in ("joint", self.variant) or not (other / "step_0" / "DONE").is_file():
+        for other in sorted(work.glob(f"*/*/seed_{self.seed}")):
+            if other.parent.parent.name == "joint" or other == self.dir:
                 continue
             record = other / "bench.json"
-            if not (other / "step_0" / FINAL_CHECKPOINT).is_file() or not record.is_file():
+            if not ((other / "step_0" / "DONE").is_file() and (other / "step_0" / FINAL_CHECKPOINT).is_file()
+                    and record.is_file()):
                 continue
             if _without_output_dir(json.loads(record.read_text()).get("step0_key", [])) == self.step0_key:
                 return other
         return None
 
     def adopt_step0(self, donor: Path) -> None:
-        """Copy the donor's step-0 weights in: the runner then evaluates them and builds this
-        variant's bank instead of training step 0 again (its resume path)."""
-        target = self.dir / "step_0" / FINAL_CHECKPOINT
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.copyfile(donor / "step_0" / FINAL_CHECKPOINT, tmp)
-        os.replace(tmp, target)
+        """Copy the donor's step-0 weights in, tagged with this run's task (a donor of another
+        task with the same step 0 is tagged with its own): the runner then evaluates them and
+        builds this variant's bank instead of training step 0 again (its resume path)."""
+        import torch
+
+        from eir.fileio import atomic_write, load_pth
+
+        checkpoint = load_pth(donor / "step_0" / FINAL_CHECKPOINT)
+        checkpoint["eir"] = {**checkpoint["eir"], "task": self.task.to_dict()}
+        atomic_write(self.dir / "step_0" / FINAL_CHECKPOINT, lambda f: torch.save(checkpoint, f))
         self.write_record(step0_from=donor)
 
     def needs_step0(self) -> bool:
@@ -623,9 +674,10 @@ def report(args, runs, results, outcomes, command: str, png_name: str) -> str:
         f"- scored on: {split}",
         "- step 0: "
         + (
-            "trained once per task and seed (by the first variant run) and reused by the other "
-            "continual variants, which evaluate it and build their own bank (the variants differ "
-            "only after step 0; a variant that swaps the method, mib, trains its own)"
+            "trained once per seed and first step (by the first variant run; tasks whose step 0 "
+            "has the same classes and config share it) and reused by the other continual runs, "
+            "which evaluate it and build their own bank (the variants differ only after step 0; "
+            "a variant that swaps the method, mib, trains its own)"
             if args.share_step0
             else "trained in every run (--no-share-step0)"
         ),
@@ -660,16 +712,22 @@ def report(args, runs, results, outcomes, command: str, png_name: str) -> str:
         lines += per_class_table(task, args.variants, results)
     lines += [f"![all-class and old-class mIoU per step]({png_name})", "", "## Runs", ""]
     lines += [
-        "| run | folder | steps | wall time (s) | step 0 model from | status |",
-        "|---|---|---:|---:|---|---|",
+        "| run | folder | steps | wall time (s) | step 0 model from | made | status |",
+        "|---|---|---:|---:|---|---|---|",
     ]
     for run in runs:
         key = (run.task_name, run.variant)
         status = next((o[2] for o in outcomes if o[0] == key and o[3] == run.seed), "")
-        times = step_wall_times(run.dir) if run.dir.is_dir() else []
+        record = run.recorded()
+        if record is not None:
+            times, source, made = record["step_seconds"], record["step0_from"], record["made"]
+            made = f"{made['date']}, {made['threads']} threads, {made['runs_at_a_time']} at a time"
+        else:
+            times = step_wall_times(run.dir) if run.dir.is_dir() else []
+            source, made = step0_source(run), "-"
         total = f"{sum(times):.0f}" if times else "-"
         lines.append(
-            f"| {run.label} | `{shown_run_dir(run, args)}` | {len(times)} | {total} | {step0_source(run)} | {status} |"
+            f"| {run.label} | `{shown_run_dir(run, args)}` | {len(times)} | {total} | {source} | {made} | {status} |"
         )
     lines += [
         "",
@@ -718,12 +776,13 @@ def shown_run_dir(run: Run, args) -> str:
 
 
 def step0_source(run: Run) -> str:
-    """Where a run's step-0 model came from: the donor variant, "(trained here)", or "-" while
-    step 0 is not finished."""
+    """Where a run's step-0 model came from: the donor variant (and its task when another),
+    "(trained here)", or "-" while step 0 is not finished."""
     record = run.dir / "bench.json"
     donor = json.loads(record.read_text()).get("step0_from") if record.is_file() else None
     if donor:
-        return Path(donor).parent.name
+        variant, task_name = Path(donor).parent.name, Path(donor).parent.parent.name
+        return variant if task_name == run.task_name else f"{task_name} {variant}"
     return "(trained here)" if (run.dir / "step_0" / "DONE").is_file() else "-"
 
 
@@ -838,7 +897,11 @@ def say(message: str) -> None:
 def execute(run: Run, i: int, total: int, args, env: dict) -> tuple:
     """Run (or skip) one run; its outcome ``((task, variant), exit code, status, seed)``."""
     key = (run.task_name, run.variant)
+    if run.recorded() is not None:
+        say(f"[{i}/{total}] {run.label}: recorded before, skipped ({run.result_file})")
+        return key, 0, "recorded before", run.seed
     if run.is_finished():
+        run.save_result(args)
         say(f"[{i}/{total}] {run.label}: finished before, skipped")
         return key, 0, "finished before", run.seed
     if args.report_only:
@@ -851,7 +914,7 @@ def execute(run: Run, i: int, total: int, args, env: dict) -> tuple:
     say(f"[{i}/{total}] {run.label}: running ({run.dir / 'train_net.log'})")
     code, seconds = run.execute(env)
     if code == 0 and run.is_finished():
-        final = read_run(run)["final"]
+        final = run.save_result(args)["final"]
         text = ", ".join(f"{k} {'n/a' if final[k] is None else f'{final[k]:.1f}'}" for k in METRICS)
         say(f"    {run.label}: done in {seconds:.0f} s: {text}")
         return key, 0, f"ran in {seconds:.0f} s", run.seed
@@ -899,8 +962,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant in args.variants:
             for seed in args.seeds:
                 run = Run(task_name, variant, seed, args, args.overrides)
-                value = read_run(run) if run.is_finished() else None
-                results.setdefault((task_name, variant), []).append(value)
+                results.setdefault((task_name, variant), []).append(run.recorded())
     # A joint outcome is recorded under the first task; count it for every task.
     for o in list(outcomes):
         if o[0][1] == "joint":

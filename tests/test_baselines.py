@@ -64,7 +64,7 @@ def test_continual_variants_switch_only_what_acts_after_step_0():
 def test_a_variant_that_swaps_the_method_trains_its_own_step_0(tmp_path):
     """MiB's step 0 is not EIR's (softmax cross-entropy, a background trained through the body):
     its step-0 key differs, so neither takes the other's step-0 model."""
-    args = SimpleNamespace(work=tmp_path, data=SYNTHETIC)
+    args = SimpleNamespace(work=tmp_path, out=tmp_path / "results", data=SYNTHETIC)
     eir, distill = bench.Run("4-2", "eir", 0, args, ["schedule.epochs=3"]), bench.Run("4-2", "distill", 0, args, ["schedule.epochs=3"])
     mib = bench.Run("4-2", "mib", 0, args, ["schedule.epochs=3"])
     assert _swaps_method("mib") and not _swaps_method("eir")
@@ -104,18 +104,18 @@ def test_mean_std_over_seeds():
 
 def test_a_run_folder_is_known_by_its_overrides_not_its_path(tmp_path):
     real = tmp_path / "work"
-    run = bench.Run("4-2", "eir", 0, SimpleNamespace(work=real, data=SYNTHETIC), ["schedule.epochs=3"])
+    run = bench.Run("4-2", "eir", 0, SimpleNamespace(work=real, out=tmp_path / "results", data=SYNTHETIC), ["schedule.epochs=3"])
     run.dir.mkdir(parents=True)
     run.write_record()
     (tmp_path / "link").symlink_to(real)  # the same runs reached through another path
-    bench.Run("4-2", "eir", 0, SimpleNamespace(work=tmp_path / "link", data=SYNTHETIC), ["schedule.epochs=3"]).check_record()
-    other = bench.Run("4-2", "eir", 0, SimpleNamespace(work=real, data=SYNTHETIC), ["schedule.epochs=4"])
+    bench.Run("4-2", "eir", 0, SimpleNamespace(work=tmp_path / "link", out=tmp_path / "results", data=SYNTHETIC), ["schedule.epochs=3"]).check_record()
+    other = bench.Run("4-2", "eir", 0, SimpleNamespace(work=real, out=tmp_path / "results", data=SYNTHETIC), ["schedule.epochs=4"])
     with pytest.raises(SystemExit, match="other overrides"):
         other.check_record()
 
 
 def test_step0_source_tells_donor_trained_here_and_not_started(tmp_path):
-    args = SimpleNamespace(work=tmp_path, data=SYNTHETIC)
+    args = SimpleNamespace(work=tmp_path, out=tmp_path / "results", data=SYNTHETIC)
     donor = bench.Run("6-1", "finetune", 0, args, [])
     taker = bench.Run("6-1", "eir", 0, args, [])
     assert bench.step0_source(taker) == "-"  # never started: no record, no step 0
@@ -390,7 +390,7 @@ def _run_in_process(run):
 @pytest.mark.slow
 def test_shared_step0_is_evaluated_not_retrained(tiny_datasets, tmp_path):
     """A variant that adopts another run's step-0 model gets the same step 0 and its own bank."""
-    args = SimpleNamespace(work=tmp_path, data=SYNTHETIC)
+    args = SimpleNamespace(work=tmp_path, out=tmp_path / "results", data=SYNTHETIC)
     common = [o for o in TINY if not o.startswith("task.name=")]
     donor = bench.Run("5-5", "eir_no_paste", 0, args, common)
     other = bench.Run("5-5", "eir_paste_only", 0, args, common)

@@ -3,6 +3,7 @@ user's: CI never needs it): the layout, its registration through the catalog, an
 benchmark run scored on the test split."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,39 @@ def test_camvid_tasks_come_from_the_catalog_route(camvid_catalog):
 
 
 @requires_detectron2
+def test_tasks_with_the_same_first_step_share_its_model(camvid_catalog, tmp_path):
+    """8-3 and 8-1 train the same step 0 (same classes, task files that differ only in the
+    task's name): a run of one adopts the other's step-0 model, tagged with its own task."""
+    import torch
+
+    from eir.engine.checkpoint import read_step_checkpoint
+
+    args = SimpleNamespace(work=tmp_path / "work", out=tmp_path / "results", data=CAMVID)
+    donor, taker = bench.Run("8-3", "eir", 0, args, []), bench.Run("8-1", "distill", 0, args, [])
+    assert donor.step0_key == taker.step0_key
+    assert bench.Run("4-7", "eir", 0, args, []).step0_key != donor.step0_key  # other step-0 classes
+    assert bench.Run("8-1", "mib", 0, args, []).step0_key != donor.step0_key  # another method's step 0
+    weights = {"head.weight": torch.arange(6.0).reshape(2, 3)}
+    (donor.dir / "step_0").mkdir(parents=True)
+    torch.save({"model": weights, "eir": {"task": donor.task.to_dict(), "step": 0}},
+               donor.dir / "step_0" / bench.FINAL_CHECKPOINT)
+    donor.write_record()
+    assert taker.step0_donor(args.work) is None  # step 0 not done yet
+    (donor.dir / "step_0" / "DONE").write_text("{}")
+    assert bench.Run("8-1", "distill", 1, args, []).step0_donor(args.work) is None  # another seed
+    assert taker.step0_donor(args.work) == donor.dir
+
+    taker.adopt_step0(donor.dir)
+    adopted = taker.dir / "step_0" / bench.FINAL_CHECKPOINT
+    assert torch.equal(read_step_checkpoint(adopted, taker.task, 0)["head.weight"], weights["head.weight"])
+    with pytest.raises(ValueError, match="belongs to"):  # tagged with 8-1, no longer with 8-3
+        read_step_checkpoint(adopted, donor.task, 0)
+    read_step_checkpoint(donor.dir / "step_0" / bench.FINAL_CHECKPOINT, donor.task, 0)  # the donor's untouched
+    (taker.dir / "step_0" / "DONE").write_text("{}")
+    assert bench.step0_source(taker) == "8-3 eir" and bench.step0_source(donor) == "(trained here)"
+
+
+@requires_detectron2
 @pytest.mark.slow
 def test_a_camvid_benchmark_run_is_scored_on_the_test_split(camvid_root, tmp_path):
     work = tmp_path / "work"
@@ -88,7 +122,7 @@ def test_a_camvid_benchmark_run_is_scored_on_the_test_split(camvid_root, tmp_pat
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    args = SimpleNamespace(work=work, data=CAMVID)
+    args = SimpleNamespace(work=work, out=work, data=CAMVID)  # --quick reports into --work
     for variant in ("finetune", "eir_regions"):
         run = bench.Run("8-3", variant, 0, args, bench.QUICK_OVERRIDES)
         assert run.is_finished()
@@ -101,6 +135,9 @@ def test_a_camvid_benchmark_run_is_scored_on_the_test_split(camvid_root, tmp_pat
         assert result["final"] == {k: scored[1][k] for k in bench.METRICS}
         assert result["per_step"] == [scored[0]["all"], scored[1]["all"]]
         assert result["old_per_step"] == [scored[0]["old"], scored[1]["old"]]
+        record = run.recorded()  # what the report is made from
+        assert {k: record[k] for k in result} == result and len(record["step_seconds"]) == 2
+        assert record["made"]["threads"] == 1
     # the region rule gives the bank instances on these frames
     manifest = json.loads((work / "8-3" / "eir_regions" / "seed_0" / "step_0" / "bank" / "manifest.json").read_text())
     assert manifest["storage"] == "instance" and len(manifest["entries"]) > 0
@@ -110,4 +147,12 @@ def test_a_camvid_benchmark_run_is_scored_on_the_test_split(camvid_root, tmp_pat
     assert (work / "css_camvid.png").is_file()
     # a rerun finds everything done, the test scores included
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert again.returncode == 0 and again.stdout.count("finished before, skipped") == 2, again.stdout
+    assert again.returncode == 0 and again.stdout.count("recorded before, skipped") == 2, again.stdout
+    # ... and so does one without the run folders (continued elsewhere): the records stand in
+    def tables(text):  # the results, without the header's date and load average
+        return text[text.index("\n## "):text.index("![")]
+
+    shutil.rmtree(work / "8-3")
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("recorded before, skipped") == 2, again.stdout
+    assert tables((work / "css_camvid.md").read_text()) == tables(report)
