@@ -35,6 +35,12 @@ class score reaches 0.5. Core numbers, CPU, a minute for the defaults:
 
     python benchmarks/paste_diagnostics.py output/css_synthetic/4-2/eir/seed_0 --step 1 \\
         --runs output/css_synthetic/4-2/{eir,image_replay,eir_no_paste}/seed_0
+
+A run of a catalog dataset (CamVid, a user's folder) names its datasets in its config.yaml;
+``--register`` loads the config file that registers them first:
+
+    python benchmarks/paste_diagnostics.py output/css_camvid/8-3/eir_regions/seed_0 --step 1 \\
+        --register projects/EIR/configs/base_camvid.py --datasets D
 """
 from __future__ import annotations
 
@@ -62,7 +68,16 @@ def load_runner(run: Path):
     from eir.engine.config_checks import load_config
     from eir.engine.runner import ContinualRunner
 
-    return ContinualRunner(load_config(run / "config.yaml", [f"train.output_dir={run}", "train.device=cpu"]))
+    try:
+        return ContinualRunner(load_config(run / "config.yaml", [f"train.output_dir={run}", "train.device=cpu"]))
+    except ValueError as e:
+        if "is not registered" not in str(e):
+            raise
+        raise SystemExit(
+            f"{run}: {str(e).split(';')[0]}: its config.yaml names the dataset, the config file that "
+            "registers it is not loaded here; pass it with --register (CamVid: "
+            "projects/EIR/configs/base_camvid.py; a user's folder: their config)"
+        ) from None
 
 
 def predict(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -524,6 +539,10 @@ def main(argv=None) -> int:
     ap.add_argument("--num-images", type=int, default=160, help="training samples to draw")
     ap.add_argument("--seed", type=int, default=0, help="which training samples are drawn")
     ap.add_argument("--datasets", type=Path, default=None, help="DETECTRON2_DATASETS of the run")
+    ap.add_argument("--register", type=Path, default=None, metavar="CONFIG",
+                    help="a Python config file loaded first for the catalog datasets it registers (a run "
+                         "of CamVid or of a user's folder: projects/EIR/configs/base_camvid.py, the "
+                         "user's config); the run's config.yaml still decides everything else")
     ap.add_argument("--where", metavar="CLASS", default=None,
                     help="also: where each --runs model puts the validation pixels of CLASS")
     ap.add_argument("--focus", metavar="CLASS", default=None,
@@ -541,6 +560,10 @@ def main(argv=None) -> int:
 
     if args.datasets is not None:  # the runner registers the datasets from this variable
         os.environ["DETECTRON2_DATASETS"] = str(args.datasets)
+    if args.register is not None:  # a config.yaml names its catalog datasets; their file registers them
+        from detectron2.config import LazyConfig
+
+        LazyConfig.load(str(args.register))
     if args.focus:
         d = focus(args.run, args.step, args.focus, args.checkpoints, args.num_images, args.seed)
         print(focus_report(d, args.run, args.step))

@@ -145,6 +145,15 @@ def test_a_camvid_benchmark_run_is_scored_on_the_test_split(camvid_root, tmp_pat
     assert "scored on: the test split (`camvid_test`)" in report
     assert "| variant | background | sky | building | pole | road |" in report
     assert (work / "css_camvid.png").is_file()
+    # paste_diagnostics reads the run once the file that registers its datasets is loaded
+    diag = [sys.executable, str(ROOT / "benchmarks/paste_diagnostics.py"), str(work / "8-3" / "eir_regions" / "seed_0"),
+            "--step", "1", "--num-images", "8", "--datasets", str(camvid_root.parent)]
+    refused = subprocess.run(diag, capture_output=True, text=True, env=env, timeout=300)
+    assert refused.returncode != 0 and "camvid_train" in refused.stderr and "--register" in refused.stderr
+    looked = subprocess.run(diag + ["--register", str(ROOT / "projects/EIR/configs/base_camvid.py")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert looked.returncode == 0, looked.stderr[-3000:]
+    assert "- 8 training samples (new images and bank entries, seed 0)" in looked.stdout, looked.stdout
     # a rerun finds everything done, the test scores included
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0 and again.stdout.count("recorded before, skipped") == 2, again.stdout
