@@ -39,14 +39,15 @@ like the task's (old: background and the task's step-0 classes; new: the rest), 
 
     python benchmarks/css_benchmark.py                       # synthetic 6-1 and 4-2, 3 seeds, every variant
     python benchmarks/css_benchmark.py --dataset camvid --datasets D   # CamVid 8-3 and 8-1 (D/CamVid)
-    python benchmarks/css_benchmark.py --jobs 2              # two (task, seed) groups at a time
+    python benchmarks/css_benchmark.py --jobs 2              # two groups (seed, first step) at a time
     python benchmarks/css_benchmark.py --tasks 6-1 --seeds 0 --variants eir image_replay
     python benchmarks/css_benchmark.py --quick               # smoke test: tiny data and schedule
     python benchmarks/css_benchmark.py schedule.incremental_epochs=30   # overrides for every run
 
 Run it with the Python that has Detectron2 (the runs use ``sys.executable``). By default one
-run at a time; ``--jobs N`` runs N (task, seed) groups side by side (each in order: its
-variants share its step 0; the joint run belongs to the first task's group). Each run gets
+run at a time; ``--jobs N`` runs N groups side by side, a group being the runs of one seed
+and first step (each in order: they share its step 0; the joint run belongs to the first
+task's group). Each run gets
 its job's share of the cores for its PyTorch threads (``--threads``); on a CPU the configs
 load data in the training process, so nothing else needs a core. OpenMP threads that
 compete with other processes for the cores stall each other (on a busy 2-core machine, 2
@@ -840,15 +841,15 @@ def parse_args(argv: list[str]):
                    help="DETECTRON2_DATASETS for the runs (default: inherited; --quick: WORK/datasets, "
                    "with a tiny dataset of the chosen one's layout)")
     p.add_argument("--jobs", type=int, default=1,
-                   help="runs at a time (default 1): the (task, seed) groups run side by side, each "
-                   "in order, since its variants share its step 0; give each job its cores with --threads")
+                   help="runs at a time (default 1): the groups of one seed and first step run side by "
+                   "side, each in order, since its runs share its step 0; give each job its cores with --threads")
     p.add_argument("--threads", type=int, default=None,
                    help="PyTorch threads per run (default: the cores divided by --jobs; on a busy "
                    "2-core machine 2 threads trained up to 25x slower than 1)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: a tiny dataset (40/10 images) and 2 iterations per step")
     p.add_argument("--no-share-step0", dest="share_step0", action="store_false",
-                   help="train step 0 in every run (default: once per task and seed; the other "
+                   help="train step 0 in every run (default: once per seed and first step; the other "
                    "variants start from that step-0 model and build their own bank)")
     p.add_argument("--report-only", action="store_true", help="run nothing; report the finished runs")
     args = p.parse_args(own)
@@ -946,10 +947,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"css_{args.dataset}: {len(runs)} runs into {args.work}"
           + (f", {args.jobs} at a time" if args.jobs > 1 else ""), flush=True)
     numbered = list(enumerate(runs, 1))
-    # A (task, seed) group runs in order (its variants share its step 0); groups run side by side.
-    groups: dict[tuple[str, int], list] = {}
+    # The runs of one seed and first step run in order (they share its step 0: the variants
+    # of a task, and tasks that start alike); such groups run side by side.
+    groups: dict[tuple, list] = {}
     for item in numbered:
-        groups.setdefault((item[1].task_name, item[1].seed), []).append(item)
+        groups.setdefault((_step0_setting(args.data, item[1].task_name), item[1].seed), []).append(item)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         done = pool.map(lambda group: [execute(run, i, len(runs), args, env) for i, run in group],
                         groups.values())

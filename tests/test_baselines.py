@@ -130,7 +130,7 @@ def test_step0_source_tells_donor_trained_here_and_not_started(tmp_path):
     assert bench.step0_source(taker) == "finetune"
 
 
-def test_jobs_run_task_seed_groups_side_by_side_each_in_order(monkeypatch, tmp_path):
+def test_jobs_run_groups_of_a_seed_and_first_step_side_by_side_each_in_order(monkeypatch, tmp_path):
     import threading
     import time
 
@@ -169,6 +169,13 @@ def test_jobs_run_task_seed_groups_side_by_side_each_in_order(monkeypatch, tmp_p
     assert str(tmp_path) not in text
     assert "| 6-1 / eir / seed 0 | `<work>/6-1/eir/seed_0` |" in text
     assert "--jobs 2 --work <work> --out <out> --report-only`" in text
+
+    # tasks that start alike share step 0: one group per seed, in order, never side by side
+    calls.clear()
+    peak[0] = 0
+    bench.main(["--tasks", "6-1", "6-2", "--seeds", "0", "--variants", "eir", "distill", "--jobs", "2",
+                "--work", str(tmp_path / "work2"), "--out", str(tmp_path / "out2")])
+    assert peak[0] == 1 and calls == [("6-1", 0, "eir"), ("6-1", 0, "distill"), ("6-2", 0, "eir"), ("6-2", 0, "distill")]
 
 
 def test_progress_lines_are_written_whole(monkeypatch):
