@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from eir.constants import IGNORE_LABEL
 from eir.methods.base import ContinualMethod, LossInputs, StepPlan, softmax_scores
-from eir.modeling.losses import _check_labels, _check_logits, _check_same_pixels, rskd_loss
+from eir.modeling.losses import check_labels, check_logits, check_same_pixels, rskd_loss
 from eir.tasks import Task
 
 __all__ = ["MiB", "MiBLoss", "unbiased_cross_entropy"]
@@ -45,9 +45,9 @@ def unbiased_cross_entropy(
     is the plain cross-entropy (step 0). Float32 whatever the input dtype; 0, still attached
     to the graph, when no pixel is labelled.
     """
-    _check_logits(logits, "logits")
-    _check_labels(labels)
-    _check_same_pixels(labels, logits, "unbiased_cross_entropy")
+    check_logits(logits, "logits")
+    check_labels(labels)
+    check_same_pixels(labels, logits, "unbiased_cross_entropy")
     num_channels = logits.shape[1]
     if not 1 <= background_channels < num_channels:
         raise ValueError(

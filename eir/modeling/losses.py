@@ -20,19 +20,22 @@ PSEUDO_LABEL_RULE = "argmax over all old channels, channel 0 included; class if 
 RSKD_NORMALIZATIONS = ("mask", "all")
 
 
-def _check_labels(labels: torch.Tensor, name: str = "labels") -> None:
+def check_labels(labels: torch.Tensor, name: str = "labels") -> None:
+    """Refuse what is no [N, H, W] integer label map (every method's losses take these checks)."""
     if labels.dim() != 3:
         raise ValueError(f"{name} must be [N, H, W], got shape {tuple(labels.shape)}")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"{name} must be an integer tensor, got {labels.dtype}")
 
 
-def _check_logits(logits: torch.Tensor, name: str) -> None:
+def check_logits(logits: torch.Tensor, name: str) -> None:
+    """Refuse what is no [N, C, H, W] logit map."""
     if logits.dim() != 4:
         raise ValueError(f"{name} must be [N, C, H, W], got shape {tuple(logits.shape)}")
 
 
-def _check_same_pixels(labels: torch.Tensor, logits: torch.Tensor, what: str) -> None:
+def check_same_pixels(labels: torch.Tensor, logits: torch.Tensor, what: str) -> None:
+    """Refuse labels and logits of different pixels (logits not yet upsampled to the labels)."""
     n, _, h, w = logits.shape
     if tuple(labels.shape) != (n, h, w):
         raise ValueError(
@@ -57,9 +60,9 @@ def pseudo_labels(
     stays background, however confident a class channel is. Ignore (255) and non-zero
     labels are kept.
     """
-    _check_labels(labels)
-    _check_logits(old_logits, "old_logits")
-    _check_same_pixels(labels, old_logits, "pseudo_labels")
+    check_labels(labels)
+    check_logits(old_logits, "old_logits")
+    check_same_pixels(labels, old_logits, "pseudo_labels")
     if old_channels is None:
         old_channels = old_logits.shape[1]
     if not 1 <= old_channels <= old_logits.shape[1]:
@@ -91,7 +94,7 @@ def soft_targets(
     checked on CPU; on an accelerator a bad index trips scatter's device assert
     rather than costing a sync per step.
     """
-    _check_labels(labels)
+    check_labels(labels)
     if num_channels < 1:
         raise ValueError(f"num_channels must be >= 1, got {num_channels}")
     if (paste_class is None) != (paste_alpha is None):
@@ -110,7 +113,7 @@ def soft_targets(
     if paste_class is None:
         return targets
 
-    _check_labels(paste_class, "paste_class")
+    check_labels(paste_class, "paste_class")
     if paste_class.shape != labels.shape or paste_alpha.shape != labels.shape:
         raise ValueError(
             f"paste_class {tuple(paste_class.shape)} and paste_alpha {tuple(paste_alpha.shape)} "
@@ -137,7 +140,7 @@ def bce_loss(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor |
     ([N, C, H, W], e.g. of 0 / 1) scales each channel's term of each pixel; a pixel whose
     weights are all 0 does not count either (it leaves the mean's denominator).
     """
-    _check_logits(logits, "logits")
+    check_logits(logits, "logits")
     if logits.shape != targets.shape:
         raise ValueError(
             f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have one shape"
@@ -161,7 +164,7 @@ def distillation_mask(
     i.e. < num_old_channels (background, pseudo-labelled or pasted old
     classes); "background": label 0 only; "all": every labelled pixel.
     """
-    _check_labels(labels)
+    check_labels(labels)
     if rule not in DISTILLATION_RULES:
         raise ValueError(f"unknown distillation rule {rule!r}; use one of {list(DISTILLATION_RULES)}")
     if num_old_channels < 1:
@@ -190,8 +193,8 @@ def rskd_loss(
     over the mask's pixel count ("mask", 0 for an empty mask) or over N*H*W
     ("all"). The old logits are a fixed teacher: no gradient reaches them.
     """
-    _check_logits(new_logits, "new_logits")
-    _check_logits(old_logits, "old_logits")
+    check_logits(new_logits, "new_logits")
+    check_logits(old_logits, "old_logits")
     if normalize not in RSKD_NORMALIZATIONS:
         raise ValueError(f"unknown normalize {normalize!r}; use one of {list(RSKD_NORMALIZATIONS)}")
     n, cn, h, w = new_logits.shape
