@@ -394,3 +394,32 @@ def test_a_region_rule_bank_is_recorded_per_class(two_region_dataset):
     summary = (out / "summary.md").read_text()
     assert "without instances" not in summary
     assert "| sky | 2 (24 of 24) |" in summary and "| all | 4 of 4 |" in summary
+
+
+@requires_detectron2
+@pytest.mark.slow
+def test_start_up_warnings_reach_the_console_and_the_run_s_log(two_region_dataset):
+    """The checks before the folder is claimed warn before log.txt exists: tools/train_net.py
+    prints them and then writes them to log.txt, once each."""
+    import subprocess
+    import sys
+
+    root, _ = two_region_dataset
+    shutil.copy(root / "my_dataset/images/train/train_0.jpg", root / "my_dataset/images/train/orphan.jpg")
+    out = root / "run"
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "tools/train_net.py"), "--config-file",
+           str(EXAMPLE), "dataloader.train.total_batch_size=4", "dataloader.train.augmentations.crop_size=48",
+           "method.memory=4", "method.paste.cell_size=24", "method.prepass.short_side=48", "schedule.max_iter=2",
+           "train.device=cpu", "train.step=0", f"train.output_dir={out}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, DETECTRON2_DATASETS=str(root), OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    left_out = "my_dataset_train leaves out files of"
+    empty_bank = "step 0: the bank that step 0 builds for step 1 would be empty"
+    console = proc.stdout + proc.stderr
+    assert console.count(left_out) == 1 and console.count(empty_bank) >= 1
+    log = (out / "log.txt").read_text()
+    assert log.count(left_out) == 1 and log.count(empty_bank) == 1
+    # in the log's format, before the run's first line
+    (line,) = [x for x in log.splitlines() if left_out in x]
+    assert " eir.data.datasets WARNING: " in line and log.index(left_out) < log.index("Continual run of")

@@ -30,6 +30,7 @@ CORE_MODULES = [
     "eir.engine.step_done",
     "eir.engine.training_log",
     "eir.engine.run_folder",
+    "eir.engine.startup_log",
     "eir.methods.base",
     "eir.methods.eir",
     "eir.methods.mib",

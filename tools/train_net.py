@@ -28,6 +28,7 @@ from detectron2.utils.logger import setup_logger
 
 from eir.engine.config_checks import load_config
 from eir.engine.runner import ContinualRunner
+from eir.engine.startup_log import held_startup_records, write_to_log_files
 from eir.evaluation.evaluator import detectron2_results
 from eir.fileio import atomic_write_json
 
@@ -38,7 +39,12 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "projects/EIR/configs/syn
 
 def main(args):
     cfg = load_config(args.config_file, args.opts)
-    runner = ContinualRunner(cfg)  # checks the config; writes nothing
+    # The start-up checks warn before log.txt exists: their warnings are printed now and
+    # written to log.txt once it does.
+    with held_startup_records() as startup:
+        runner = ContinualRunner(cfg)  # checks the config; writes nothing
+        if not args.eval_only:
+            runner.claim_output_dir()  # inputs checked, then the lock and records: before config.yaml and log.txt
     if args.eval_only:
         # Evaluation writes nothing into the run's folder (no config.yaml, no presence cache):
         # the folder may be read-only, or missing when train.eval_checkpoint names the weights.
@@ -51,10 +57,10 @@ def main(args):
         if cfg.train.get("eval_output") and comm.is_main_process():
             atomic_write_json(cfg.train.eval_output, summary)
         return summary
-    runner.claim_output_dir()  # inputs checked, then the lock and records: before config.yaml and log.txt
     try:
         default_setup(cfg, args)
         setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="eir")
+        write_to_log_files(startup)
         return runner.run()
     finally:
         runner.release_output_dir()
