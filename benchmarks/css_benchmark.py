@@ -176,21 +176,31 @@ def _dataset_task(data: BenchmarkData, task_name: str):
 
 
 @functools.cache
-def _step0_setting(data: BenchmarkData, task_name: str) -> tuple[str, str]:
-    """What a task's config decides about step 0: its classes, and a digest of the config
-    with the task's name and output folder blanked (two task files that differ only there,
-    as ``camvid/8-3_overlap.py`` and ``8-1_overlap.py`` do, train the same step 0)."""
+def config_digest(path: Path, for_step0: bool = False) -> str:
+    """A digest of the config file ``path`` as loaded, with the task's name and output folder
+    blanked: task files that differ only there (``camvid/8-3_overlap.py`` and ``8-1_overlap.py``)
+    describe the same runs. ``for_step0``: also without the schedule's ``incremental_*`` keys,
+    which act from step 1 on (what step 0 depends on)."""
     import hashlib
 
     from detectron2.config import LazyConfig
     from omegaconf import OmegaConf
 
-    cfg = LazyConfig.load(str(data.config(task_name)))
+    cfg = LazyConfig.load(str(path))
     cfg.task.name, cfg.train.output_dir = "", ""
-    digest = hashlib.sha256(OmegaConf.to_yaml(cfg).encode()).hexdigest()[:16]
+    if for_step0:
+        for key in [k for k in cfg.schedule if k.startswith("incremental_")]:
+            cfg.schedule[key] = None
+    return hashlib.sha256(OmegaConf.to_yaml(cfg).encode()).hexdigest()[:16]
+
+
+@functools.cache
+def _step0_setting(data: BenchmarkData, task_name: str) -> tuple[str, str]:
+    """What a task's config decides about step 0: its classes, and the config's step-0 digest
+    (:func:`config_digest`): tasks that start alike train the same step 0."""
     task = data.task(task_name)
     step0 = ",".join(task.class_names[c] for c in task.steps[0])
-    return f"step0_classes={step0}", f"config_sha256={digest}"
+    return f"step0_classes={step0}", f"config_sha256={config_digest(data.config(task_name), for_step0=True)}"
 
 #: The datasets: synthetic shapes (generated on first use) and CamVid (the user's copy of
 #: the SegNet tutorial's folder, under DETECTRON2_DATASETS/CamVid; nothing is downloaded).
@@ -297,6 +307,16 @@ def step_wall_times(run_dir: Path) -> list[float]:
     return out
 
 
+def loss_peak_ratio(step_dir: Path) -> float | None:
+    """The largest logged total loss of a step over its first logged one (``training_log.json``:
+    medians over ``train.log_period`` iterations): above 2, the step diverged for a while
+    (``camvid_design.md``, criterion 5). None for a step that did not train here."""
+    log = step_dir / "training_log.json"
+    losses = [json.loads(line)["total_loss"] for line in log.read_text().splitlines() if line.strip()] \
+        if log.is_file() else []
+    return max(losses) / losses[0] if losses and losses[0] > 0 else None
+
+
 def read_run(run) -> dict:
     """Final old / new / all / hIoU, each class's IoU after the last step, and all-class and
     old-class mIoU per step of a finished :class:`Run`: on the test split when the dataset has
@@ -394,6 +414,7 @@ class Run:
             + [f"train.output_dir={self.dir}", f"train.seed={seed}"]
         )
         self.cmd = [sys.executable, str(TRAIN_NET), "--config-file", str(config), *self.overrides]
+        self.config_sha256 = config_digest(config)  # a record of another version of the file is refused
         # What step 0 depends on: its classes and the config apart from the task's name (tasks
         # with the same first step, 8-3 and 8-1, share it); the variants' switches (method.*)
         # act only after step 0; a variant that swaps the method (method=...) trains its own.
@@ -432,13 +453,20 @@ class Run:
         """Refuse a run folder or result record made by another command (its finished steps
         or numbers would be reused)."""
         for record, where in ((self.dir / "bench.json", "--work"), (self.result_file, "--out")):
-            if record.is_file():
-                theirs = json.loads(record.read_text())["overrides"]
-                if _without_output_dir(theirs) != _without_output_dir(self.overrides):
-                    raise SystemExit(
-                        f"{record} records a run made with other overrides:\n  {theirs}\nnot\n  "
-                        f"{self.overrides}\nchoose another {where}, or delete it"
-                    )
+            if not record.is_file():
+                continue
+            data = json.loads(record.read_text())
+            theirs = data["overrides"]
+            if _without_output_dir(theirs) != _without_output_dir(self.overrides):
+                raise SystemExit(
+                    f"{record} records a run made with other overrides:\n  {theirs}\nnot\n  "
+                    f"{self.overrides}\nchoose another {where}, or delete it"
+                )
+            if data.get("config_sha256", self.config_sha256) != self.config_sha256:
+                raise SystemExit(
+                    f"{record} records a run made with another version of {self.cmd[3]} (config digest "
+                    f"{data['config_sha256']}, now {self.config_sha256}): choose another {where}, or delete it"
+                )
 
     def recorded(self) -> dict | None:
         """The run's result record (:meth:`save_result`), None before it has one."""
@@ -451,8 +479,10 @@ class Run:
         made them) skips the runs recorded there instead of making them again."""
         record = {
             "overrides": _without_output_dir(self.overrides),
+            "config_sha256": self.config_sha256,
             **read_run(self),
             "step_seconds": step_wall_times(self.dir),
+            "loss_peak_ratio": [loss_peak_ratio(self.dir / f"step_{t}") for t in range(self.num_steps)],
             "step0_from": step0_source(self),
             "made": {"date": datetime.date.today().isoformat(), "machine": machine(),
                      "threads": args.threads, "runs_at_a_time": args.jobs},
@@ -464,7 +494,8 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         record_file = self.dir / "bench.json"
         record = json.loads(record_file.read_text()) if record_file.is_file() else {}
-        record.update(overrides=self.overrides, step0_key=self.step0_key, command=shlex.join(self.cmd))
+        record.update(overrides=self.overrides, step0_key=self.step0_key, config_sha256=self.config_sha256,
+                      command=shlex.join(self.cmd))
         if step0_from is not None:
             record["step0_from"] = str(step0_from)
         record_file.write_text(json.dumps(record, indent=2) + "\n")
@@ -713,28 +744,34 @@ def report(args, runs, results, outcomes, command: str, png_name: str) -> str:
         lines += per_class_table(task, args.variants, results)
     lines += [f"![all-class and old-class mIoU per step]({png_name})", "", "## Runs", ""]
     lines += [
-        "| run | folder | steps | wall time (s) | step 0 model from | made | status |",
-        "|---|---|---:|---:|---|---|---|",
+        "| run | folder | steps | wall time (s) | step 0 model from | loss peak / first, per step | made | status |",
+        "|---|---|---:|---:|---|---|---|---|",
     ]
     for run in runs:
         key = (run.task_name, run.variant)
         status = next((o[2] for o in outcomes if o[0] == key and o[3] == run.seed), "")
         record = run.recorded()
+        peaks = "-"
         if record is not None:
             times, source, made = record["step_seconds"], record["step0_from"], record["made"]
-            made = f"{made['date']}, {made['threads']} threads, {made['runs_at_a_time']} at a time"
+            peaks = ", ".join("-" if r is None else f"{r:.2f}" for r in record.get("loss_peak_ratio", [])) or "-"
+            made = (f"{made['date']}, {made['machine'].split(',')[0]}, {made['threads']} threads, "
+                    f"{made['runs_at_a_time']} at a time")
         else:
             times = step_wall_times(run.dir) if run.dir.is_dir() else []
             source, made = step0_source(run), "-"
         total = f"{sum(times):.0f}" if times else "-"
         lines.append(
-            f"| {run.label} | `{shown_run_dir(run, args)}` | {len(times)} | {total} | {source} | {made} | {status} |"
+            f"| {run.label} | `{shown_run_dir(run, args)}` | {len(times)} | {total} | {source} | {peaks} | {made} "
+            f"| {status} |"
         )
     lines += [
         "",
         "Wall time: the sum of the steps' times recorded by the runner (`step_t/DONE`: "
         "training, prepass, evaluation, bank), without process start-up; a run whose step-0 "
-        "model came from another run counts only that step's evaluation and bank there.",
+        "model came from another run counts only that step's evaluation and bank there. "
+        "Loss peak / first: each step's largest logged total loss (medians over 20 iterations) "
+        "over its first; above 2 the step diverged for a while (- : not trained in this run).",
         "",
     ]
     return "\n".join(lines)

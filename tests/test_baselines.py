@@ -61,6 +61,7 @@ def test_continual_variants_switch_only_what_acts_after_step_0():
     assert bench.VARIANTS["joint"] == ["task.name=joint"]
 
 
+@requires_detectron2
 def test_a_variant_that_swaps_the_method_trains_its_own_step_0(tmp_path):
     """MiB's step 0 is not EIR's (softmax cross-entropy, a background trained through the body):
     its step-0 key differs, so neither takes the other's step-0 model."""
@@ -102,6 +103,7 @@ def test_mean_std_over_seeds():
     assert bench.fmt_mean_std([None]) == "n/a"
 
 
+@requires_detectron2
 def test_a_run_folder_is_known_by_its_overrides_not_its_path(tmp_path):
     real = tmp_path / "work"
     run = bench.Run("4-2", "eir", 0, SimpleNamespace(work=real, out=tmp_path / "results", data=SYNTHETIC), ["schedule.epochs=3"])
@@ -112,8 +114,35 @@ def test_a_run_folder_is_known_by_its_overrides_not_its_path(tmp_path):
     other = bench.Run("4-2", "eir", 0, SimpleNamespace(work=real, out=tmp_path / "results", data=SYNTHETIC), ["schedule.epochs=4"])
     with pytest.raises(SystemExit, match="other overrides"):
         other.check_record()
+    # a record of another version of the config file (its digest) is refused too
+    record = json.loads((run.dir / "bench.json").read_text())
+    assert record["config_sha256"] == run.config_sha256 == bench.config_digest(run.cmd[3])
+    (run.dir / "bench.json").write_text(json.dumps({**record, "config_sha256": "0123456789abcdef"}))
+    with pytest.raises(SystemExit, match="another version of .*4-2_overlap.py"):
+        run.check_record()
 
 
+@requires_detectron2
+def test_the_step_0_digest_leaves_out_the_task_name_and_the_later_steps_schedule(tmp_path):
+    """Config files that differ in the task's name, output folder or incremental_* schedule keys
+    train the same step 0; any other key is another run, and another step 0."""
+    def config(name, body):
+        path = tmp_path / f"{name}.py"
+        path.write_text("task = dict(name='8-3')\ntrain = dict(output_dir='out/a')\n"
+                        "schedule = dict(lr=0.02, incremental_lr=0.002, incremental_epochs=12)\n" + body)
+        return path
+
+    base = config("base", "")
+    later = config("later", "task['name'] = '8-1'\ntrain['output_dir'] = 'out/b'\nschedule['incremental_lr'] = 0.001\n")
+    step0 = config("step0", "schedule['lr'] = 0.01\n")
+    renamed = config("renamed", "task['name'] = '8-1'\n")
+    assert bench.config_digest(renamed) == bench.config_digest(base)  # the task's name is not the config's
+    assert bench.config_digest(later) != bench.config_digest(base)
+    assert bench.config_digest(later, for_step0=True) == bench.config_digest(base, for_step0=True)
+    assert bench.config_digest(step0, for_step0=True) != bench.config_digest(base, for_step0=True)
+
+
+@requires_detectron2
 def test_step0_source_tells_donor_trained_here_and_not_started(tmp_path):
     args = SimpleNamespace(work=tmp_path, out=tmp_path / "results", data=SYNTHETIC)
     donor = bench.Run("6-1", "finetune", 0, args, [])
@@ -130,6 +159,7 @@ def test_step0_source_tells_donor_trained_here_and_not_started(tmp_path):
     assert bench.step0_source(taker) == "finetune"
 
 
+@requires_detectron2
 def test_jobs_run_groups_of_a_seed_and_first_step_side_by_side_each_in_order(monkeypatch, tmp_path):
     import threading
     import time
@@ -419,3 +449,15 @@ def test_shared_step0_is_evaluated_not_retrained(tiny_datasets, tmp_path):
     assert manifest["storage"] == "image"  # the adopting variant's own bank
     assert json.loads((donor.dir / "step_0" / "bank" / "manifest.json").read_text())["storage"] == "instance"
     assert (other.dir / "step_1" / "prepass.npz").is_file() and other.is_finished()
+
+
+def test_loss_peak_ratio_is_the_largest_logged_loss_over_the_first(tmp_path):
+    step = tmp_path / "step_1"
+    assert bench.loss_peak_ratio(step) is None  # not trained here (a step-0 model taken from another run)
+    step.mkdir()
+    rows = [{"iteration": 19, "total_loss": 1.25}, {"iteration": 39, "total_loss": 5.0},
+            {"iteration": 59, "total_loss": 0.75}]
+    (step / "training_log.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert bench.loss_peak_ratio(step) == 4.0  # 5.0 / 1.25: diverged for a while
+    (step / "training_log.json").write_text(json.dumps(rows[2]) + "\n")
+    assert bench.loss_peak_ratio(step) == 1.0

@@ -138,6 +138,7 @@ def test_a_camvid_benchmark_run_is_scored_on_the_test_split(camvid_root, tmp_pat
         record = run.recorded()  # what the report is made from
         assert {k: record[k] for k in result} == result and len(record["step_seconds"]) == 2
         assert record["made"]["threads"] == 1
+        assert record["loss_peak_ratio"][1] == bench.loss_peak_ratio(run.dir / "step_1") >= 1.0
     # the region rule gives the bank instances on these frames
     manifest = json.loads((work / "8-3" / "eir_regions" / "seed_0" / "step_0" / "bank" / "manifest.json").read_text())
     assert manifest["storage"] == "instance" and len(manifest["entries"]) > 0
