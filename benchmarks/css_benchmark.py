@@ -754,7 +754,7 @@ def report(args, runs, results, outcomes, command: str, png_name: str) -> str:
         peaks = "-"
         if record is not None:
             times, source, made = record["step_seconds"], record["step0_from"], record["made"]
-            peaks = ", ".join("-" if r is None else f"{r:.2f}" for r in record.get("loss_peak_ratio", [])) or "-"
+            peaks = ", ".join("-" if r is None else f"{r:.2f}" for r in record["loss_peak_ratio"])
             made = (f"{made['date']}, {made['machine'].split(',')[0]}, {made['threads']} threads, "
                     f"{made['runs_at_a_time']} at a time")
         else:
