@@ -65,14 +65,13 @@ from eir.tasks import IGNORE_LABEL  # noqa: E402
 
 def load_runner(run: Path):
     """The run's own ContinualRunner (its config.yaml, its folder, on the CPU)."""
+    from eir.data.datasets import UnregisteredDatasetError
     from eir.engine.config_checks import load_config
     from eir.engine.runner import ContinualRunner
 
     try:
         return ContinualRunner(load_config(run / "config.yaml", [f"train.output_dir={run}", "train.device=cpu"]))
-    except ValueError as e:
-        if "is not registered" not in str(e):
-            raise
+    except UnregisteredDatasetError as e:
         raise SystemExit(
             f"{run}: {str(e).split(';')[0]}: its config.yaml names the dataset, the config file that "
             "registers it is not loaded here; pass it with --register (CamVid: "

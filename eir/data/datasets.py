@@ -68,6 +68,7 @@ from eir.tasks import DATASETS, DatasetSpec, Task
 
 __all__ = [
     "DATASET_NAMES",
+    "UnregisteredDatasetError",
     "catalog_dicts",
     "catalog_spec",
     "check_label_values",
@@ -92,6 +93,11 @@ DATASET_NAMES = {
 }
 
 _registered_root: dict[str, str] = {}
+
+
+class UnregisteredDatasetError(ValueError):
+    """A config names a dataset that no code has registered in Detectron2's DatasetCatalog
+    (a tool reading a run's config.yaml may still load the file that registers it)."""
 
 #: Presence tables computed for a cache file that was not to be written yet (``write_cache=False``:
 #: a command checks its data before it claims its run folder, and --eval-only writes nothing):
@@ -413,7 +419,7 @@ def catalog_dicts(dataset_name: str) -> list[dict]:
     ``load_sem_seg`` gives none): the file's stem, or its path below the images' common
     folder when stems repeat."""
     if dataset_name not in DatasetCatalog.list():
-        raise ValueError(
+        raise UnregisteredDatasetError(
             f"dataset {dataset_name!r} is not registered in Detectron2's DatasetCatalog; register it "
             "(e.g. with detectron2.data.datasets.load_sem_seg) before the run, or name one of: "
             + ", ".join(sorted(DatasetCatalog.list()))
