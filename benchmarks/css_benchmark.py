@@ -20,8 +20,8 @@ A variant that swaps the method (``method=...``, mib) trains its own step 0 (its
 head differ). ``--no-share-step0`` trains it in every run.
 
 Each finished run's numbers are written to ``css_<dataset>_runs/<task>/<variant>/seed_<s>.json``
-beside the report (with its step times, where its step 0 came from, the date, machine and
-threads): the report is made from these records, and a run recorded there is not made again,
+beside the report (with its step times and loss peaks, where its step 0 came from, the
+config file's digest, the date, machine and threads): the report is made from these records, and a run recorded there is not made again,
 so a benchmark can be continued on another machine or in another session without its run
 folders.
 
